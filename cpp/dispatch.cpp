@@ -1,0 +1,68 @@
+#include "dispatch.hpp"
+
+#include <cstdlib>
+#include <stdexcept>
+
+namespace fusedoptim {
+namespace scalar { extern const IsaTable table; }
+#if defined(FUSEDOPTIM_HAVE_X86)
+namespace avx2 { extern const IsaTable table; }
+namespace avx512 { extern const IsaTable table; }
+#endif
+
+const std::vector<const IsaTable*>& compiled_isas() {
+#if defined(FUSEDOPTIM_HAVE_X86)
+  static const std::vector<const IsaTable*> isas{&scalar::table, &avx2::table, &avx512::table};
+#else
+  static const std::vector<const IsaTable*> isas{&scalar::table};
+#endif
+  return isas;
+}
+
+bool cpu_supports(const IsaTable& isa) {
+#if defined(FUSEDOPTIM_HAVE_X86)
+  // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
+  if (&isa == &avx2::table) return __builtin_cpu_supports("avx2");
+  if (&isa == &avx512::table)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#endif
+  return &isa == &scalar::table;
+}
+
+namespace {
+
+const IsaTable* find_supported(const std::string& name) {
+  for (const IsaTable* isa : compiled_isas())
+    if (name == isa->name) {
+      if (!cpu_supports(*isa)) throw std::invalid_argument("this CPU does not support ISA level '" + name + "'");
+      return isa;
+    }
+  std::string known;
+  for (const IsaTable* isa : compiled_isas()) known += std::string(known.empty() ? "" : ", ") + isa->name;
+  throw std::invalid_argument("unknown ISA level '" + name + "'; compiled: " + known);
+}
+
+const IsaTable* best_supported() {
+  const IsaTable* best = nullptr;
+  for (const IsaTable* isa : compiled_isas())
+    if (cpu_supports(*isa)) best = isa;
+  return best;
+}
+
+const IsaTable* initial_isa() {
+  const char* forced = std::getenv("FUSEDOPTIM_ISA");
+  return forced && *forced ? find_supported(forced) : best_supported();
+}
+
+const IsaTable* active = nullptr;
+
+}  // namespace
+
+const IsaTable& active_isa() {
+  if (!active) active = initial_isa();
+  return *active;
+}
+
+void set_isa(const std::string& name) { active = find_supported(name); }
+
+}  // namespace fusedoptim

@@ -1,0 +1,31 @@
+// The table of compiled ISA variants and the choice among them.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kernels/rules.hpp"
+
+namespace fusedoptim {
+
+enum class Dtype { f32, f64 };
+
+// Steps elements [begin, end) of one tensor.
+using KernelFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, const double* scalars, unsigned flags);
+
+struct IsaTable {
+  const char* name;
+  std::array<std::array<KernelFn, 2>, kNumRules> kernels;  // [rule][dtype]
+};
+
+// ISA levels compiled into this build, lowest first.
+const std::vector<const IsaTable*>& compiled_isas();
+// Whether the running CPU (and OS) can execute a level.
+bool cpu_supports(const IsaTable& isa);
+// The level in use: the best the CPU supports, lowered by FUSEDOPTIM_ISA or set_isa.
+const IsaTable& active_isa();
+// Selects a level by name; throws std::invalid_argument for unknown or unsupported ones.
+void set_isa(const std::string& name);
+
+}  // namespace fusedoptim

@@ -1,0 +1,39 @@
+#pragma once
+#include "rule.hpp"
+
+namespace fusedoptim {
+
+// Adam with L2 weight decay and AMSGrad (torch.optim.Adam); bias correction lives in
+// the host scalars step_size = lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t).
+struct Adam {
+  static constexpr const char* name = "adam";
+  struct S {
+    enum { beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay, count };
+  };
+  struct F {
+    enum : unsigned { maximize = 1, weight_decay = 2, amsgrad = 4 };
+    static constexpr int count = 3;
+  };
+  enum State { exp_avg, exp_avg_sq, max_exp_avg_sq };
+
+  template <unsigned flags, class V>
+  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
+    V p = V::load(x.param + i);
+    V g = V::load(x.grad + i);
+    if constexpr (flags & F::maximize) g = -g;
+    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
+    V v = s[S::beta2] * V::load(x.state[exp_avg_sq] + i) + s[S::one_minus_beta2] * (g * g);
+    m.store(x.state[exp_avg] + i);
+    v.store(x.state[exp_avg_sq] + i);
+    if constexpr (flags & F::amsgrad) {
+      v = maximum(V::load(x.state[max_exp_avg_sq] + i), v);
+      v.store(x.state[max_exp_avg_sq] + i);
+    }
+    V denom = sqrt(v) * s[S::inv_bias_correction2_sqrt] + s[S::eps];
+    p = p - s[S::step_size] * (m / denom);
+    p.store(x.param + i);
+  }
+};
+
+}  // namespace fusedoptim

@@ -1,0 +1,15 @@
+// The one list of rules. Its order is the order of every dispatch table.
+#pragma once
+#include <tuple>
+
+#include "adagrad.hpp"
+#include "adam.hpp"
+#include "rmsprop.hpp"
+#include "sgd.hpp"
+
+namespace fusedoptim {
+
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam>;
+inline constexpr int kNumRules = std::tuple_size_v<Rules>;
+
+}  // namespace fusedoptim

@@ -1,0 +1,58 @@
+// 512-bit vectors (AVX-512F; DQ for the float bitwise ops).
+#pragma once
+#include <immintrin.h>
+
+#include <cstddef>
+
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
+
+template <class T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+  using value_type = float;
+  static constexpr std::size_t width = 16;
+  __m512 v;
+
+  static Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static Vec broadcast(float x) { return {_mm512_set1_ps(x)}; }
+
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_ps(a.v, b.v)}; }
+  friend Vec operator-(Vec a) { return {_mm512_xor_ps(a.v, _mm512_set1_ps(-0.0f))}; }
+  friend Vec sqrt(Vec a) { return {_mm512_sqrt_ps(a.v)}; }
+  friend Vec abs(Vec a) { return {_mm512_andnot_ps(_mm512_set1_ps(-0.0f), a.v)}; }
+  friend Vec maximum(Vec a, Vec b) {
+    __mmask16 take_a = _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
+    return {_mm512_mask_blend_ps(take_a, b.v, a.v)};
+  }
+};
+
+template <>
+struct Vec<double> {
+  using value_type = double;
+  static constexpr std::size_t width = 8;
+  __m512d v;
+
+  static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  void store(double* p) const { _mm512_storeu_pd(p, v); }
+  static Vec broadcast(double x) { return {_mm512_set1_pd(x)}; }
+
+  friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.v, b.v)}; }
+  friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_pd(a.v, b.v)}; }
+  friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_pd(a.v, b.v)}; }
+  friend Vec operator/(Vec a, Vec b) { return {_mm512_div_pd(a.v, b.v)}; }
+  friend Vec operator-(Vec a) { return {_mm512_xor_pd(a.v, _mm512_set1_pd(-0.0))}; }
+  friend Vec sqrt(Vec a) { return {_mm512_sqrt_pd(a.v)}; }
+  friend Vec abs(Vec a) { return {_mm512_andnot_pd(_mm512_set1_pd(-0.0), a.v)}; }
+  friend Vec maximum(Vec a, Vec b) {
+    __mmask8 take_a = _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
+    return {_mm512_mask_blend_pd(take_a, b.v, a.v)};
+  }
+};
+
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

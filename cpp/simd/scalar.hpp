@@ -1,0 +1,32 @@
+// One element at a time: the baseline ISA level and the tail of every vector loop.
+// Lives in the per-ISA namespace so that copies compiled with different -m flags never merge.
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
+
+template <class T>
+struct Scalar {
+  using value_type = T;
+  static constexpr std::size_t width = 1;
+  T v;
+
+  // memcpy: element pointers may be misaligned (views at odd byte offsets).
+  static Scalar load(const T* p) { T x; std::memcpy(&x, p, sizeof(T)); return {x}; }
+  void store(T* p) const { std::memcpy(p, &v, sizeof(T)); }
+  static Scalar broadcast(T x) { return {x}; }
+
+  friend Scalar operator+(Scalar a, Scalar b) { return {a.v + b.v}; }
+  friend Scalar operator-(Scalar a, Scalar b) { return {a.v - b.v}; }
+  friend Scalar operator*(Scalar a, Scalar b) { return {a.v * b.v}; }
+  friend Scalar operator/(Scalar a, Scalar b) { return {a.v / b.v}; }
+  friend Scalar operator-(Scalar a) { return {-a.v}; }
+  friend Scalar sqrt(Scalar a) { return {std::sqrt(a.v)}; }
+  friend Scalar abs(Scalar a) { return {std::fabs(a.v)}; }
+  // Exactly np.maximum: a wins if greater or NaN, else b (so ties, like max(-0, +0), give b).
+  friend Scalar maximum(Scalar a, Scalar b) { return {(a.v > b.v || a.v != a.v) ? a.v : b.v}; }
+};
+
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

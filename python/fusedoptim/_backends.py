@@ -1,0 +1,80 @@
+"""Backend choice and the hand-off of one validated step to a backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import numpy as np
+
+from . import reference
+
+BACKENDS = ("cpp", "numba", "numpy")
+
+try:
+    from . import _kernels
+except ImportError as e:  # a source checkout without a build, or a platform without a wheel
+    _kernels, _kernels_error = None, e
+else:
+    _kernels_error = None
+
+_HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_warned_fallback = False
+
+
+def available():
+    """The backends this installation can run, fastest first."""
+    return tuple(b for b, ok in zip(BACKENDS, (_kernels is not None, _HAVE_NUMBA, True)) if ok)
+
+
+def resolve(backend):
+    """Maps None / "auto" / a name (or $FUSEDOPTIM_BACKEND) to an available backend name."""
+    global _warned_fallback
+    name = backend if backend is not None else os.environ.get("FUSEDOPTIM_BACKEND", "auto")
+    if name == "auto":
+        name = available()[0]
+        if name != "cpp" and not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(
+                f"fusedoptim: the C++ extension could not be imported ({_kernels_error}); "
+                f"using the slower {name} backend",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return name
+    if name not in BACKENDS:
+        raise ValueError(f"Invalid backend: {name!r} (choose from 'auto', {', '.join(map(repr, BACKENDS))})")
+    if name not in available():
+        why = f": {_kernels_error}" if name == "cpp" else " (numba is not installed)"
+        raise RuntimeError(f"backend {name!r} is not available{why}")
+    return name
+
+
+def run(backend, rule, plan, params, grads, slots):
+    """Runs one validated step. ``slots`` follows ``rule.states``, None where unused."""
+    if not params:
+        return
+    if backend == "cpp":
+        # The kernels round each double scalar to the compute dtype once, exactly as
+        # np.float32(x) does for the other backends.
+        getattr(_kernels, rule.name)(params, grads, slots, plan.scalars, _bits(plan.flags))
+        return
+    dtype = params[0].dtype
+    scalars = type(plan.scalars)(*np.array(plan.scalars, dtype=dtype))
+    if backend == "numpy":
+        kernel = getattr(reference, rule.name)
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            kernel(param, grad, *(s[i] if s is not None else None for s in slots), scalars, plan.flags)
+        return
+    from . import _numba  # compiles on first use, so importing fusedoptim stays fast
+
+    kernel = getattr(_numba, rule.name)
+    unused = np.empty(0, dtype)
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        states = (s[i].reshape(-1) if s is not None else unused for s in slots)
+        kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
+
+
+def _bits(flags):
+    return sum(1 << k for k, on in enumerate(flags) if on)

@@ -1,0 +1,36 @@
+"""What this installation can run, and the ISA level in use."""
+
+from . import _backends
+
+
+def isa_levels():
+    """[(name, supported_by_this_cpu)] for every compiled ISA level, lowest first ([] without the extension)."""
+    return list(_backends._kernels.isa_levels()) if _backends._kernels else []
+
+
+def set_isa(name):
+    """Selects the ISA level the cpp backend uses ("scalar", "avx2", "avx512"); returns the previous one.
+
+    The default is the best level the CPU supports, or $FUSEDOPTIM_ISA. Every level gives
+    bitwise-identical results; this exists to check that and to benchmark each level.
+    """
+    if _backends._kernels is None:
+        raise RuntimeError(f"the cpp backend is not available: {_backends._kernels_error}")
+    previous = _backends._kernels.isa()
+    _backends._kernels.set_isa(name)
+    return previous
+
+
+def show_config(file=None):
+    """Prints the backends available, the ISA levels compiled and supported, and the one selected."""
+    kernels = _backends._kernels
+    lines = [
+        f"backends available : {', '.join(_backends.available())}",
+        f"backend selected   : {_backends.resolve(None)}",
+    ]
+    if kernels is None:
+        lines.append(f"cpp extension      : not importable ({_backends._kernels_error})")
+    else:
+        levels = ", ".join(f"{name}{'' if ok else ' (unsupported by this CPU)'}" for name, ok in kernels.isa_levels())
+        lines += [f"ISA levels compiled: {levels}", f"ISA level selected : {kernels.isa()}"]
+    print("\n".join(lines), file=file)

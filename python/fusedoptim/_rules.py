@@ -1,0 +1,215 @@
+"""Each rule's host-side math: hyperparameter checks and the per-step scalars.
+
+A rule's ``plan`` function is the only place its scalars are computed. It runs once per step
+in Python floats (double); the caller rounds them once to the compute dtype and hands the
+same values to every backend. The field order of each ``Scalars`` and ``Flags`` tuple is the
+order of the C++ rule's ``S`` enum and ``F`` bits (``cpp/kernels/<rule>.hpp``), and
+``states`` is the order of its ``State`` enum.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, NamedTuple
+
+
+class Plan(NamedTuple):
+    scalars: tuple  # the rule's Scalars, in double
+    flags: tuple  # the rule's Flags, bools
+    states: tuple  # names of the state buffers this step reads and writes
+
+
+class Rule(NamedTuple):
+    name: str
+    states: tuple  # every state buffer, in kernel slot order
+    plan: Callable[..., Plan]
+
+
+# --- hyperparameter checks, raising ValueError("Invalid <name>: ...") like torch.optim ---
+
+def _real(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: {value} (must be finite)")
+    return value
+
+
+def _at_least(name, value, low):
+    value = _real(name, value)
+    if value < low:
+        raise ValueError(f"Invalid {name}: {value} (must be >= {low})")
+    return value
+
+
+def _in_unit(name, value):
+    value = _real(name, value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
+    return value
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, int)) or isinstance(value, float):
+        raise TypeError(f"Invalid {name}: expected a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _step(step):
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"Invalid step: expected an int (1 for the first step), got {type(step).__name__}")
+    if step < 1:
+        raise ValueError(f"Invalid step: {step} (must be >= 1; the first step is 1)")
+    return int(step)
+
+
+# --- SGD, momentum, Nesterov ---
+
+class SgdScalars(NamedTuple):
+    lr: float
+    momentum: float
+    one_minus_dampening: float
+    weight_decay: float
+
+
+class SgdFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    momentum: bool
+    nesterov: bool
+    first_step: bool
+
+
+def sgd_plan(step, lr, momentum, dampening, nesterov, weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    momentum = _at_least("momentum", momentum, 0.0)
+    dampening = _real("dampening", dampening)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    nesterov = _flag("nesterov", nesterov)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening == 0")
+    has_momentum = momentum != 0
+    first_step = has_momentum and _step(step) == 1
+    return Plan(
+        SgdScalars(lr, momentum, 1.0 - dampening, weight_decay),
+        SgdFlags(_flag("maximize", maximize), weight_decay != 0, has_momentum, nesterov, first_step),
+        ("momentum_buffer",) if has_momentum else (),
+    )
+
+
+# --- AdaGrad ---
+
+class AdagradScalars(NamedTuple):
+    clr: float
+    eps: float
+    weight_decay: float
+
+
+class AdagradFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def adagrad_plan(step, lr, lr_decay, weight_decay, eps, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    lr_decay = _at_least("lr_decay", lr_decay, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    eps = _at_least("eps", eps, 0.0)
+    clr = lr / (1.0 + (_step(step) - 1) * lr_decay)
+    return Plan(
+        AdagradScalars(clr, eps, weight_decay),
+        AdagradFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("sum",),
+    )
+
+
+# --- RMSProp ---
+
+class RMSpropScalars(NamedTuple):
+    lr: float
+    alpha: float
+    one_minus_alpha: float
+    eps: float
+    momentum: float
+    weight_decay: float
+
+
+class RMSpropFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    centered: bool
+    momentum: bool
+
+
+def rmsprop_plan(lr, alpha, eps, weight_decay, momentum, centered, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    alpha = _at_least("alpha", alpha, 0.0)
+    if alpha > 1.0:
+        raise ValueError(f"Invalid alpha: {alpha} (must be in [0, 1])")
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    momentum = _at_least("momentum", momentum, 0.0)
+    centered = _flag("centered", centered)
+    has_momentum = momentum > 0
+    return Plan(
+        RMSpropScalars(lr, alpha, 1.0 - alpha, eps, momentum, weight_decay),
+        RMSpropFlags(_flag("maximize", maximize), weight_decay != 0, centered, has_momentum),
+        ("square_avg",) + (("momentum_buffer",) if has_momentum else ()) + (("grad_avg",) if centered else ()),
+    )
+
+
+# --- Adam ---
+
+class AdamScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    step_size: float
+    inv_bias_correction2_sqrt: float
+    eps: float
+    weight_decay: float
+
+
+class AdamFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    amsgrad: bool
+
+
+def _betas(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"Invalid betas: expected a pair (beta1, beta2), got {betas!r}")
+    return _in_unit("beta1 (betas[0])", betas[0]), _in_unit("beta2 (betas[1])", betas[1])
+
+
+def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    step = _step(step)
+    amsgrad = _flag("amsgrad", amsgrad)
+    if _flag("bias_correction", bias_correction):
+        step_size = lr / (1.0 - beta1**step)
+        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
+    else:
+        step_size, inv_bias_correction2_sqrt = lr, 1.0
+    return Plan(
+        AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay),
+        AdamFlags(_flag("maximize", maximize), weight_decay != 0, amsgrad),
+        ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()),
+    )
+
+
+RULES = {
+    rule.name: rule
+    for rule in (
+        Rule("sgd", ("momentum_buffer",), sgd_plan),
+        Rule("adagrad", ("sum",), adagrad_plan),
+        Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
+        Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
+    )
+}

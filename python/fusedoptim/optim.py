@@ -1,0 +1,203 @@
+"""Stateful optimizers over NumPy arrays, with torch.optim's param groups and state_dict layout.
+
+An optimizer owns its state buffers (cache-line aligned) and the per-param step count.
+``step(grads)`` takes the gradients in the order of the params across all groups (a single
+array when there is one param); a ``None`` gradient skips its param, as torch skips a param
+whose ``.grad`` is None. Each group is stepped in one multi-tensor call per dtype and step count.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import numpy as np
+
+from . import functional
+from ._memory import aligned_full
+from ._rules import RULES
+
+
+class Optimizer:
+    _rule: str  # the functional rule this optimizer steps
+    _initial: dict = {}  # state name -> the group hyperparameter holding its starting value
+
+    def __init__(self, params, defaults, backend=None):
+        self.defaults = defaults
+        self.backend = backend
+        self.param_groups = []
+        self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
+        groups = list(params) if not isinstance(params, np.ndarray) else [params]
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    @property
+    def _plan(self):
+        return RULES[self._rule].plan
+
+    def _hyper(self, group):
+        return {k: group[k] for k in self.defaults if k not in self._initial.values()}
+
+    def add_param_group(self, group):
+        """Adds a dict with "params" (an array or a list of arrays) and overrides of the defaults."""
+        if not isinstance(group, dict):
+            raise TypeError(f"param group must be a dict, got {type(group).__name__}")
+        params = group["params"]
+        params = [params] if isinstance(params, np.ndarray) else list(params)
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"param group has unknown hyperparameters: {sorted(unknown)}")
+        group = {**self.defaults, **group, "params": params}
+        self._plan(**self._hyper(group), **self._first_step())  # rejects bad hyperparameters now
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for p in params:
+            if not isinstance(p, np.ndarray):
+                raise TypeError(f"params must be NumPy arrays, got {type(p).__name__}")
+            if id(p) in seen:
+                raise ValueError("some parameters appear in more than one parameter group")
+            seen.add(id(p))
+        self.param_groups.append(group)
+
+    def _first_step(self):
+        return {"step": 1} if "step" in inspect.signature(self._plan).parameters else {}
+
+    def _indexed(self):
+        i = 0
+        for group in self.param_groups:
+            yield group, range(i, i + len(group["params"]))
+            i += len(group["params"])
+
+    def step(self, grads):
+        """Takes one step for every param with a gradient."""
+        n = sum(len(g["params"]) for g in self.param_groups)
+        grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
+        if len(grads) != n:
+            raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
+        takes_step = bool(self._first_step())
+        for group, indices in self._indexed():
+            hyper = self._hyper(group)
+            buckets = {}
+            for i, param in zip(indices, group["params"]):
+                if grads[i] is not None:
+                    count = self.state.get(i, {}).get("step", 0) + 1
+                    buckets.setdefault((param.dtype, count), []).append(i)
+            for (_, count), members in buckets.items():
+                plan = self._plan(**hyper, **({"step": count} if takes_step else {}))
+                for i in members:
+                    self._init_state(i, group, plan.states)
+                params = [self._param(i) for i in members]
+                states = {name: [self.state[i][name] for i in members] if name in plan.states else None
+                          for name in RULES[self._rule].states}
+                functional._step_rule(self._rule, params, [grads[i] for i in members], states, self.backend,
+                                      **hyper, **({"step": count} if takes_step else {}))
+                for i in members:
+                    self.state[i]["step"] = count
+
+    def _param(self, index):
+        for group, indices in self._indexed():
+            if index in indices:
+                return group["params"][index - indices.start]
+        raise IndexError(index)
+
+    def _init_state(self, index, group, names):
+        state = self.state.setdefault(index, {"step": 0})
+        param = self._param(index)
+        for name in names:
+            if name not in state:
+                fill = group[self._initial[name]] if name in self._initial else 0.0
+                state[name] = aligned_full(param.shape, param.dtype, fill)
+
+    def state_dict(self):
+        """{"state": {index: {"step": int, name: array copy}}, "param_groups": [{..., "params": [index]}]}."""
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(ix)} for g, ix in self._indexed()]
+        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                 for i, s in self.state.items()}
+        return {"state": state, "param_groups": copy.deepcopy(groups)}
+
+    def load_state_dict(self, state_dict):
+        """Restores hyperparameters and state; arrays are copied into buffers this optimizer owns."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        for saved, (group, indices) in zip(groups, self._indexed()):
+            if len(saved["params"]) != len(indices):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        new_state = {}
+        for saved, (group, indices) in zip(groups, self._indexed()):
+            for saved_index, i in zip(saved["params"], indices):
+                entry = state_dict["state"].get(saved_index)
+                if entry is None:
+                    continue
+                param = self._param(i)
+                new_state[i] = {}
+                for k, v in entry.items():
+                    if k == "step":
+                        new_state[i][k] = int(v)
+                        continue
+                    v = np.asarray(v)
+                    if v.shape != param.shape:
+                        raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
+                    buf = aligned_full(param.shape, param.dtype)
+                    buf[...] = v
+                    new_state[i][k] = buf
+        for saved, group in zip(groups, self.param_groups):
+            group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+
+class SGD(Optimizer):
+    """Stateful :func:`fusedoptim.sgd_`. Defaults: lr=1e-3, momentum=0, dampening=0,
+    weight_decay=0, nesterov=False, maximize=False. State: ``momentum_buffer`` (with momentum)."""
+
+    _rule = "sgd"
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
+                 maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize), backend)
+
+
+class Adagrad(Optimizer):
+    """Stateful :func:`fusedoptim.adagrad_`. Defaults: lr=1e-2, lr_decay=0, weight_decay=0,
+    initial_accumulator_value=0, eps=1e-10, maximize=False. State: ``sum``."""
+
+    _rule = "adagrad"
+    _initial = {"sum": "initial_accumulator_value"}
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
+                 *, maximize=False, backend=None):
+        if not initial_accumulator_value >= 0.0:
+            raise ValueError(f"Invalid initial_accumulator_value: {initial_accumulator_value} (must be >= 0)")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps,
+                                      maximize=maximize), backend)
+
+
+class RMSprop(Optimizer):
+    """Stateful :func:`fusedoptim.rmsprop_`. Defaults: lr=1e-2, alpha=0.99, eps=1e-8,
+    weight_decay=0, momentum=0, centered=False, maximize=False. State: ``square_avg``,
+    ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered)."""
+
+    _rule = "rmsprop"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+                 maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered, maximize=maximize), backend)
+
+
+class Adam(Optimizer):
+    """Stateful :func:`fusedoptim.adam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, amsgrad=False, maximize=False, bias_correction=True. State: ``exp_avg``,
+    ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+
+    _rule = "adam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 maximize=False, bias_correction=True, backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, bias_correction=bias_correction), backend)

@@ -1,0 +1,101 @@
+"""The executable specification: one plain NumPy function per rule, on one tensor, in place.
+
+Every backend performs exactly these operations, in this order, each rounded to the compute
+dtype (the arrays' dtype; the scalars ``s`` arrive already rounded to it), so that all
+backends agree bit for bit. ``s`` and ``f`` are the rule's Scalars and Flags from
+``fusedoptim._rules``; states a step does not use arrive as ``None``.
+"""
+
+import numpy as np
+
+
+def sgd(param, grad, momentum_buffer, s, f):
+    """SGD with momentum (heavy ball) and Nesterov, PyTorch's form::
+
+        g   = -grad if maximize else grad
+        g   = g + weight_decay * param                        (if weight_decay != 0)
+        buf = g                                               (first step)
+        buf = momentum * buf + (1 - dampening) * g            (later steps)
+        g   = g + momentum * buf   if nesterov   else   buf   (if momentum != 0)
+        param = param - lr * g
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    if f.momentum:
+        if f.first_step:
+            momentum_buffer[...] = g
+        else:
+            momentum_buffer[...] = s.momentum * momentum_buffer + s.one_minus_dampening * g
+        g = g + s.momentum * momentum_buffer if f.nesterov else momentum_buffer
+    param[...] = param - s.lr * g
+
+
+def adagrad(param, grad, sum, s, f):
+    """AdaGrad::
+
+        g     = -grad if maximize else grad
+        g     = g + weight_decay * param                  (if weight_decay != 0)
+        sum   = sum + g * g
+        param = param - clr * (g / (sqrt(sum) + eps)),    clr = lr / (1 + (step - 1) * lr_decay)
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    sum[...] = sum + g * g
+    std = np.sqrt(sum) + s.eps
+    param[...] = param - s.clr * (g / std)
+
+
+def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, s, f):
+    """RMSProp, optionally centered and with momentum::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                       (if weight_decay != 0)
+        square_avg = alpha * square_avg + (1 - alpha) * (g * g)
+        grad_avg   = alpha * grad_avg + (1 - alpha) * g             (if centered)
+        avg        = sqrt(square_avg - grad_avg * grad_avg) + eps   (centered)
+                     sqrt(square_avg) + eps                         (otherwise)
+        buf        = momentum * buf + g / avg;  param = param - lr * buf     (if momentum > 0)
+        param      = param - lr * (g / avg)                                  (otherwise)
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    square_avg[...] = s.alpha * square_avg + s.one_minus_alpha * (g * g)
+    if f.centered:
+        grad_avg[...] = s.alpha * grad_avg + s.one_minus_alpha * g
+        avg = np.sqrt(square_avg - grad_avg * grad_avg) + s.eps
+    else:
+        avg = np.sqrt(square_avg) + s.eps
+    if f.momentum:
+        momentum_buffer[...] = s.momentum * momentum_buffer + g / avg
+        param[...] = param - s.lr * momentum_buffer
+    else:
+        param[...] = param - s.lr * (g / avg)
+
+
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
+    """Adam (Kingma & Ba, 2015) with L2 weight decay and AMSGrad::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                          (if weight_decay != 0)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+        v          = max(max_exp_avg_sq, exp_avg_sq) if amsgrad else exp_avg_sq
+        param      = param - step_size * (exp_avg / (sqrt(v) * inv_bias_correction2_sqrt + eps))
+
+    with step_size = lr / (1 - beta1^step) and inv_bias_correction2_sqrt = 1 / sqrt(1 - beta2^step),
+    or lr and 1 without bias correction.
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    v = exp_avg_sq
+    if f.amsgrad:
+        max_exp_avg_sq[...] = np.maximum(max_exp_avg_sq, exp_avg_sq)
+        v = max_exp_avg_sq
+    denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
+    param[...] = param - s.step_size * (exp_avg / denom)
