@@ -1,0 +1,109 @@
+"""The numerical contract: cpp at every ISA level == numba == the NumPy reference, bit for bit."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fusedoptim as fo
+from conftest import CASES, DTYPES, assert_bitwise_equal, placed, supported_isas
+
+
+def backends():
+    """(label, backend, isa) for every configuration that must match the reference."""
+    configs = [("numba", "numba", None)] if "numba" in fo.available_backends() else []
+    return configs + [(f"cpp/{isa}", "cpp", isa) for isa in supported_isas()]
+
+
+def make_problem(case, hyper, dtype, sizes, steps, seed, specials):
+    """Initial params and states and one gradient per step, as plain arrays."""
+    rng = np.random.default_rng(seed)
+
+    def values(n, nonneg=False):
+        x = rng.standard_normal(n).astype(dtype)
+        if specials and n:
+            where = rng.integers(0, n, size=max(1, n // 50))
+            x[where] = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype=dtype), size=where.size)
+        return np.abs(x) if nonneg else x
+
+    params = [values(n) for n in sizes]
+    states = {arg: [values(n, nonneg) for n in sizes] for arg, nonneg in case.used_states(hyper).items()}
+    grads = [[values(n) for n in sizes] for _ in range(steps)]
+    return params, states, grads
+
+
+def run(case, hyper, problem, first_step, offsets, backend, isa):
+    """Steps copies of ``problem`` placed at ``offsets`` bytes; returns the final params and states."""
+    if isa is not None:
+        fo.set_isa(isa)
+    initial_params, initial_states, grad_steps = problem
+    place = iter(offsets)
+    params = [placed(p, next(place)) for p in initial_params]
+    states = {arg: [placed(s, next(place)) for s in arrays] for arg, arrays in initial_states.items()}
+    with np.errstate(all="ignore"):  # NaN and Inf are part of what must match
+        for k, grads in enumerate(grad_steps):
+            step = {"step": first_step + k} if case.takes_step else {}
+            case.functional(params, [placed(g, next(place)) for g in grads], **states, **hyper, **step,
+                            backend=backend)
+    return params, states
+
+
+def assert_matches_reference(case, hyper, problem, first_step, offsets):
+    expected = run(case, hyper, problem, first_step, offsets, "numpy", None)
+    for label, backend, isa in backends():
+        params, states = run(case, hyper, problem, first_step, offsets, backend, isa)
+        for i, (p, e) in enumerate(zip(params, expected[0])):
+            assert_bitwise_equal(p, e, f"{case.name} {hyper} {label}: params[{i}]")
+        for arg in states:
+            for i, (s, e) in enumerate(zip(states[arg], expected[1][arg])):
+                assert_bitwise_equal(s, e, f"{case.name} {hyper} {label}: {arg}[{i}]")
+
+
+ODD_SIZES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1023, 1025]
+sizes = st.one_of(st.integers(0, 70), st.integers(0, 5000), st.sampled_from(ODD_SIZES))
+# Byte offsets from a 64-byte boundary: aligned, element-misaligned, and odd (unaligned for the dtype).
+offsets = st.lists(st.sampled_from([0, 0, 4, 8, 12, 24, 32, 40, 56, 1, 2, 3, 5]), min_size=64, max_size=64)
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_backends_agree_bitwise(case, isa, data):
+    hyper = data.draw(st.sampled_from(case.grid), label="hyper")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    tensor_sizes = data.draw(st.lists(sizes, min_size=1, max_size=3), label="sizes")
+    steps = data.draw(st.integers(1, 4), label="steps")
+    first_step = data.draw(st.sampled_from([1, 1, 2, 10, 1000]), label="first_step")
+    problem = make_problem(case, hyper, dtype, tensor_sizes, steps, data.draw(st.integers(0, 2**32 - 1)),
+                           specials=data.draw(st.booleans(), label="nan/inf"))
+    assert_matches_reference(case, hyper, problem, first_step, data.draw(offsets, label="offsets"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_every_flag_combination_agrees_bitwise(case, dtype, isa):
+    """The whole grid, deterministically: sizes straddling every vector width, misaligned, many steps."""
+    for k, hyper in enumerate(case.grid):
+        problem = make_problem(case, hyper, dtype, [1037, 5, 64], steps=6, seed=k, specials=k % 2 == 1)
+        assert_matches_reference(case, hyper, problem, 1, [4 * (k % 3) + j % 5 * 8 for j in range(64)])
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_list_call_equals_per_tensor_calls(case):
+    """A multi-tensor call is exactly the single-tensor calls, one after another."""
+    hyper = case.grid[-1]
+    problem = make_problem(case, hyper, np.float32, [300, 0, 17, 4096], steps=3, seed=7, specials=False)
+    together = run(case, hyper, problem, 1, [0] * 64, None, None)
+    for i in range(4):
+        single = ([problem[0][i]], {a: [s[i]] for a, s in problem[1].items()}, [[g[i]] for g in problem[2]])
+        alone = run(case, hyper, single, 1, [0] * 64, None, None)
+        assert_bitwise_equal(alone[0][0], together[0][i], f"{case.name} params[{i}]")
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_step_changes_params(case):
+    """Guards the comparisons above against a kernel that does nothing on every backend."""
+    hyper = case.grid[0]
+    problem = make_problem(case, hyper, np.float32, [100], steps=1, seed=3, specials=False)
+    params, _ = run(case, hyper, problem, 1, [0] * 64, None, None)
+    assert np.all(params[0] != problem[0][0])
