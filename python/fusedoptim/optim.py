@@ -25,6 +25,7 @@ class Optimizer:
     def __init__(self, params, defaults, backend=None):
         self.defaults = defaults
         self.backend = backend
+        self._takes_step = "step" in inspect.signature(self._plan).parameters
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
         groups = list(params) if not isinstance(params, np.ndarray) else [params]
@@ -52,7 +53,7 @@ class Optimizer:
         if unknown:
             raise ValueError(f"param group has unknown hyperparameters: {sorted(unknown)}")
         group = {**self.defaults, **group, "params": params}
-        self._plan(**self._hyper(group), **self._first_step())  # rejects bad hyperparameters now
+        self._plan(**self._hyper(group), **self._step_arg(1))  # rejects bad hyperparameters now
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for p in params:
             if not isinstance(p, np.ndarray):
@@ -62,8 +63,8 @@ class Optimizer:
             seen.add(id(p))
         self.param_groups.append(group)
 
-    def _first_step(self):
-        return {"step": 1} if "step" in inspect.signature(self._plan).parameters else {}
+    def _step_arg(self, count):
+        return {"step": count} if self._takes_step else {}
 
     def _indexed(self):
         i = 0
@@ -77,7 +78,6 @@ class Optimizer:
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
-        takes_step = bool(self._first_step())
         for group, indices in self._indexed():
             hyper = self._hyper(group)
             buckets = {}
@@ -86,14 +86,14 @@ class Optimizer:
                     count = self.state.get(i, {}).get("step", 0) + 1
                     buckets.setdefault((param.dtype, count), []).append(i)
             for (_, count), members in buckets.items():
-                plan = self._plan(**hyper, **({"step": count} if takes_step else {}))
+                plan = self._plan(**hyper, **self._step_arg(count))
                 for i in members:
                     self._init_state(i, group, plan.states)
                 params = [self._param(i) for i in members]
                 states = {name: [self.state[i][name] for i in members] if name in plan.states else None
                           for name in RULES[self._rule].states}
                 functional._step_rule(self._rule, params, [grads[i] for i in members], states, self.backend,
-                                      **hyper, **({"step": count} if takes_step else {}))
+                                      **hyper, **self._step_arg(count))
                 for i in members:
                     self.state[i]["step"] = count
 
