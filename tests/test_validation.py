@@ -1,0 +1,181 @@
+"""Bad input raises TypeError / ValueError naming the argument, and modifies nothing."""
+
+import re
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+
+BACKENDS = fo.available_backends()
+
+
+def adam_operands(n=33, dtype=np.float32, count=2):
+    rng = np.random.default_rng(0)
+    make = lambda: [rng.standard_normal(n).astype(dtype) for _ in range(count)]  # noqa: E731
+    return dict(params=make(), grads=make(), exp_avgs=make(), exp_avg_sqs=[np.abs(a) for a in make()])
+
+
+def snapshot(operands):
+    return {k: [np.array(a, copy=True) for a in v] for k, v in operands.items() if isinstance(v, list)}
+
+
+def assert_unchanged(operands, before):
+    for k, arrays in before.items():
+        for a, b in zip(operands[k], arrays):
+            assert np.asarray(a).tobytes() == b.tobytes(), f"{k} was modified"
+
+
+def call_adam(ops, backend, **kw):
+    fo.adam_(ops["params"], ops["grads"], ops["exp_avgs"], ops["exp_avg_sqs"], step=kw.pop("step", 1),
+             backend=backend, **kw)
+
+
+def bad_cases():
+    """(name, how to break a valid Adam step, exception, text the message must contain)."""
+    def setter(key, i, value):
+        def apply(ops):
+            ops[key][i] = value(ops[key][i]) if callable(value) else value
+            return {}
+        return apply
+
+    def kwargs(**kw):
+        return lambda ops: kw
+
+    def drop_last(key):
+        return lambda ops: ops[key].pop() is None or {}
+
+    return [
+        ("grad shape", setter("grads", 1, lambda a: a[:-1].copy()), ValueError, "grads[1] has shape"),
+        ("state shape", setter("exp_avg_sqs", 0, lambda a: a.reshape(3, 11).copy()), ValueError, "exp_avg_sqs[0] has shape"),
+        ("grad dtype", setter("grads", 0, lambda a: a.astype(np.float64)), TypeError, "grads[0] is float64"),
+        ("mixed param dtypes", lambda ops: (ops.update(
+            params=[ops["params"][0], ops["params"][1].astype(np.float64)],
+            grads=[ops["grads"][0], ops["grads"][1].astype(np.float64)],
+            exp_avgs=[ops["exp_avgs"][0], ops["exp_avgs"][1].astype(np.float64)],
+            exp_avg_sqs=[ops["exp_avg_sqs"][0], ops["exp_avg_sqs"][1].astype(np.float64)])) or {},
+         TypeError, "params[1] is float64"),
+        ("int dtype", lambda ops: ops.update(params=[a.astype(np.int32) for a in ops["params"]]) or {}, TypeError,
+         "has dtype int32; supported: float32, float64"),
+        ("float16", lambda ops: ops.update(params=[a.astype(np.float16) for a in ops["params"]]) or {}, TypeError,
+         "float16"),
+        ("read-only param", setter("params", 1, lambda a: (a.setflags(write=False), a)[1]), ValueError,
+         "params[1] is read-only"),
+        ("read-only state", setter("exp_avgs", 0, lambda a: (a.setflags(write=False), a)[1]), ValueError,
+         "exp_avgs[0] is read-only"),
+        ("non-contiguous param", setter("params", 0, lambda a: np.repeat(a, 2)[::2]), ValueError,
+         "params[0] is not C-contiguous"),
+        ("non-contiguous state", setter("exp_avg_sqs", 1, lambda a: np.repeat(a, 2)[::2]), ValueError,
+         "exp_avg_sqs[1] is not C-contiguous"),
+        ("state is param", lambda ops: ops["exp_avgs"].__setitem__(0, ops["params"][0]) or {}, ValueError,
+         "overlap"),
+        ("grad overlaps state", lambda ops: ops["grads"].__setitem__(1, ops["exp_avg_sqs"][1][:]) or {},
+         ValueError, "overlap"),
+        ("same param twice", lambda ops: ops["params"].__setitem__(1, ops["params"][0]) or {}, ValueError,
+         "params[0] and params[1] overlap"),
+        ("partial overlap", lambda ops: _partial_overlap(ops), ValueError, "overlap"),
+        ("list lengths", drop_last("grads"), ValueError, "grads has 1 arrays but params has 2"),
+        ("state list length", drop_last("exp_avgs"), ValueError, "exp_avgs has 1 arrays"),
+        ("not an array", setter("params", 0, "abc"), TypeError, "params"),
+        ("grads not a list", lambda ops: ops.update(grads=ops["grads"][0]) or {}, TypeError, "grads must be a list"),
+        ("amsgrad without buffers", kwargs(amsgrad=True), ValueError, "max_exp_avg_sqs is required"),
+        ("negative lr", kwargs(lr=-1e-3), ValueError, "Invalid lr"),
+        ("nan lr", kwargs(lr=float("nan")), ValueError, "Invalid lr"),
+        ("inf eps", kwargs(eps=float("inf")), ValueError, "Invalid eps"),
+        ("string lr", kwargs(lr="0.1"), TypeError, "Invalid lr"),
+        ("beta1 = 1", kwargs(betas=(1.0, 0.999)), ValueError, "Invalid beta1"),
+        ("beta2 < 0", kwargs(betas=(0.9, -0.1)), ValueError, "Invalid beta2"),
+        ("betas not a pair", kwargs(betas=0.9), TypeError, "Invalid betas"),
+        ("negative weight decay", kwargs(weight_decay=-0.1), ValueError, "Invalid weight_decay"),
+        ("step 0", kwargs(step=0), ValueError, "Invalid step"),
+        ("float step", kwargs(step=1.0), TypeError, "Invalid step"),
+        ("unknown backend", kwargs(backend="cuda"), ValueError, "Invalid backend"),
+    ]
+
+
+def _partial_overlap(ops):
+    shared = np.zeros(50, np.float32)
+    ops["exp_avgs"][0] = shared[:33]
+    ops["exp_avgs"][1] = shared[17:]
+    return {}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,breaker,error,message", bad_cases(), ids=[c[0] for c in bad_cases()])
+def test_bad_input_raises_and_modifies_nothing(backend, name, breaker, error, message):
+    ops = adam_operands()
+    extra = breaker(ops)
+    before = snapshot(ops)
+    kw = {"backend": backend, **extra}
+    with pytest.raises(error, match=re.escape(message)):
+        call_adam(ops, kw.pop("backend"), **kw)
+    assert_unchanged(ops, before)
+
+
+def test_valid_call_does_modify():
+    """The counterpart of the test above: the unchanged-check can see a change."""
+    ops = adam_operands()
+    before = snapshot(ops)
+    call_adam(ops, None)
+    with pytest.raises(AssertionError):
+        assert_unchanged(ops, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_rules_name_their_arguments(backend):
+    p, g = np.zeros(8, np.float32), np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="momentum_buffers is required"):
+        fo.sgd_(p, g, momentum=0.9, step=1, backend=backend)
+    with pytest.raises(ValueError, match="Invalid nesterov"):
+        fo.sgd_(p, g, np.zeros_like(p), momentum=0.9, dampening=0.1, nesterov=True, step=1, backend=backend)
+    with pytest.raises(TypeError, match="Invalid step"):
+        fo.sgd_(p, g, np.zeros_like(p), momentum=0.9, backend=backend)
+    with pytest.raises(ValueError, match="grad_avgs is required"):
+        fo.rmsprop_(p, g, np.zeros_like(p), centered=True, backend=backend)
+    with pytest.raises(ValueError, match="Invalid alpha"):
+        fo.rmsprop_(p, g, np.zeros_like(p), alpha=1.5, backend=backend)
+    with pytest.raises(ValueError, match="Invalid lr_decay"):
+        fo.adagrad_(p, g, np.zeros_like(p), step=1, lr_decay=-1.0, backend=backend)
+    assert np.all(p == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_size_zero_and_empty_lists(backend):
+    e = np.zeros(0, np.float32)
+    fo.adam_(e, e.copy(), e.copy(), e.copy(), step=1, backend=backend)
+    fo.adam_([], [], [], [], step=1, backend=backend)
+    fo.sgd_([np.zeros((0, 3))], [np.zeros((0, 3))], [np.zeros((0, 3))], momentum=0.9, step=1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_buffer_protocol_and_noncontiguous_grads(backend):
+    """Writable buffers (array.array) are stepped in place; a strided grad is read correctly."""
+    import array
+
+    p = array.array("f", [1.0, 2.0, 3.0])
+    g = np.arange(6, dtype=np.float32)[::2]  # [0, 2, 4], not contiguous
+    fo.sgd_(p, g, lr=0.5, backend=backend)
+    assert list(p) == [1.0, 1.0, 1.0]
+
+
+def test_backend_env_override(monkeypatch):
+    monkeypatch.setenv("FUSEDOPTIM_BACKEND", "numpy")
+    assert fo._backends.resolve(None) == "numpy"
+    monkeypatch.setenv("FUSEDOPTIM_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="Invalid backend"):
+        fo._backends.resolve(None)
+
+
+def test_native_and_python_overlap_checks_agree():
+    if fo._validate._find_overlap_native is None:
+        pytest.skip("the C++ extension is not built")
+    rng = np.random.default_rng(1)
+    base = np.zeros(1000, np.float32)
+    for _ in range(300):
+        views = []
+        for _ in range(rng.integers(1, 6)):
+            lo = int(rng.integers(0, 1000))
+            hi = int(rng.integers(lo, 1001))
+            step = int(rng.choice([1, 1, 2, -1]))
+            views.append(base[lo:hi][::step])
+        assert fo._validate._find_overlap_native(views) == fo._validate._find_overlap_python(views)
