@@ -28,7 +28,11 @@ struct Scalar {
   // Exactly np.maximum: a wins if greater or NaN, else b (so ties, like max(-0, +0), give b).
   friend Scalar maximum(Scalar a, Scalar b) { return {(a.v > b.v || a.v != a.v) ? a.v : b.v}; }
   // Exactly np.sign: +1 above zero, -1 below, +0 for either zero (np.sign(-0.0) is +0.0), NaN stays NaN.
-  friend Scalar sign(Scalar a) { return {a.v > 0 ? T(1) : a.v < 0 ? T(-1) : a.v == 0 ? T(0) : a.v}; }
+  // Written without branches: on random data a chain of ?: mispredicts and ran Lion 15x slower.
+  friend Scalar sign(Scalar a) {
+    const T s = T(a.v > 0) - T(a.v < 0);
+    return {a.v == a.v ? s : a.v};
+  }
 
   // A running sum of squares in double, whatever T is (a float's square is exact in double).
   struct SquareSum {
