@@ -104,8 +104,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
 
 
 def lion(param, grad, exp_avg, s, f):
-    """Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), with decoupled
-    weight decay in the order of the paper's published implementation::
+    """Lion (Chen et al., 2023), decoupled weight decay in the published implementation's order::
 
         g       = -grad if maximize else grad
         c       = beta1 * exp_avg + (1 - beta1) * g
@@ -161,8 +160,7 @@ def _trust_ratio(param_sq, update_sq):
 
 
 def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
-    """LAMB (You et al., 2019, "Large Batch Optimization for Deep Learning: Training BERT in 76
-    minutes"): Adam's direction with decoupled weight decay, scaled per tensor by the trust ratio::
+    """LAMB (You et al., 2019): Adam's direction and weight decay, scaled per tensor by a trust ratio::
 
         g          = -grad if maximize else grad
         exp_avg    = beta1 * exp_avg + (1 - beta1) * g
