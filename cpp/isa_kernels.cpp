@@ -101,7 +101,8 @@ constexpr std::array<ReduceRangeFn, sizeof...(flags)> reducers_by_flags(std::int
 
 template <class Rule, class T>
 void reduce(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned flags, double* sums) {
-  static constexpr auto table = reducers_by_flags<Rule, T>(std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
+  static constexpr auto table =
+      reducers_by_flags<Rule, T>(std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
   table[flags](t, first, last, s, sums);
 }
 
