@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "dispatch.hpp"
+#include "two_pass.hpp"
 
 namespace py = pybind11;
 using namespace fusedoptim;
@@ -28,8 +29,9 @@ py::array as_array(py::handle h, const char* what) {
 template <class Rule, int R>
 void step(const py::list& params, const py::list& grads, const py::list& states, const std::vector<double>& scalars,
           unsigned flags) {
-  if (scalars.size() != static_cast<std::size_t>(Rule::S::count))
-    throw std::invalid_argument(std::string(Rule::name) + ": expected " + std::to_string(Rule::S::count) + " scalars");
+  if (scalars.size() != static_cast<std::size_t>(planned_scalars<Rule>()))
+    throw std::invalid_argument(std::string(Rule::name) + ": expected " + std::to_string(planned_scalars<Rule>()) +
+                                " scalars");
   if (flags >= (1u << Rule::F::count)) throw std::invalid_argument(std::string(Rule::name) + ": bad flags");
   const std::size_t n = params.size();
   if (grads.size() != n || states.size() > static_cast<std::size_t>(kMaxStates))
@@ -52,9 +54,15 @@ void step(const py::list& params, const py::list& grads, const py::list& states,
       t.state[k] = s.mutable_data();
     }
   }
-  const KernelFn kernel = active_isa().kernels[R][itemsize == 8 ? 1 : 0];
+  const int dtype = itemsize == 8 ? 1 : 0;
+  const KernelFn kernel = active_isa().kernels[R][dtype];
+  const ReduceFn first_pass = active_isa().reducers[R][dtype];  // null for one-pass rules
   py::gil_scoped_release nogil;
-  for (const Tensor& t : tensors) kernel(t, 0, t.size, scalars.data(), flags);
+  if constexpr (TwoPass<Rule>) {
+    for (const Tensor& t : tensors) step_two_pass<Rule>(first_pass, kernel, t, scalars.data(), flags);
+  } else {
+    for (const Tensor& t : tensors) kernel(t, 0, t.size, scalars.data(), flags);
+  }
 }
 
 // [first byte, one past the last byte) that an array's elements occupy, for any strides.

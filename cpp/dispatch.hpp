@@ -14,9 +14,15 @@ enum class Dtype { f32, f64 };
 // Steps elements [begin, end) of one tensor.
 using KernelFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, const double* scalars, unsigned flags);
 
+// Pass 1 of a two-pass rule (kernels/reduction.hpp) over blocks [first, last) of one tensor:
+// block b's k-th sum goes to block_sums[k * num_blocks(size) + b]. Pass 2 is the KernelFn.
+using ReduceFn = void (*)(const Tensor&, std::size_t first, std::size_t last, const double* scalars, unsigned flags,
+                          double* block_sums);
+
 struct IsaTable {
   const char* name;
   std::array<std::array<KernelFn, 2>, kNumRules> kernels;  // [rule][dtype]
+  std::array<std::array<ReduceFn, 2>, kNumRules> reducers;  // [rule][dtype], null for one-pass rules
 };
 
 // ISA levels compiled into this build, lowest first.

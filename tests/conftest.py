@@ -63,6 +63,13 @@ CASES = [
          [dict(lr=0.01, **h) for h in _grid(amsgrad=[False, True], weight_decay=[0.0, 0.05], maximize=[False, True],
                                             bias_correction=[True, False])],
          torch_name="Adam"),
+    Case("lion", fo.lion_, {"exp_avgs": ("exp_avg", False)},
+         [dict(lr=0.01, **h) for h in _grid(betas=[(0.9, 0.99), (0.0, 0.5)], weight_decay=[0.0, 0.1],
+                                            maximize=[False, True])],
+         takes_step=False),
+    Case("lamb", fo.lamb_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
+         [dict(lr=0.01, **h) for h in _grid(weight_decay=[0.0, 0.05], maximize=[False, True],
+                                            bias_correction=[True, False])]),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -6,10 +6,13 @@
 #include "adam.hpp"
 #include "rmsprop.hpp"
 #include "sgd.hpp"
+#include "lion.hpp"
+#include "lamb.hpp"
 
 namespace fusedoptim {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam,
+                         Lion, Lamb>;
 inline constexpr int kNumRules = std::tuple_size_v<Rules>;
 
 }  // namespace fusedoptim

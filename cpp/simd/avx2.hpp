@@ -30,6 +30,29 @@ struct Vec<float> {
     __m256 take_a = _mm256_or_ps(_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ), _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
     return {_mm256_blendv_ps(b.v, a.v, take_a)};
   }
+  // Exactly np.sign (see Scalar::sign): 1, -1, itself (NaN) under disjoint masks; +0 where none holds.
+  friend Vec sign(Vec a) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 pos = _mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f));
+    __m256 neg = _mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_LT_OQ), _mm256_set1_ps(-1.0f));
+    __m256 nan = _mm256_and_ps(_mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q), a.v);
+    return {_mm256_or_ps(_mm256_or_ps(pos, neg), nan)};
+  }
+
+  // Squares summed in double: lanes 0-3 in lo, 4-7 in hi.
+  struct SquareSum {
+    __m256d lo, hi;
+    static SquareSum zero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
+    void add(Vec x) {
+      __m256d l = _mm256_cvtps_pd(_mm256_castps256_ps128(x.v)), h = _mm256_cvtps_pd(_mm256_extractf128_ps(x.v, 1));
+      lo = _mm256_add_pd(lo, _mm256_mul_pd(l, l));
+      hi = _mm256_add_pd(hi, _mm256_mul_pd(h, h));
+    }
+    void store(double* p) const {
+      _mm256_storeu_pd(p, lo);
+      _mm256_storeu_pd(p + 4, hi);
+    }
+  };
 };
 
 template <>
@@ -53,6 +76,20 @@ struct Vec<double> {
     __m256d take_a = _mm256_or_pd(_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ), _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
     return {_mm256_blendv_pd(b.v, a.v, take_a)};
   }
+  friend Vec sign(Vec a) {
+    const __m256d zero = _mm256_setzero_pd();
+    __m256d pos = _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0));
+    __m256d neg = _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_LT_OQ), _mm256_set1_pd(-1.0));
+    __m256d nan = _mm256_and_pd(_mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q), a.v);
+    return {_mm256_or_pd(_mm256_or_pd(pos, neg), nan)};
+  }
+
+  struct SquareSum {
+    __m256d v;
+    static SquareSum zero() { return {_mm256_setzero_pd()}; }
+    void add(Vec x) { v = _mm256_add_pd(v, _mm256_mul_pd(x.v, x.v)); }
+    void store(double* p) const { _mm256_storeu_pd(p, v); }
+  };
 };
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -30,6 +30,28 @@ struct Vec<float> {
     __mmask16 take_a = _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
     return {_mm512_mask_blend_ps(take_a, b.v, a.v)};
   }
+  // Exactly np.sign (see Scalar::sign): 1, -1, itself (NaN) under disjoint masks; +0 where none holds.
+  friend Vec sign(Vec a) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 s = _mm512_mask_mov_ps(zero, _mm512_cmp_ps_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f));
+    s = _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f));
+    return {_mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), a.v)};
+  }
+
+  // Squares summed in double: lanes 0-7 in lo, 8-15 in hi.
+  struct SquareSum {
+    __m512d lo, hi;
+    static SquareSum zero() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
+    void add(Vec x) {
+      __m512d l = _mm512_cvtps_pd(_mm512_castps512_ps256(x.v)), h = _mm512_cvtps_pd(_mm512_extractf32x8_ps(x.v, 1));
+      lo = _mm512_add_pd(lo, _mm512_mul_pd(l, l));
+      hi = _mm512_add_pd(hi, _mm512_mul_pd(h, h));
+    }
+    void store(double* p) const {
+      _mm512_storeu_pd(p, lo);
+      _mm512_storeu_pd(p + 8, hi);
+    }
+  };
 };
 
 template <>
@@ -53,6 +75,19 @@ struct Vec<double> {
     __mmask8 take_a = _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
     return {_mm512_mask_blend_pd(take_a, b.v, a.v)};
   }
+  friend Vec sign(Vec a) {
+    const __m512d zero = _mm512_setzero_pd();
+    __m512d s = _mm512_mask_mov_pd(zero, _mm512_cmp_pd_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_pd(1.0));
+    s = _mm512_mask_mov_pd(s, _mm512_cmp_pd_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_pd(-1.0));
+    return {_mm512_mask_mov_pd(s, _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q), a.v)};
+  }
+
+  struct SquareSum {
+    __m512d v;
+    static SquareSum zero() { return {_mm512_setzero_pd()}; }
+    void add(Vec x) { v = _mm512_add_pd(v, _mm512_mul_pd(x.v, x.v)); }
+    void store(double* p) const { _mm512_storeu_pd(p, v); }
+  };
 };
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -27,6 +27,23 @@ struct Scalar {
   friend Scalar abs(Scalar a) { return {std::fabs(a.v)}; }
   // Exactly np.maximum: a wins if greater or NaN, else b (so ties, like max(-0, +0), give b).
   friend Scalar maximum(Scalar a, Scalar b) { return {(a.v > b.v || a.v != a.v) ? a.v : b.v}; }
+  // Exactly np.sign: +1 above zero, -1 below, +0 for either zero (np.sign(-0.0) is +0.0), NaN stays NaN.
+  // Written without branches: on random data a chain of ?: mispredicts and ran Lion 15x slower.
+  friend Scalar sign(Scalar a) {
+    const T s = T(a.v > 0) - T(a.v < 0);
+    return {a.v == a.v ? s : a.v};
+  }
+
+  // A running sum of squares in double, whatever T is (a float's square is exact in double).
+  struct SquareSum {
+    double v;
+    static SquareSum zero() { return {0.0}; }
+    void add(Scalar x) {
+      const double d = x.v;
+      v = v + d * d;
+    }
+    void store(double* p) const { *p = v; }
+  };
 };
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -8,12 +8,15 @@ package never imports torch.
 from . import reference
 from ._backends import available as available_backends
 from .functional import adagrad_, adam_, rmsprop_, sgd_
+from .functional import lamb_, lion_
 from .optim import SGD, Adagrad, Adam, Optimizer, RMSprop
+from .optim import Lamb, Lion
 from ._config import isa_levels, set_isa, show_config
 
 __all__ = [
     "sgd_", "adagrad_", "rmsprop_", "adam_",
     "SGD", "Adagrad", "RMSprop", "Adam", "Optimizer",
+    "lion_", "lamb_", "Lion", "Lamb",
     "available_backends", "isa_levels", "set_isa", "show_config", "reference",
 ]
 __version__ = "0.1.0"

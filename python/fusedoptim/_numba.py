@@ -9,6 +9,8 @@ as empty arrays. Arrays are 1-D views of the caller's memory.
 import numpy as np
 from numba import njit
 
+from .reference import BLOCK, LANES, _trust_ratio
+
 _jit = njit(cache=True, nogil=True, fastmath=False)
 
 
@@ -80,3 +82,101 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
             max_exp_avg_sq[i] = v
         denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
         param[i] = p - s.step_size * (m / denom)
+
+
+@_jit
+def _sign(x, one):
+    """np.sign exactly, in x's dtype (numba's own np.sign keeps the sign of -0.0)."""
+    if x > 0:
+        return one
+    if x < 0:
+        return -one
+    if x == 0:
+        return one - one
+    return x
+
+
+@_jit
+def lion(param, grad, exp_avg, s, f):
+    one = param.dtype.type(1)
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        m = exp_avg[i]
+        c = s.beta1 * m + s.one_minus_beta1 * g
+        if f.weight_decay:
+            p = p * s.decay_factor
+        param[i] = p - s.lr * _sign(c, one)
+        exp_avg[i] = s.beta2 * m + s.one_minus_beta2 * g
+
+
+@_jit
+def _fold_lanes(lanes):
+    half = LANES // 2
+    while half > 0:
+        for j in range(half):
+            lanes[j] = lanes[j] + lanes[j + half]
+        half //= 2
+    return lanes[0]
+
+
+@_jit
+def _combine_blocks(x):
+    n = x.size
+    if n == 0:
+        return 0.0
+    while n > 1:
+        for j in range(n // 2):
+            x[j] = x[2 * j] + x[2 * j + 1]
+        if n % 2:
+            x[n // 2] = x[n - 1]
+        n = (n + 1) // 2
+    return x[0]
+
+
+@_jit
+def _lamb_direction(p, m, v, s, f):
+    u = s.inv_bias_correction1 * (m / (np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps))
+    if f.weight_decay:
+        u = u + s.weight_decay * p
+    return u
+
+
+@_jit
+def _lamb_first_pass(param, grad, exp_avg, exp_avg_sq, s, f):
+    """Updates the moments; returns the sums of squares of param and u in reference._sum_of_squares's order."""
+    n = param.size
+    blocks = (n + BLOCK - 1) // BLOCK
+    param_sq, update_sq = np.empty(blocks), np.empty(blocks)
+    lanes = np.empty((2, LANES))
+    for b in range(blocks):
+        lanes[:] = 0.0
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            p = param[i]
+            g = -grad[i] if f.maximize else grad[i]
+            m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+            v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
+            exp_avg[i] = m
+            exp_avg_sq[i] = v
+            u = _lamb_direction(p, m, v, s, f)
+            wide_p, wide_u = np.float64(p), np.float64(u)
+            lanes[0, i % LANES] += wide_p * wide_p
+            lanes[1, i % LANES] += wide_u * wide_u
+        param_sq[b] = _fold_lanes(lanes[0])
+        update_sq[b] = _fold_lanes(lanes[1])
+    return _combine_blocks(param_sq), _combine_blocks(update_sq)
+
+
+@_jit
+def _lamb_update(param, exp_avg, exp_avg_sq, trust, s, f):
+    scale = s.lr * trust
+    for i in range(param.size):
+        p = param[i]
+        param[i] = p - scale * _lamb_direction(p, exp_avg[i], exp_avg_sq[i], s, f)
+
+
+def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
+    """Two jitted passes around the host-side trust ratio, as the C++ kernel runs them."""
+    param_sq, update_sq = _lamb_first_pass(param, grad, exp_avg, exp_avg_sq, s, f)
+    trust = param.dtype.type(_trust_ratio(param_sq, update_sq))
+    _lamb_update(param, exp_avg, exp_avg_sq, trust, s, f)

@@ -204,6 +204,74 @@ def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correc
     )
 
 
+
+# --- Lion ---
+
+class LionScalars(NamedTuple):
+    lr: float
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    decay_factor: float  # 1 - lr * weight_decay
+
+
+class LionFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def lion_plan(lr, betas, weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    return Plan(
+        LionScalars(lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - lr * weight_decay),
+        LionFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("exp_avg",),
+    )
+
+
+# --- LAMB ---
+
+class LambScalars(NamedTuple):
+    """The planned scalars; the kernel appends the per-tensor trust ratio after ``lr``."""
+
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    inv_bias_correction1: float
+    inv_bias_correction2_sqrt: float
+    eps: float
+    weight_decay: float
+    lr: float
+
+
+class LambFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def lamb_plan(step, lr, betas, eps, weight_decay, maximize, bias_correction):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    step = _step(step)
+    if _flag("bias_correction", bias_correction):
+        inv_bias_correction1 = 1.0 / (1.0 - beta1**step)
+        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
+    else:
+        inv_bias_correction1, inv_bias_correction2_sqrt = 1.0, 1.0
+    return Plan(
+        LambScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
+                    weight_decay, lr),
+        LambFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("exp_avg", "exp_avg_sq"),
+    )
+
+
 RULES = {
     rule.name: rule
     for rule in (
@@ -211,5 +279,7 @@ RULES = {
         Rule("adagrad", ("sum",), adagrad_plan),
         Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
         Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
+        Rule("lion", ("exp_avg",), lion_plan),
+        Rule("lamb", ("exp_avg", "exp_avg_sq"), lamb_plan),
     )
 }

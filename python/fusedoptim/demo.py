@@ -16,6 +16,8 @@ RULES = [
     ("Adagrad", fo.Adagrad, dict(lr=0.05)),
     ("RMSprop", fo.RMSprop, dict(lr=1e-3)),
     ("Adam", fo.Adam, dict(lr=1e-3)),
+    ("Lion", fo.Lion, dict(lr=1e-4)),
+    ("LAMB", fo.Lamb, dict(lr=1e-2)),
 ]
 
 

@@ -90,3 +90,28 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.
                {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
                backend, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                maximize=maximize, bias_correction=bias_correction)
+
+
+@_with_formula(reference.lion)
+def lion_(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False, backend=None):
+    """Lion, EvoLved Sign Momentum (Chen et al., 2023, arXiv:2302.06675).
+
+    Defaults: lr=1e-4, betas=(0.9, 0.99), weight_decay=0 (decoupled), maximize=False, as in the
+    paper's published implementation. Every element moves by exactly lr (plus the decay), so lr
+    is typically 3-10x smaller than AdamW's and weight_decay 3-10x larger. ``exp_avgs`` start at zero.
+    """
+    _step_rule("lion", params, grads, {"exp_avgs": exp_avgs}, backend, lr=lr, betas=betas,
+               weight_decay=weight_decay, maximize=maximize)
+
+
+@_with_formula(reference.lamb)
+def lamb_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+          maximize=False, bias_correction=True, backend=None):
+    """LAMB, layer-wise adaptive moments (You et al., 2019, arXiv:1904.00962).
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0 (decoupled, inside the
+    update), maximize=False, bias_correction=True, as TensorFlow Addons' ``LAMB``. The trust
+    ratio is per array: each of ``params`` is one layer. States start at zero.
+    """
+    _step_rule("lamb", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step, lr=lr,
+               betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, bias_correction=bias_correction)

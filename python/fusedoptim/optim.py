@@ -201,3 +201,25 @@ class Adam(Optimizer):
                  maximize=False, bias_correction=True, backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, bias_correction=bias_correction), backend)
+
+
+class Lion(Optimizer):
+    """Stateful :func:`fusedoptim.lion_`. Defaults: lr=1e-4, betas=(0.9, 0.99), weight_decay=0,
+    maximize=False. State: ``exp_avg``."""
+
+    _rule = "lion"
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize), backend)
+
+
+class Lamb(Optimizer):
+    """Stateful :func:`fusedoptim.lamb_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
+    weight_decay=0, maximize=False, bias_correction=True. State: ``exp_avg``, ``exp_avg_sq``."""
+
+    _rule = "lamb"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
+                 bias_correction=True, backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                                      bias_correction=bias_correction), backend)

@@ -6,6 +6,8 @@ backends agree bit for bit. ``s`` and ``f`` are the rule's Scalars and Flags fro
 ``fusedoptim._rules``; states a step does not use arrive as ``None``.
 """
 
+import math
+
 import numpy as np
 
 
@@ -99,3 +101,85 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         v = max_exp_avg_sq
     denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
     param[...] = param - s.step_size * (exp_avg / denom)
+
+
+def lion(param, grad, exp_avg, s, f):
+    """Lion (Chen et al., 2023), decoupled weight decay in the published implementation's order::
+
+        g       = -grad if maximize else grad
+        c       = beta1 * exp_avg + (1 - beta1) * g
+        param   = param * decay_factor                 (if weight_decay != 0)
+        param   = param - lr * sign(c)
+        exp_avg = beta2 * exp_avg + (1 - beta2) * g
+
+    with decay_factor = 1 - lr * weight_decay, so that param - lr * (sign(c) + weight_decay * param)
+    holds up to rounding; sign is np.sign (+0.0 for either zero, NaN stays NaN).
+    """
+    g = -grad if f.maximize else grad
+    c = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    if f.weight_decay:
+        param[...] = param * s.decay_factor
+    param[...] = param - s.lr * np.sign(c)
+    exp_avg[...] = s.beta2 * exp_avg + s.one_minus_beta2 * g
+
+
+BLOCK, LANES = 1024, 16  # cpp/kernels/reduction.hpp: kBlock, kLanes
+
+
+def _sum_of_squares(x):
+    """sum(x**2) in float64, in the one order every backend and thread count uses:
+
+    element i (of x flattened) adds its square to lane i % LANES of block i // BLOCK, in index
+    order; a block's lanes fold in halves (lane j += lane j + 8, then + 4, + 2, + 1); block results
+    combine pairwise in rounds, (b0 + b1), (b2 + b3), ..., an odd last one carried, until one is left.
+    """
+    wide = np.ravel(x).astype(np.float64)
+    squares = wide * wide
+    blocks = -(-squares.size // BLOCK)
+    # Zero padding changes no sum: s + 0.0 == s for every s >= +0, Inf and NaN.
+    rows = np.zeros(blocks * BLOCK)
+    rows[:squares.size] = squares
+    rows = rows.reshape(blocks, BLOCK // LANES, LANES)
+    lanes = np.zeros((blocks, LANES))
+    for r in range(BLOCK // LANES):
+        lanes = lanes + rows[:, r]
+    while lanes.shape[1] > 1:
+        half = lanes.shape[1] // 2
+        lanes = lanes[:, :half] + lanes[:, half:]
+    results = lanes[:, 0]
+    while results.size > 1:
+        paired = results.size // 2 * 2
+        results = np.concatenate([results[0:paired:2] + results[1:paired:2], results[paired:]])
+    return float(results[0]) if results.size else 0.0
+
+
+def _trust_ratio(param_sq, update_sq):
+    """||param|| / ||u|| from the sums of squares, in double; 1 if either norm is 0."""
+    param_norm, update_norm = math.sqrt(param_sq), math.sqrt(update_sq)
+    return param_norm / update_norm if param_norm != 0 and update_norm != 0 else 1.0
+
+
+def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
+    """LAMB (You et al., 2019): Adam's direction and weight decay, scaled per tensor by a trust ratio::
+
+        g          = -grad if maximize else grad
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+        u          = inv_bias_correction1 * (exp_avg / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps))
+        u          = u + weight_decay * param                      (if weight_decay != 0)
+        trust      = ||param|| / ||u||, or 1 if either norm is 0   (whole tensor, float64, rounded once)
+        param      = param - (lr * trust) * u
+
+    with inv_bias_correction1 = 1 / (1 - beta1^step) and inv_bias_correction2_sqrt =
+    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. The norms are of param before
+    the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
+    param or u makes trust NaN or Inf, and so the whole tensor's step.
+    """
+    g = -grad if f.maximize else grad
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
+    if f.weight_decay:
+        u = u + s.weight_decay * param
+    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
+    param[...] = param - (s.lr * trust) * u
