@@ -31,16 +31,19 @@ constexpr int planned_scalars() {
   else return Rule::S::count;
 }
 
-inline std::size_t num_blocks(std::size_t size) { return (size + kBlock - 1) / kBlock; }
+// `static`, not merely inline: every ISA's translation unit compiles these with its own -m flags,
+// and the linker may keep any one copy of an inline function for all callers, so an AVX-512
+// build of them could end up in the baseline path.
+static inline std::size_t num_blocks(std::size_t size) { return (size + kBlock - 1) / kBlock; }
 
-inline double fold_lanes(double* lanes) {
+static inline double fold_lanes(double* lanes) {
   for (std::size_t half = kLanes / 2; half > 0; half /= 2)
     for (std::size_t j = 0; j < half; ++j) lanes[j] = lanes[j] + lanes[j + half];
   return lanes[0];
 }
 
 // Combines n block results in place; 0 when there are none.
-inline double combine_blocks(double* x, std::size_t n) {
+static inline double combine_blocks(double* x, std::size_t n) {
   if (n == 0) return 0.0;
   for (; n > 1; n = (n + 1) / 2) {
     for (std::size_t j = 0; j < n / 2; ++j) x[j] = x[2 * j] + x[2 * j + 1];

@@ -21,7 +21,9 @@ struct Operands {
   const T* grad;
   T* state[kMaxStates];
 
-  explicit Operands(const Tensor& t)
+  // Always inlined: Operands<T> is the same symbol in every ISA's translation unit, so an
+  // out-of-line copy built with one level's -m flags could be linked into another level's path.
+  [[gnu::always_inline]] explicit Operands(const Tensor& t)
       : param(static_cast<T*>(t.param)), grad(static_cast<const T*>(t.grad)), state{} {
     for (int k = 0; k < kMaxStates; ++k) state[k] = static_cast<T*>(t.state[k]);
   }
