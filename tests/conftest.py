@@ -23,6 +23,14 @@ def _sgd_grid():
     return [dict(lr=0.05, **h) for h in plain + heavy_ball + nesterov]
 
 
+# None, L2 and decoupled (AdamW-style), for the rules that have both forms of weight decay.
+WEIGHT_DECAYS = [dict(weight_decay=0.0), dict(weight_decay=0.05), dict(weight_decay=0.05, decoupled_weight_decay=True)]
+
+
+def _with_weight_decays(grid):
+    return [{**h, **wd} for h in grid for wd in WEIGHT_DECAYS]
+
+
 class Case:
     """A rule as the tests drive it: its functional, its state arguments, and flag combinations.
 
@@ -60,8 +68,8 @@ CASES = [
     Case("adam", fo.adam_,
          {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True),
           "max_exp_avg_sqs": ("max_exp_avg_sq", True)},
-         [dict(lr=0.01, **h) for h in _grid(amsgrad=[False, True], weight_decay=[0.0, 0.05], maximize=[False, True],
-                                            bias_correction=[True, False])],
+         _with_weight_decays(_grid(lr=[0.01], amsgrad=[False, True], maximize=[False, True],
+                                   bias_correction=[True, False])),
          torch_name="Adam"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}

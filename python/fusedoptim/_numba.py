@@ -69,6 +69,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         g = -grad[i] if f.maximize else grad[i]
         if f.weight_decay:
             g = g + s.weight_decay * p
+        if f.decoupled_weight_decay:
+            p = p * s.one_minus_lr_weight_decay
         m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
         v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
         exp_avg[i] = m

@@ -171,12 +171,14 @@ class AdamScalars(NamedTuple):
     inv_bias_correction2_sqrt: float
     eps: float
     weight_decay: float
+    one_minus_lr_weight_decay: float
 
 
 class AdamFlags(NamedTuple):
     maximize: bool
     weight_decay: bool
     amsgrad: bool
+    decoupled_weight_decay: bool
 
 
 def _betas(betas):
@@ -185,21 +187,31 @@ def _betas(betas):
     return _in_unit("beta1 (betas[0])", betas[0]), _in_unit("beta2 (betas[1])", betas[1])
 
 
-def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction):
+def _weight_decay(lr, weight_decay, decoupled):
+    """torch's two forms of weight decay: L2 (``g += weight_decay * param``) or decoupled
+    (``param *= 1 - lr * weight_decay``, AdamW). Returns (L2 on, decoupled on, 1 - lr * weight_decay)."""
+    on = weight_decay != 0
+    decoupled = _flag("decoupled_weight_decay", decoupled)
+    return on and not decoupled, on and decoupled, 1.0 - lr * weight_decay
+
+
+def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, decoupled_weight_decay):
     lr = _at_least("lr", lr, 0.0)
     beta1, beta2 = _betas(betas)
     eps = _at_least("eps", eps, 0.0)
     weight_decay = _at_least("weight_decay", weight_decay, 0.0)
     step = _step(step)
     amsgrad = _flag("amsgrad", amsgrad)
+    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
     if _flag("bias_correction", bias_correction):
         step_size = lr / (1.0 - beta1**step)
         inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
     else:
         step_size, inv_bias_correction2_sqrt = lr, 1.0
     return Plan(
-        AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay),
-        AdamFlags(_flag("maximize", maximize), weight_decay != 0, amsgrad),
+        AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay,
+                    one_minus_lr_weight_decay),
+        AdamFlags(_flag("maximize", maximize), l2, amsgrad, decoupled),
         ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()),
     )
 

@@ -78,15 +78,31 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
 @_with_formula(reference.adam)
 def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
           weight_decay=0.0, amsgrad=False, max_exp_avg_sqs=None, maximize=False, bias_correction=True,
-          backend=None):
+          decoupled_weight_decay=False, backend=None):
     """Adam (Kingma & Ba, 2015; ``torch.optim.Adam``).
 
     Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2, added to the
-    gradient), amsgrad=False, maximize=False, bias_correction=True. ``bias_correction=False``
-    is the lecture's Adam without the 1 - beta^t factors. ``max_exp_avg_sqs`` are required when
+    gradient; decoupled from it, as AdamW, with ``decoupled_weight_decay=True``), amsgrad=False
+    (Reddi et al., 2018), maximize=False, bias_correction=True. ``bias_correction=False`` is the
+    lecture's Adam without the 1 - beta^t factors. ``max_exp_avg_sqs`` are required when
     amsgrad. States start at zero.
     """
     _step_rule("adam", params, grads,
                {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
                backend, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-               maximize=maximize, bias_correction=bias_correction)
+               maximize=maximize, bias_correction=bias_correction, decoupled_weight_decay=decoupled_weight_decay)
+
+
+@_with_formula(reference.adam)
+def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False, bias_correction=True,
+           backend=None):
+    """AdamW (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``): :func:`adam_` with decoupled
+    weight decay, ``param *= 1 - lr * weight_decay`` before the Adam update.
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+    maximize=False, bias_correction=True. States as for :func:`adam_`.
+    """
+    adam_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+          amsgrad=amsgrad, max_exp_avg_sqs=max_exp_avg_sqs, maximize=maximize, bias_correction=bias_correction,
+          decoupled_weight_decay=True, backend=backend)

@@ -192,12 +192,24 @@ class RMSprop(Optimizer):
 
 class Adam(Optimizer):
     """Stateful :func:`fusedoptim.adam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, amsgrad=False, maximize=False, bias_correction=True. State: ``exp_avg``,
-    ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+    weight_decay=0, amsgrad=False, maximize=False, bias_correction=True,
+    decoupled_weight_decay=False. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
 
     _rule = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, bias_correction=True, backend=None):
+                 maximize=False, bias_correction=True, decoupled_weight_decay=False, backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, bias_correction=bias_correction), backend)
+                                      maximize=maximize, bias_correction=bias_correction,
+                                      decoupled_weight_decay=decoupled_weight_decay), backend)
+
+
+class AdamW(Adam):
+    """Stateful :func:`fusedoptim.adamw_`: :class:`Adam` with decoupled weight decay. Defaults:
+    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
+    bias_correction=True. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, bias_correction=True, backend=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         bias_correction=bias_correction, decoupled_weight_decay=True, backend=backend)

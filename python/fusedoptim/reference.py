@@ -76,10 +76,11 @@ def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, s, f):
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
-    """Adam (Kingma & Ba, 2015) with L2 weight decay and AMSGrad::
+    """Adam (Kingma & Ba, 2015) with AMSGrad and L2 or decoupled (AdamW) weight decay::
 
         g          = -grad if maximize else grad
-        g          = g + weight_decay * param                          (if weight_decay != 0)
+        g          = g + weight_decay * param                          (if weight_decay != 0, L2)
+        param      = param * (1 - lr * weight_decay)                   (if weight_decay != 0, decoupled)
         exp_avg    = beta1 * exp_avg + (1 - beta1) * g
         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
         v          = max(max_exp_avg_sq, exp_avg_sq) if amsgrad else exp_avg_sq
@@ -91,6 +92,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
     g = -grad if f.maximize else grad
     if f.weight_decay:
         g = g + s.weight_decay * param
+    p = param * s.one_minus_lr_weight_decay if f.decoupled_weight_decay else param
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
     v = exp_avg_sq
@@ -98,4 +100,4 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         max_exp_avg_sq[...] = np.maximum(max_exp_avg_sq, exp_avg_sq)
         v = max_exp_avg_sq
     denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
-    param[...] = param - s.step_size * (exp_avg / denom)
+    param[...] = p - s.step_size * (exp_avg / denom)
