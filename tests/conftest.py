@@ -71,6 +71,8 @@ CASES = [
          _with_weight_decays(_grid(lr=[0.01], amsgrad=[False, True], maximize=[False, True],
                                    bias_correction=[True, False])),
          torch_name="Adam"),
+    Case("adamax", fo.adamax_, {"exp_avgs": ("exp_avg", False), "exp_infs": ("exp_inf", True)},
+         _grid(lr=[0.01], weight_decay=[0.0, 0.05], maximize=[False, True]), torch_name="Adamax"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

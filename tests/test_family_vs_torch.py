@@ -33,6 +33,8 @@ TRAJECTORIES = [
     (fo.Adam, "Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.05, decoupled_weight_decay=True)),
     (fo.AdamW, "AdamW", dict()),
     (fo.AdamW, "AdamW", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
+    (fo.Adamax, "Adamax", dict()),
+    (fo.Adamax, "Adamax", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, maximize=True)),
 ]
 
 

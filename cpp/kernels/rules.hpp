@@ -4,12 +4,13 @@
 
 #include "adagrad.hpp"
 #include "adam.hpp"
+#include "adamax.hpp"
 #include "rmsprop.hpp"
 #include "sgd.hpp"
 
 namespace fusedoptim {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax>;
 inline constexpr int kNumRules = std::tuple_size_v<Rules>;
 
 }  // namespace fusedoptim

@@ -13,6 +13,12 @@ _jit = njit(cache=True, nogil=True, fastmath=False)
 
 
 @_jit
+def _maximum(a, b):
+    """np.maximum of two elements: a if greater or NaN, else b (so max(-0, +0) is +0, the second)."""
+    return a if (a > b or a != a) else b
+
+
+@_jit
 def sgd(param, grad, momentum_buffer, s, f):
     for i in range(param.size):
         p = param[i]
@@ -76,9 +82,21 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         exp_avg[i] = m
         exp_avg_sq[i] = v
         if f.amsgrad:
-            # np.maximum's exact semantics: ties (-0 vs +0) give the second operand.
-            vmax = max_exp_avg_sq[i]
-            v = vmax if (vmax > v or vmax != vmax) else v
+            v = _maximum(max_exp_avg_sq[i], v)
             max_exp_avg_sq[i] = v
         denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
         param[i] = p - s.step_size * (m / denom)
+
+
+@_jit
+def adamax(param, grad, exp_avg, exp_inf, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+        u = _maximum(s.beta2 * exp_inf[i], np.abs(g) + s.eps)
+        exp_avg[i] = m
+        exp_inf[i] = u
+        param[i] = p - s.clr * (m / u)

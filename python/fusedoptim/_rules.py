@@ -216,6 +216,35 @@ def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correc
     )
 
 
+# --- Adamax ---
+
+class AdamaxScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    eps: float
+    clr: float
+    weight_decay: float
+
+
+class AdamaxFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def adamax_plan(step, lr, betas, eps, weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    clr = lr / (1.0 - beta1**_step(step))
+    return Plan(
+        AdamaxScalars(beta1, 1.0 - beta1, beta2, eps, clr, weight_decay),
+        AdamaxFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("exp_avg", "exp_inf"),
+    )
+
+
 RULES = {
     rule.name: rule
     for rule in (
@@ -223,5 +252,6 @@ RULES = {
         Rule("adagrad", ("sum",), adagrad_plan),
         Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
         Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
+        Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
     )
 }

@@ -106,3 +106,15 @@ def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0
     adam_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
           amsgrad=amsgrad, max_exp_avg_sqs=max_exp_avg_sqs, maximize=maximize, bias_correction=bias_correction,
           decoupled_weight_decay=True, backend=backend)
+
+
+@_with_formula(reference.adamax)
+def adamax_(params, grads, exp_avgs, exp_infs, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+            maximize=False, backend=None):
+    """Adamax (Kingma & Ba, 2015, section 7.1; ``torch.optim.Adamax``).
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2), maximize=False.
+    States start at zero.
+    """
+    _step_rule("adamax", params, grads, {"exp_avgs": exp_avgs, "exp_infs": exp_infs}, backend, step=step, lr=lr,
+               betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)

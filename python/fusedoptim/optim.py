@@ -213,3 +213,15 @@ class AdamW(Adam):
                  maximize=False, bias_correction=True, backend=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                          bias_correction=bias_correction, decoupled_weight_decay=True, backend=backend)
+
+
+class Adamax(Optimizer):
+    """Stateful :func:`fusedoptim.adamax_`. Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, maximize=False. State: ``exp_avg``, ``exp_inf``."""
+
+    _rule = "adamax"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False,
+                 backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         backend)

@@ -101,3 +101,20 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         v = max_exp_avg_sq
     denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
     param[...] = p - s.step_size * (exp_avg / denom)
+
+
+def adamax(param, grad, exp_avg, exp_inf, s, f):
+    """Adamax (Kingma & Ba, 2015, section 7.1), Adam with the infinity norm::
+
+        g       = -grad if maximize else grad
+        g       = g + weight_decay * param                 (if weight_decay != 0)
+        exp_avg = beta1 * exp_avg + (1 - beta1) * g
+        exp_inf = max(beta2 * exp_inf, |g| + eps)          (NaN if either is NaN)
+        param   = param - clr * (exp_avg / exp_inf),       clr = lr / (1 - beta1^step)
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_inf[...] = np.maximum(s.beta2 * exp_inf, np.abs(g) + s.eps)
+    param[...] = param - s.clr * (exp_avg / exp_inf)
