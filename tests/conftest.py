@@ -73,6 +73,8 @@ CASES = [
          torch_name="Adam"),
     Case("adamax", fo.adamax_, {"exp_avgs": ("exp_avg", False), "exp_infs": ("exp_inf", True)},
          _grid(lr=[0.01], weight_decay=[0.0, 0.05], maximize=[False, True]), torch_name="Adamax"),
+    Case("adadelta", fo.adadelta_, {"square_avgs": ("square_avg", True), "acc_deltas": ("acc_delta", True)},
+         _grid(weight_decay=[0.0, 0.05], maximize=[False, True]), takes_step=False, torch_name="Adadelta"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -16,6 +16,10 @@ torch = pytest.importorskip("torch")
 
 STEPS = 60
 TOLERANCE = {np.float32: 1e-6, np.float64: 1e-14}
+# torch's addcmul_ rounds once (an FMA, bitwise so on this machine), ours twice, as the contract
+# wants. Adadelta's acc_delta feeds its own error back through sqrt(acc_delta + eps) undamped:
+# ours and torch's each drift ~7e-7 from the fp64 trajectory, so from each other up to ~1.4e-6.
+FP32_TOLERANCE = {"Adadelta": 2e-6}
 
 # (our stateful optimizer, torch.optim class name, hyperparameters both take)
 TRAJECTORIES = [
@@ -35,6 +39,8 @@ TRAJECTORIES = [
     (fo.AdamW, "AdamW", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
     (fo.Adamax, "Adamax", dict()),
     (fo.Adamax, "Adamax", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, maximize=True)),
+    (fo.Adadelta, "Adadelta", dict()),
+    (fo.Adadelta, "Adadelta", dict(lr=0.5, rho=0.95, eps=1e-4, weight_decay=0.05, maximize=True)),
 ]
 
 
@@ -87,7 +93,8 @@ def trajectory_error(ours_class, torch_name, hyper, dtype, steps=STEPS, seed=0):
 @pytest.mark.parametrize("entry", TRAJECTORIES, ids=label)
 def test_trajectory_matches_torch(entry, dtype):
     err = trajectory_error(*entry, dtype)
-    assert err <= TOLERANCE[dtype], f"{label(entry)} {np.dtype(dtype).name}: max relative error {err:.3g}"
+    tolerance = FP32_TOLERANCE.get(entry[1], TOLERANCE[dtype]) if dtype == np.float32 else TOLERANCE[dtype]
+    assert err <= tolerance, f"{label(entry)} {np.dtype(dtype).name}: max relative error {err:.3g}"
 
 
 def test_a_different_rule_is_caught():

@@ -2,6 +2,7 @@
 #pragma once
 #include <tuple>
 
+#include "adadelta.hpp"
 #include "adagrad.hpp"
 #include "adam.hpp"
 #include "adamax.hpp"
@@ -10,7 +11,7 @@
 
 namespace fusedoptim {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta>;
 inline constexpr int kNumRules = std::tuple_size_v<Rules>;
 
 }  // namespace fusedoptim

@@ -100,3 +100,18 @@ def adamax(param, grad, exp_avg, exp_inf, s, f):
         exp_avg[i] = m
         exp_inf[i] = u
         param[i] = p - s.clr * (m / u)
+
+
+@_jit
+def adadelta(param, grad, square_avg, acc_delta, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        sq = s.rho * square_avg[i] + s.one_minus_rho * (g * g)
+        square_avg[i] = sq
+        acc = acc_delta[i]
+        delta = np.sqrt(acc + s.eps) / np.sqrt(sq + s.eps) * g
+        acc_delta[i] = s.rho * acc + s.one_minus_rho * (delta * delta)
+        param[i] = p - s.lr * delta

@@ -245,6 +245,35 @@ def adamax_plan(step, lr, betas, eps, weight_decay, maximize):
     )
 
 
+# --- Adadelta ---
+
+class AdadeltaScalars(NamedTuple):
+    lr: float
+    rho: float
+    one_minus_rho: float
+    eps: float
+    weight_decay: float
+
+
+class AdadeltaFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def adadelta_plan(lr, rho, eps, weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    rho = _at_least("rho", rho, 0.0)
+    if rho > 1.0:
+        raise ValueError(f"Invalid rho: {rho} (must be in [0, 1])")
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    return Plan(
+        AdadeltaScalars(lr, rho, 1.0 - rho, eps, weight_decay),
+        AdadeltaFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("square_avg", "acc_delta"),
+    )
+
+
 RULES = {
     rule.name: rule
     for rule in (
@@ -253,5 +282,6 @@ RULES = {
         Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
         Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
         Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
+        Rule("adadelta", ("square_avg", "acc_delta"), adadelta_plan),
     )
 }

@@ -118,3 +118,15 @@ def adamax_(params, grads, exp_avgs, exp_infs, *, step, lr=2e-3, betas=(0.9, 0.9
     """
     _step_rule("adamax", params, grads, {"exp_avgs": exp_avgs, "exp_infs": exp_infs}, backend, step=step, lr=lr,
                betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+
+
+@_with_formula(reference.adadelta)
+def adadelta_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
+              backend=None):
+    """Adadelta (Zeiler, 2012; ``torch.optim.Adadelta``).
+
+    Defaults: lr=1.0, rho=0.9, eps=1e-6, weight_decay=0 (L2), maximize=False. States start at
+    zero.
+    """
+    _step_rule("adadelta", params, grads, {"square_avgs": square_avgs, "acc_deltas": acc_deltas}, backend, lr=lr,
+               rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)

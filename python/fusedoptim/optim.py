@@ -225,3 +225,13 @@ class Adamax(Optimizer):
                  backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
                          backend)
+
+
+class Adadelta(Optimizer):
+    """Stateful :func:`fusedoptim.adadelta_`. Defaults: lr=1.0, rho=0.9, eps=1e-6,
+    weight_decay=0, maximize=False. State: ``square_avg``, ``acc_delta``."""
+
+    _rule = "adadelta"
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), backend)

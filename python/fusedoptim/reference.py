@@ -118,3 +118,22 @@ def adamax(param, grad, exp_avg, exp_inf, s, f):
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_inf[...] = np.maximum(s.beta2 * exp_inf, np.abs(g) + s.eps)
     param[...] = param - s.clr * (exp_avg / exp_inf)
+
+
+def adadelta(param, grad, square_avg, acc_delta, s, f):
+    """Adadelta (Zeiler, 2012)::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                          (if weight_decay != 0)
+        square_avg = rho * square_avg + (1 - rho) * (g * g)
+        delta      = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta  = rho * acc_delta + (1 - rho) * (delta * delta)
+        param      = param - lr * delta
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    square_avg[...] = s.rho * square_avg + s.one_minus_rho * (g * g)
+    delta = np.sqrt(acc_delta + s.eps) / np.sqrt(square_avg + s.eps) * g
+    acc_delta[...] = s.rho * acc_delta + s.one_minus_rho * (delta * delta)
+    param[...] = param - s.lr * delta
