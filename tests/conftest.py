@@ -75,6 +75,10 @@ CASES = [
          _grid(lr=[0.01], weight_decay=[0.0, 0.05], maximize=[False, True]), torch_name="Adamax"),
     Case("adadelta", fo.adadelta_, {"square_avgs": ("square_avg", True), "acc_deltas": ("acc_delta", True)},
          _grid(weight_decay=[0.0, 0.05], maximize=[False, True]), takes_step=False, torch_name="Adadelta"),
+    # Steps 1-5 are unrectified, 6 on rectified (default betas): the full grid runs steps 1-6.
+    Case("radam", fo.radam_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
+         _with_weight_decays(_grid(lr=[0.01], maximize=[False, True])),
+         torch_name="RAdam"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

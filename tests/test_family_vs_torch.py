@@ -41,6 +41,9 @@ TRAJECTORIES = [
     (fo.Adamax, "Adamax", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.05, maximize=True)),
     (fo.Adadelta, "Adadelta", dict()),
     (fo.Adadelta, "Adadelta", dict(lr=0.5, rho=0.95, eps=1e-4, weight_decay=0.05, maximize=True)),
+    (fo.RAdam, "RAdam", dict()),
+    (fo.RAdam, "RAdam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.05, maximize=True)),
+    (fo.RAdam, "RAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
 ]
 
 

@@ -6,12 +6,13 @@
 #include "adagrad.hpp"
 #include "adam.hpp"
 #include "adamax.hpp"
+#include "radam.hpp"
 #include "rmsprop.hpp"
 #include "sgd.hpp"
 
 namespace fusedoptim {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam>;
 inline constexpr int kNumRules = std::tuple_size_v<Rules>;
 
 }  // namespace fusedoptim

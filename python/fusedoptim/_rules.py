@@ -274,6 +274,51 @@ def adadelta_plan(lr, rho, eps, weight_decay, maximize):
     )
 
 
+# --- RAdam ---
+
+class RAdamScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    step_size: float
+    eps: float
+    weight_decay: float
+    one_minus_lr_weight_decay: float
+
+
+class RAdamFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    decoupled_weight_decay: bool
+    rectified: bool
+
+
+def radam_plan(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    step = _step(step)
+    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    # The length of the approximated simple moving average, as torch computes it.
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    rectified = rho_t > 5.0
+    if rectified:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        step_size = lr * rect * math.sqrt(bias_correction2) / bias_correction1
+    else:
+        step_size = lr / bias_correction1
+    return Plan(
+        RAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, weight_decay, one_minus_lr_weight_decay),
+        RAdamFlags(_flag("maximize", maximize), l2, decoupled, rectified),
+        ("exp_avg", "exp_avg_sq"),
+    )
+
+
 RULES = {
     rule.name: rule
     for rule in (
@@ -283,5 +328,6 @@ RULES = {
         Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
         Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
         Rule("adadelta", ("square_avg", "acc_delta"), adadelta_plan),
+        Rule("radam", ("exp_avg", "exp_avg_sq"), radam_plan),
     )
 }

@@ -130,3 +130,18 @@ def adadelta_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e
     """
     _step_rule("adadelta", params, grads, {"square_avgs": square_avgs, "acc_deltas": acc_deltas}, backend, lr=lr,
                rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+
+
+@_with_formula(reference.radam)
+def radam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+           decoupled_weight_decay=False, maximize=False, backend=None):
+    """RAdam, rectified Adam (Liu et al., 2020; ``torch.optim.RAdam``).
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled, as
+    AdamW, with ``decoupled_weight_decay=True``), maximize=False. While the variance estimate
+    is intractable (rho_t <= 5, the first 5 steps with the default betas) the step is SGD with
+    momentum. States start at zero.
+    """
+    _step_rule("radam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step, lr=lr,
+               betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+               maximize=maximize)

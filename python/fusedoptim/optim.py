@@ -235,3 +235,15 @@ class Adadelta(Optimizer):
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, backend=None):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), backend)
+
+
+class RAdam(Optimizer):
+    """Stateful :func:`fusedoptim.radam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, decoupled_weight_decay=False, maximize=False. State: ``exp_avg``, ``exp_avg_sq``."""
+
+    _rule = "radam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                 *, maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), backend)

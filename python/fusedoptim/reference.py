@@ -137,3 +137,30 @@ def adadelta(param, grad, square_avg, acc_delta, s, f):
     delta = np.sqrt(acc_delta + s.eps) / np.sqrt(square_avg + s.eps) * g
     acc_delta[...] = s.rho * acc_delta + s.one_minus_rho * (delta * delta)
     param[...] = param - s.lr * delta
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, s, f):
+    """RAdam, rectified Adam (Liu et al., 2020), with L2 or decoupled weight decay::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                        (if weight_decay != 0, L2)
+        param      = param * (1 - lr * weight_decay)                 (if weight_decay != 0, decoupled)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+        param      = param - step_size * (exp_avg / (sqrt(exp_avg_sq) + eps))    (if rho_t > 5)
+        param      = param - step_size * exp_avg                                 (otherwise)
+
+    with rho_inf = 2 / (1 - beta2) - 1, rho_t = rho_inf - 2 step beta2^step / (1 - beta2^step),
+    r_t = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t)), and
+    step_size = lr r_t sqrt(1 - beta2^step) / (1 - beta1^step) if rho_t > 5, else lr / (1 - beta1^step).
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lr_weight_decay if f.decoupled_weight_decay else param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    if f.rectified:
+        param[...] = p - s.step_size * (exp_avg / (np.sqrt(exp_avg_sq) + s.eps))
+    else:
+        param[...] = p - s.step_size * exp_avg
