@@ -79,6 +79,9 @@ CASES = [
     Case("radam", fo.radam_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
          _with_weight_decays(_grid(lr=[0.01], maximize=[False, True])),
          torch_name="RAdam"),
+    # mu_product is a per-call scalar like step; any value in (0, 1] exercises the kernels.
+    Case("nadam", fo.nadam_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
+         _with_weight_decays(_grid(lr=[0.01], mu_product=[0.3], maximize=[False, True])), torch_name="NAdam"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -44,6 +44,9 @@ TRAJECTORIES = [
     (fo.RAdam, "RAdam", dict()),
     (fo.RAdam, "RAdam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.05, maximize=True)),
     (fo.RAdam, "RAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
+    (fo.NAdam, "NAdam", dict()),
+    (fo.NAdam, "NAdam", dict(lr=0.01, betas=(0.8, 0.99), momentum_decay=0.01, weight_decay=0.05, maximize=True)),
+    (fo.NAdam, "NAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
 ]
 
 
@@ -92,9 +95,19 @@ def trajectory_error(ours_class, torch_name, hyper, dtype, steps=STEPS, seed=0):
     return worst
 
 
+@pytest.fixture
+def torch_scalars_in(dtype):
+    """torch keeps per-param scalar state (step, NAdam's mu_product) in its default dtype; ours
+    is a double on the host. An fp64 run sets torch's to fp64 too, so both compute the same math."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64 if dtype == np.float64 else torch.float32)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("entry", TRAJECTORIES, ids=label)
-def test_trajectory_matches_torch(entry, dtype):
+def test_trajectory_matches_torch(entry, dtype, torch_scalars_in):
     err = trajectory_error(*entry, dtype)
     tolerance = FP32_TOLERANCE.get(entry[1], TOLERANCE[dtype]) if dtype == np.float32 else TOLERANCE[dtype]
     assert err <= tolerance, f"{label(entry)} {np.dtype(dtype).name}: max relative error {err:.3g}"

@@ -7,13 +7,13 @@ package never imports torch.
 
 from . import reference
 from ._backends import available as available_backends
-from .functional import adadelta_, adagrad_, adam_, adamax_, adamw_, radam_, rmsprop_, sgd_
-from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Optimizer, RAdam, RMSprop
+from .functional import adadelta_, adagrad_, adam_, adamax_, adamw_, nadam_, radam_, rmsprop_, sgd_
+from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, Optimizer, RAdam, RMSprop
 from ._config import isa_levels, set_isa, show_config
 
 __all__ = [
-    "sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adamax_", "adadelta_", "radam_",
-    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "RAdam", "Optimizer",
+    "sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adamax_", "adadelta_", "radam_", "nadam_",
+    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "RAdam", "NAdam", "Optimizer",
     "available_backends", "isa_levels", "set_isa", "show_config", "reference",
 ]
 __version__ = "0.1.0"

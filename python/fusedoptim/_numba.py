@@ -134,3 +134,21 @@ def radam(param, grad, exp_avg, exp_avg_sq, s, f):
             param[i] = p - s.step_size * (m / (np.sqrt(v) + s.eps))
         else:
             param[i] = p - s.step_size * m
+
+
+@_jit
+def nadam(param, grad, exp_avg, exp_avg_sq, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        if f.decoupled_weight_decay:
+            p = p * s.one_minus_lr_weight_decay
+        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+        v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        denom = np.sqrt(v / s.bias_correction2) + s.eps
+        p = p - s.grad_step * (g / denom)
+        param[i] = p - s.exp_avg_step * (m / denom)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, NamedTuple
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 
 class Plan(NamedTuple):
     scalars: tuple  # the rule's Scalars, in double
     flags: tuple  # the rule's Flags, bools
     states: tuple  # names of the state buffers this step reads and writes
+    host_states: Mapping = MappingProxyType({})  # per-param host-side state after this step, by name
 
 
 class Rule(NamedTuple):
@@ -319,6 +321,53 @@ def radam_plan(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maxim
     )
 
 
+# --- NAdam ---
+
+class NAdamScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    bias_correction2: float
+    grad_step: float
+    exp_avg_step: float
+    eps: float
+    weight_decay: float
+    one_minus_lr_weight_decay: float
+
+
+class NAdamFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    decoupled_weight_decay: bool
+
+
+def nadam_plan(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize):
+    """``mu_product`` is mu_1 * ... * mu_{step-1} (1 before the first step); Plan.host_states
+    carries the product through mu_step, for the next step."""
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    momentum_decay = _at_least("momentum_decay", momentum_decay, 0.0)
+    mu_product = _at_least("mu_product", mu_product, 0.0)
+    if mu_product > 1.0:
+        raise ValueError(f"Invalid mu_product: {mu_product} (must be in [0, 1]; 1 before the first step)")
+    step = _step(step)
+    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
+    # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product *= mu
+    return Plan(
+        NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
+                     lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
+        NAdamFlags(_flag("maximize", maximize), l2, decoupled),
+        ("exp_avg", "exp_avg_sq"),
+        {"mu_product": mu_product},
+    )
+
+
 RULES = {
     rule.name: rule
     for rule in (
@@ -329,5 +378,6 @@ RULES = {
         Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
         Rule("adadelta", ("square_avg", "acc_delta"), adadelta_plan),
         Rule("radam", ("exp_avg", "exp_avg_sq"), radam_plan),
+        Rule("nadam", ("exp_avg", "exp_avg_sq"), nadam_plan),
     )
 }

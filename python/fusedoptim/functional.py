@@ -22,6 +22,7 @@ def _step_rule(name, params, grads, states, backend, **hyper):
     plan = rule.plan(**hyper)
     params, grads, slots = operands(rule, plan, params, grads, states)
     run(backend, rule, plan, params, grads, slots)
+    return plan
 
 
 def _with_formula(spec):
@@ -145,3 +146,20 @@ def radam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0
     _step_rule("radam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step, lr=lr,
                betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
                maximize=maximize)
+
+
+@_with_formula(reference.nadam)
+def nadam_(params, grads, exp_avgs, exp_avg_sqs, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False, backend=None):
+    """NAdam (Dozat, 2016; ``torch.optim.NAdam``). Returns the ``mu_product`` for the next step.
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled, as
+    AdamW, with ``decoupled_weight_decay=True``), momentum_decay=4e-3, maximize=False.
+    ``mu_product`` is owned by the caller like ``step``: 1.0 before the first step, then what
+    the previous call returned (torch keeps it per param as ``state["mu_product"]``).
+    States start at zero.
+    """
+    plan = _step_rule("nadam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step,
+                      mu_product=mu_product, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    return plan.host_states["mu_product"]

@@ -164,3 +164,30 @@ def radam(param, grad, exp_avg, exp_avg_sq, s, f):
         param[...] = p - s.step_size * (exp_avg / (np.sqrt(exp_avg_sq) + s.eps))
     else:
         param[...] = p - s.step_size * exp_avg
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, s, f):
+    """NAdam, Adam with Nesterov momentum (Dozat, 2016), with L2 or decoupled weight decay::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                        (if weight_decay != 0, L2)
+        param      = param * (1 - lr * weight_decay)                 (if weight_decay != 0, decoupled)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+        denom      = sqrt(exp_avg_sq / (1 - beta2^step)) + eps
+        param      = param - grad_step * (g / denom)
+        param      = param - exp_avg_step * (exp_avg / denom)
+
+    with mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay)), mu_product = mu_1 ... mu_step,
+    grad_step = lr (1 - mu_step) / (1 - mu_product) and
+    exp_avg_step = lr mu_{step+1} / (1 - mu_product mu_{step+1}).
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lr_weight_decay if f.decoupled_weight_decay else param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    denom = np.sqrt(exp_avg_sq / s.bias_correction2) + s.eps
+    p = p - s.grad_step * (g / denom)
+    param[...] = p - s.exp_avg_step * (exp_avg / denom)
