@@ -23,6 +23,14 @@ def _sgd_grid():
     return [dict(lr=0.05, **h) for h in plain + heavy_ball + nesterov]
 
 
+# None, L2 and decoupled (AdamW-style), for the rules that have both forms of weight decay.
+WEIGHT_DECAYS = [dict(weight_decay=0.0), dict(weight_decay=0.05), dict(weight_decay=0.05, decoupled_weight_decay=True)]
+
+
+def _with_weight_decays(grid):
+    return [{**h, **wd} for h in grid for wd in WEIGHT_DECAYS]
+
+
 class Case:
     """A rule as the tests drive it: its functional, its state arguments, and flag combinations.
 
@@ -60,9 +68,20 @@ CASES = [
     Case("adam", fo.adam_,
          {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True),
           "max_exp_avg_sqs": ("max_exp_avg_sq", True)},
-         [dict(lr=0.01, **h) for h in _grid(amsgrad=[False, True], weight_decay=[0.0, 0.05], maximize=[False, True],
-                                            bias_correction=[True, False])],
+         _with_weight_decays(_grid(lr=[0.01], amsgrad=[False, True], maximize=[False, True],
+                                   bias_correction=[True, False])),
          torch_name="Adam"),
+    Case("adamax", fo.adamax_, {"exp_avgs": ("exp_avg", False), "exp_infs": ("exp_inf", True)},
+         _grid(lr=[0.01], weight_decay=[0.0, 0.05], maximize=[False, True]), torch_name="Adamax"),
+    Case("adadelta", fo.adadelta_, {"square_avgs": ("square_avg", True), "acc_deltas": ("acc_delta", True)},
+         _grid(weight_decay=[0.0, 0.05], maximize=[False, True]), takes_step=False, torch_name="Adadelta"),
+    # Steps 1-5 are unrectified, 6 on rectified (default betas): the full grid runs steps 1-6.
+    Case("radam", fo.radam_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
+         _with_weight_decays(_grid(lr=[0.01], maximize=[False, True])),
+         torch_name="RAdam"),
+    # mu_product is a per-call scalar like step; any value in (0, 1] exercises the kernels.
+    Case("nadam", fo.nadam_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
+         _with_weight_decays(_grid(lr=[0.01], mu_product=[0.3], maximize=[False, True])), torch_name="NAdam"),
     Case("lion", fo.lion_, {"exp_avgs": ("exp_avg", False)},
          [dict(lr=0.01, **h) for h in _grid(betas=[(0.9, 0.99), (0.0, 0.5)], weight_decay=[0.0, 0.1],
                                             maximize=[False, True])],

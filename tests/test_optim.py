@@ -14,6 +14,11 @@ OPTIMIZERS = [
      ["square_avg", "momentum_buffer", "grad_avg"], False),
     (fo.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1), fo.adam_, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
      True),
+    (fo.AdamW, dict(lr=0.01, amsgrad=True), fo.adamw_, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], True),
+    (fo.Adamax, dict(lr=0.01, weight_decay=0.1), fo.adamax_, ["exp_avg", "exp_inf"], True),
+    (fo.Adadelta, dict(lr=0.5, weight_decay=0.1), fo.adadelta_, ["square_avg", "acc_delta"], False),
+    (fo.RAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True), fo.radam_, ["exp_avg", "exp_avg_sq"],
+     True),
 ]
 IDS = [o[0].__name__ for o in OPTIMIZERS]
 
@@ -43,14 +48,14 @@ def test_stateful_equals_functional(cls, kwargs, functional, state_names, takes_
         opt.step(grads_for(params, step))
         extra = {"step": step} if takes_step else {}
         by_name = dict(zip(state_names, states))
-        if cls is fo.Adam:
+        if issubclass(cls, fo.Adam):
             functional(expected, grads_for(expected, step), by_name["exp_avg"], by_name["exp_avg_sq"],
                        max_exp_avg_sqs=by_name["max_exp_avg_sq"], **hyper, **extra)
         elif cls is fo.RMSprop:
             functional(expected, grads_for(expected, step), by_name["square_avg"],
                        momentum_buffers=by_name["momentum_buffer"], grad_avgs=by_name["grad_avg"], **hyper)
         else:
-            functional(expected, grads_for(expected, step), states[0], **hyper, **extra)
+            functional(expected, grads_for(expected, step), *states, **hyper, **extra)
     for p, e in zip(params, expected):
         assert_bitwise_equal(p, e, cls.__name__)
     for i, p in enumerate(params):

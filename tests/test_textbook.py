@@ -113,6 +113,11 @@ def test_the_rules_converge(quadratic):
         ("adagrad", lambda ps: fo.Adagrad(ps, lr=0.5)),
         ("rmsprop", lambda ps: fo.RMSprop(ps, lr=0.003)),
         ("adam", lambda ps: fo.Adam(ps, lr=0.05)),
+        ("amsgrad", lambda ps: fo.Adam(ps, lr=0.05, amsgrad=True)),
+        ("adamw", lambda ps: fo.AdamW(ps, lr=0.05, weight_decay=0.0)),
+        ("adamax", lambda ps: fo.Adamax(ps, lr=0.05)),
+        ("nadam", lambda ps: fo.NAdam(ps, lr=0.01)),
+        ("radam", lambda ps: fo.RAdam(ps, lr=0.05)),
     ]:
         p = start.copy()
         opt = make([p])

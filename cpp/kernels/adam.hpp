@@ -3,16 +3,18 @@
 
 namespace fusedoptim {
 
-// Adam with L2 weight decay and AMSGrad (torch.optim.Adam); bias correction lives in
-// the host scalars step_size = lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t).
+// Adam with L2 or decoupled (AdamW) weight decay and AMSGrad (torch.optim.Adam, AdamW);
+// bias correction lives in the host scalars step_size = lr / (1 - beta1^t) and
+// 1 / sqrt(1 - beta2^t).
 struct Adam {
   static constexpr const char* name = "adam";
   struct S {
-    enum { beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay, count };
+    enum { beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay,
+           one_minus_lr_weight_decay, count };
   };
   struct F {
-    enum : unsigned { maximize = 1, weight_decay = 2, amsgrad = 4 };
-    static constexpr int count = 3;
+    enum : unsigned { maximize = 1, weight_decay = 2, amsgrad = 4, decoupled_weight_decay = 8 };
+    static constexpr int count = 4;
   };
   enum State { exp_avg, exp_avg_sq, max_exp_avg_sq };
 
@@ -22,6 +24,7 @@ struct Adam {
     V g = V::load(x.grad + i);
     if constexpr (flags & F::maximize) g = -g;
     if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    if constexpr (flags & F::decoupled_weight_decay) p = p * s[S::one_minus_lr_weight_decay];
     V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
     V v = s[S::beta2] * V::load(x.state[exp_avg_sq] + i) + s[S::one_minus_beta2] * (g * g);
     m.store(x.state[exp_avg] + i);

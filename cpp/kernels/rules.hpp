@@ -2,17 +2,20 @@
 #pragma once
 #include <tuple>
 
+#include "adadelta.hpp"
 #include "adagrad.hpp"
 #include "adam.hpp"
+#include "adamax.hpp"
+#include "lamb.hpp"
+#include "lion.hpp"
+#include "nadam.hpp"
+#include "radam.hpp"
 #include "rmsprop.hpp"
 #include "sgd.hpp"
-#include "lion.hpp"
-#include "lamb.hpp"
 
 namespace fusedoptim {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam,
-                         Lion, Lamb>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam, NAdam, Lion, Lamb>;
 inline constexpr int kNumRules = std::tuple_size_v<Rules>;
 
 }  // namespace fusedoptim

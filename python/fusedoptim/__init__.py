@@ -7,16 +7,13 @@ package never imports torch.
 
 from . import reference
 from ._backends import available as available_backends
-from .functional import adagrad_, adam_, rmsprop_, sgd_
-from .functional import lamb_, lion_
-from .optim import SGD, Adagrad, Adam, Optimizer, RMSprop
-from .optim import Lamb, Lion
+from .functional import adadelta_, adagrad_, adam_, adamax_, adamw_, lamb_, lion_, nadam_, radam_, rmsprop_, sgd_
+from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lamb, Lion, NAdam, Optimizer, RAdam, RMSprop
 from ._config import isa_levels, set_isa, show_config
 
 __all__ = [
-    "sgd_", "adagrad_", "rmsprop_", "adam_",
-    "SGD", "Adagrad", "RMSprop", "Adam", "Optimizer",
-    "lion_", "lamb_", "Lion", "Lamb",
+    "sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adamax_", "adadelta_", "radam_", "nadam_", "lion_", "lamb_",
+    "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "RAdam", "NAdam", "Lion", "Lamb", "Optimizer",
     "available_backends", "isa_levels", "set_isa", "show_config", "reference",
 ]
 __version__ = "0.1.0"

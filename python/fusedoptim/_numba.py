@@ -15,6 +15,12 @@ _jit = njit(cache=True, nogil=True, fastmath=False)
 
 
 @_jit
+def _maximum(a, b):
+    """np.maximum of two elements: a if greater or NaN, else b (so max(-0, +0) is +0, the second)."""
+    return a if (a > b or a != a) else b
+
+
+@_jit
 def sgd(param, grad, momentum_buffer, s, f):
     for i in range(param.size):
         p = param[i]
@@ -71,17 +77,83 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         g = -grad[i] if f.maximize else grad[i]
         if f.weight_decay:
             g = g + s.weight_decay * p
+        if f.decoupled_weight_decay:
+            p = p * s.one_minus_lr_weight_decay
         m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
         v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
         exp_avg[i] = m
         exp_avg_sq[i] = v
         if f.amsgrad:
-            # np.maximum's exact semantics: ties (-0 vs +0) give the second operand.
-            vmax = max_exp_avg_sq[i]
-            v = vmax if (vmax > v or vmax != vmax) else v
+            v = _maximum(max_exp_avg_sq[i], v)
             max_exp_avg_sq[i] = v
         denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
         param[i] = p - s.step_size * (m / denom)
+
+
+@_jit
+def adamax(param, grad, exp_avg, exp_inf, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+        u = _maximum(s.beta2 * exp_inf[i], np.abs(g) + s.eps)
+        exp_avg[i] = m
+        exp_inf[i] = u
+        param[i] = p - s.clr * (m / u)
+
+
+@_jit
+def adadelta(param, grad, square_avg, acc_delta, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        sq = s.rho * square_avg[i] + s.one_minus_rho * (g * g)
+        square_avg[i] = sq
+        acc = acc_delta[i]
+        delta = np.sqrt(acc + s.eps) / np.sqrt(sq + s.eps) * g
+        acc_delta[i] = s.rho * acc + s.one_minus_rho * (delta * delta)
+        param[i] = p - s.lr * delta
+
+
+@_jit
+def radam(param, grad, exp_avg, exp_avg_sq, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        if f.decoupled_weight_decay:
+            p = p * s.one_minus_lr_weight_decay
+        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+        v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        if f.rectified:
+            param[i] = p - s.step_size * (m / (np.sqrt(v) + s.eps))
+        else:
+            param[i] = p - s.step_size * m
+
+
+@_jit
+def nadam(param, grad, exp_avg, exp_avg_sq, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = -grad[i] if f.maximize else grad[i]
+        if f.weight_decay:
+            g = g + s.weight_decay * p
+        if f.decoupled_weight_decay:
+            p = p * s.one_minus_lr_weight_decay
+        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+        v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        denom = np.sqrt(v / s.bias_correction2) + s.eps
+        p = p - s.grad_step * (g / denom)
+        param[i] = p - s.exp_avg_step * (m / denom)
 
 
 @_jit

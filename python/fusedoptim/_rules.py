@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, NamedTuple
+from types import MappingProxyType
+from typing import Callable, Mapping, NamedTuple
 
 
 class Plan(NamedTuple):
     scalars: tuple  # the rule's Scalars, in double
     flags: tuple  # the rule's Flags, bools
     states: tuple  # names of the state buffers this step reads and writes
+    host_states: Mapping = MappingProxyType({})  # per-param host-side state after this step, by name
 
 
 class Rule(NamedTuple):
@@ -171,12 +173,14 @@ class AdamScalars(NamedTuple):
     inv_bias_correction2_sqrt: float
     eps: float
     weight_decay: float
+    one_minus_lr_weight_decay: float
 
 
 class AdamFlags(NamedTuple):
     maximize: bool
     weight_decay: bool
     amsgrad: bool
+    decoupled_weight_decay: bool
 
 
 def _betas(betas):
@@ -185,22 +189,182 @@ def _betas(betas):
     return _in_unit("beta1 (betas[0])", betas[0]), _in_unit("beta2 (betas[1])", betas[1])
 
 
-def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction):
+def _weight_decay(lr, weight_decay, decoupled):
+    """torch's two forms of weight decay: L2 (``g += weight_decay * param``) or decoupled
+    (``param *= 1 - lr * weight_decay``, AdamW). Returns (L2 on, decoupled on, 1 - lr * weight_decay)."""
+    on = weight_decay != 0
+    decoupled = _flag("decoupled_weight_decay", decoupled)
+    return on and not decoupled, on and decoupled, 1.0 - lr * weight_decay
+
+
+def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, decoupled_weight_decay):
     lr = _at_least("lr", lr, 0.0)
     beta1, beta2 = _betas(betas)
     eps = _at_least("eps", eps, 0.0)
     weight_decay = _at_least("weight_decay", weight_decay, 0.0)
     step = _step(step)
     amsgrad = _flag("amsgrad", amsgrad)
+    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
     if _flag("bias_correction", bias_correction):
         step_size = lr / (1.0 - beta1**step)
         inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
     else:
         step_size, inv_bias_correction2_sqrt = lr, 1.0
     return Plan(
-        AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay),
-        AdamFlags(_flag("maximize", maximize), weight_decay != 0, amsgrad),
+        AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay,
+                    one_minus_lr_weight_decay),
+        AdamFlags(_flag("maximize", maximize), l2, amsgrad, decoupled),
         ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()),
+    )
+
+
+# --- Adamax ---
+
+class AdamaxScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    eps: float
+    clr: float
+    weight_decay: float
+
+
+class AdamaxFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def adamax_plan(step, lr, betas, eps, weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    clr = lr / (1.0 - beta1**_step(step))
+    return Plan(
+        AdamaxScalars(beta1, 1.0 - beta1, beta2, eps, clr, weight_decay),
+        AdamaxFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("exp_avg", "exp_inf"),
+    )
+
+
+# --- Adadelta ---
+
+class AdadeltaScalars(NamedTuple):
+    lr: float
+    rho: float
+    one_minus_rho: float
+    eps: float
+    weight_decay: float
+
+
+class AdadeltaFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+
+
+def adadelta_plan(lr, rho, eps, weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    rho = _at_least("rho", rho, 0.0)
+    if rho > 1.0:
+        raise ValueError(f"Invalid rho: {rho} (must be in [0, 1])")
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    return Plan(
+        AdadeltaScalars(lr, rho, 1.0 - rho, eps, weight_decay),
+        AdadeltaFlags(_flag("maximize", maximize), weight_decay != 0),
+        ("square_avg", "acc_delta"),
+    )
+
+
+# --- RAdam ---
+
+class RAdamScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    step_size: float
+    eps: float
+    weight_decay: float
+    one_minus_lr_weight_decay: float
+
+
+class RAdamFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    decoupled_weight_decay: bool
+    rectified: bool
+
+
+def radam_plan(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    step = _step(step)
+    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2 = 1.0 - beta2**step
+    # The length of the approximated simple moving average, as torch computes it.
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+    rectified = rho_t > 5.0
+    if rectified:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        step_size = lr * rect * math.sqrt(bias_correction2) / bias_correction1
+    else:
+        step_size = lr / bias_correction1
+    return Plan(
+        RAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, weight_decay, one_minus_lr_weight_decay),
+        RAdamFlags(_flag("maximize", maximize), l2, decoupled, rectified),
+        ("exp_avg", "exp_avg_sq"),
+    )
+
+
+# --- NAdam ---
+
+class NAdamScalars(NamedTuple):
+    beta1: float
+    one_minus_beta1: float
+    beta2: float
+    one_minus_beta2: float
+    bias_correction2: float
+    grad_step: float
+    exp_avg_step: float
+    eps: float
+    weight_decay: float
+    one_minus_lr_weight_decay: float
+
+
+class NAdamFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    decoupled_weight_decay: bool
+
+
+def nadam_plan(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize):
+    """``mu_product`` is mu_1 * ... * mu_{step-1} (1 before the first step); Plan.host_states
+    carries the product through mu_step, for the next step."""
+    lr = _at_least("lr", lr, 0.0)
+    beta1, beta2 = _betas(betas)
+    eps = _at_least("eps", eps, 0.0)
+    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+    momentum_decay = _at_least("momentum_decay", momentum_decay, 0.0)
+    mu_product = _at_least("mu_product", mu_product, 0.0)
+    if mu_product > 1.0:
+        raise ValueError(f"Invalid mu_product: {mu_product} (must be in [0, 1]; 1 before the first step)")
+    step = _step(step)
+    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
+    # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
+    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+    mu_product *= mu
+    return Plan(
+        NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
+                     lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
+        NAdamFlags(_flag("maximize", maximize), l2, decoupled),
+        ("exp_avg", "exp_avg_sq"),
+        {"mu_product": mu_product},
     )
 
 
@@ -279,6 +443,10 @@ RULES = {
         Rule("adagrad", ("sum",), adagrad_plan),
         Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
         Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
+        Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
+        Rule("adadelta", ("square_avg", "acc_delta"), adadelta_plan),
+        Rule("radam", ("exp_avg", "exp_avg_sq"), radam_plan),
+        Rule("nadam", ("exp_avg", "exp_avg_sq"), nadam_plan),
         Rule("lion", ("exp_avg",), lion_plan),
         Rule("lamb", ("exp_avg", "exp_avg_sq"), lamb_plan),
     )

@@ -16,6 +16,12 @@ RULES = [
     ("Adagrad", fo.Adagrad, dict(lr=0.05)),
     ("RMSprop", fo.RMSprop, dict(lr=1e-3)),
     ("Adam", fo.Adam, dict(lr=1e-3)),
+    ("AdamW", fo.AdamW, dict(lr=1e-3)),
+    ("Adam AMSGrad", fo.Adam, dict(lr=1e-3, amsgrad=True)),
+    ("Adamax", fo.Adamax, dict(lr=2e-3)),
+    ("NAdam", fo.NAdam, dict(lr=2e-3)),
+    ("RAdam", fo.RAdam, dict(lr=1e-3)),
+    ("Adadelta", fo.Adadelta, dict(lr=1.0)),
     ("Lion", fo.Lion, dict(lr=1e-4)),
     ("LAMB", fo.Lamb, dict(lr=1e-2)),
 ]

@@ -22,6 +22,7 @@ def _step_rule(name, params, grads, states, backend, **hyper):
     plan = rule.plan(**hyper)
     params, grads, slots = operands(rule, plan, params, grads, states)
     run(backend, rule, plan, params, grads, slots)
+    return plan
 
 
 def _with_formula(spec):
@@ -78,18 +79,90 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
 @_with_formula(reference.adam)
 def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
           weight_decay=0.0, amsgrad=False, max_exp_avg_sqs=None, maximize=False, bias_correction=True,
-          backend=None):
+          decoupled_weight_decay=False, backend=None):
     """Adam (Kingma & Ba, 2015; ``torch.optim.Adam``).
 
     Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2, added to the
-    gradient), amsgrad=False, maximize=False, bias_correction=True. ``bias_correction=False``
-    is the lecture's Adam without the 1 - beta^t factors. ``max_exp_avg_sqs`` are required when
+    gradient; decoupled from it, as AdamW, with ``decoupled_weight_decay=True``), amsgrad=False
+    (Reddi et al., 2018), maximize=False, bias_correction=True. ``bias_correction=False`` is the
+    lecture's Adam without the 1 - beta^t factors. ``max_exp_avg_sqs`` are required when
     amsgrad. States start at zero.
     """
     _step_rule("adam", params, grads,
                {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
                backend, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-               maximize=maximize, bias_correction=bias_correction)
+               maximize=maximize, bias_correction=bias_correction, decoupled_weight_decay=decoupled_weight_decay)
+
+
+@_with_formula(reference.adam)
+def adamw_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=1e-2, amsgrad=False, max_exp_avg_sqs=None, maximize=False, bias_correction=True,
+           backend=None):
+    """AdamW (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``): :func:`adam_` with decoupled
+    weight decay, ``param *= 1 - lr * weight_decay`` before the Adam update.
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+    maximize=False, bias_correction=True. States as for :func:`adam_`.
+    """
+    adam_(params, grads, exp_avgs, exp_avg_sqs, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+          amsgrad=amsgrad, max_exp_avg_sqs=max_exp_avg_sqs, maximize=maximize, bias_correction=bias_correction,
+          decoupled_weight_decay=True, backend=backend)
+
+
+@_with_formula(reference.adamax)
+def adamax_(params, grads, exp_avgs, exp_infs, *, step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+            maximize=False, backend=None):
+    """Adamax (Kingma & Ba, 2015, section 7.1; ``torch.optim.Adamax``).
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2), maximize=False.
+    States start at zero.
+    """
+    _step_rule("adamax", params, grads, {"exp_avgs": exp_avgs, "exp_infs": exp_infs}, backend, step=step, lr=lr,
+               betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+
+
+@_with_formula(reference.adadelta)
+def adadelta_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False,
+              backend=None):
+    """Adadelta (Zeiler, 2012; ``torch.optim.Adadelta``).
+
+    Defaults: lr=1.0, rho=0.9, eps=1e-6, weight_decay=0 (L2), maximize=False. States start at
+    zero.
+    """
+    _step_rule("adadelta", params, grads, {"square_avgs": square_avgs, "acc_deltas": acc_deltas}, backend, lr=lr,
+               rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+
+
+@_with_formula(reference.radam)
+def radam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+           decoupled_weight_decay=False, maximize=False, backend=None):
+    """RAdam, rectified Adam (Liu et al., 2020; ``torch.optim.RAdam``).
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled, as
+    AdamW, with ``decoupled_weight_decay=True``), maximize=False. While the variance estimate
+    is intractable (rho_t <= 5, the first 5 steps with the default betas) the step is SGD with
+    momentum. States start at zero.
+    """
+    _step_rule("radam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step, lr=lr,
+               betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
+               maximize=maximize)
+
+
+@_with_formula(reference.nadam)
+def nadam_(params, grads, exp_avgs, exp_avg_sqs, *, step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+           weight_decay=0.0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False, backend=None):
+    """NAdam (Dozat, 2016; ``torch.optim.NAdam``). Returns the ``mu_product`` for the next step.
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled, as
+    AdamW, with ``decoupled_weight_decay=True``), momentum_decay=4e-3, maximize=False.
+    ``mu_product`` is owned by the caller like ``step``: 1.0 before the first step, then what
+    the previous call returned (torch keeps it per param as ``state["mu_product"]``).
+    States start at zero.
+    """
+    plan = _step_rule("nadam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step,
+                      mu_product=mu_product, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    return plan.host_states["mu_product"]
 
 
 @_with_formula(reference.lion)

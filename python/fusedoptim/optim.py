@@ -21,6 +21,9 @@ from ._rules import RULES
 class Optimizer:
     _rule: str  # the functional rule this optimizer steps
     _initial: dict = {}  # state name -> the group hyperparameter holding its starting value
+    # Per-param state the rule keeps on the host, like the step count: name -> value before the first step.
+    # The plan takes the current value and returns the next one in Plan.host_states (NAdam's mu_product).
+    _host_states: dict = {}
 
     def __init__(self, params, defaults, backend=None):
         self.defaults = defaults
@@ -53,7 +56,7 @@ class Optimizer:
         if unknown:
             raise ValueError(f"param group has unknown hyperparameters: {sorted(unknown)}")
         group = {**self.defaults, **group, "params": params}
-        self._plan(**self._hyper(group), **self._step_arg(1))  # rejects bad hyperparameters now
+        self._plan(**self._hyper(group), **self._step_args({}))  # rejects bad hyperparameters now
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for p in params:
             if not isinstance(p, np.ndarray):
@@ -63,8 +66,10 @@ class Optimizer:
             seen.add(id(p))
         self.param_groups.append(group)
 
-    def _step_arg(self, count):
-        return {"step": count} if self._takes_step else {}
+    def _step_args(self, state):
+        """The caller-owned arguments of the next step of a param with this state."""
+        args = {"step": state.get("step", 0) + 1} if self._takes_step else {}
+        return {**args, **{name: state.get(name, start) for name, start in self._host_states.items()}}
 
     def _indexed(self):
         i = 0
@@ -83,19 +88,22 @@ class Optimizer:
             buckets = {}
             for i, param in zip(indices, group["params"]):
                 if grads[i] is not None:
-                    count = self.state.get(i, {}).get("step", 0) + 1
-                    buckets.setdefault((param.dtype, count), []).append(i)
-            for (_, count), members in buckets.items():
-                plan = self._plan(**hyper, **self._step_arg(count))
+                    state = self.state.get(i, {})
+                    key = (param.dtype, state.get("step", 0) + 1, tuple(self._step_args(state).items()))
+                    buckets.setdefault(key, []).append(i)
+            for (_, count, args), members in buckets.items():
+                args = dict(args)
+                plan = self._plan(**hyper, **args)
                 for i in members:
                     self._init_state(i, group, plan.states)
                 params = [self._param(i) for i in members]
                 states = {name: [self.state[i][name] for i in members] if name in plan.states else None
                           for name in RULES[self._rule].states}
                 functional._step_rule(self._rule, params, [grads[i] for i in members], states, self.backend,
-                                      **hyper, **self._step_arg(count))
+                                      **hyper, **args)
                 for i in members:
                     self.state[i]["step"] = count
+                    self.state[i].update(plan.host_states)
 
     def _param(self, index):
         for group, indices in self._indexed():
@@ -135,8 +143,8 @@ class Optimizer:
                 param = self._param(i)
                 new_state[i] = {}
                 for k, v in entry.items():
-                    if k == "step":
-                        new_state[i][k] = int(v)
+                    if k == "step" or k in self._host_states:
+                        new_state[i][k] = int(v) if k == "step" else float(v)
                         continue
                     v = np.asarray(v)
                     if v.shape != param.shape:
@@ -192,15 +200,76 @@ class RMSprop(Optimizer):
 
 class Adam(Optimizer):
     """Stateful :func:`fusedoptim.adam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, amsgrad=False, maximize=False, bias_correction=True. State: ``exp_avg``,
-    ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+    weight_decay=0, amsgrad=False, maximize=False, bias_correction=True,
+    decoupled_weight_decay=False. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
 
     _rule = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, bias_correction=True, backend=None):
+                 maximize=False, bias_correction=True, decoupled_weight_decay=False, backend=None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, bias_correction=bias_correction), backend)
+                                      maximize=maximize, bias_correction=bias_correction,
+                                      decoupled_weight_decay=decoupled_weight_decay), backend)
+
+
+class AdamW(Adam):
+    """Stateful :func:`fusedoptim.adamw_`: :class:`Adam` with decoupled weight decay. Defaults:
+    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
+    bias_correction=True. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, bias_correction=True, backend=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
+                         bias_correction=bias_correction, decoupled_weight_decay=True, backend=backend)
+
+
+class Adamax(Optimizer):
+    """Stateful :func:`fusedoptim.adamax_`. Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, maximize=False. State: ``exp_avg``, ``exp_inf``."""
+
+    _rule = "adamax"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False,
+                 backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         backend)
+
+
+class Adadelta(Optimizer):
+    """Stateful :func:`fusedoptim.adadelta_`. Defaults: lr=1.0, rho=0.9, eps=1e-6,
+    weight_decay=0, maximize=False. State: ``square_avg``, ``acc_delta``."""
+
+    _rule = "adadelta"
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), backend)
+
+
+class RAdam(Optimizer):
+    """Stateful :func:`fusedoptim.radam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, decoupled_weight_decay=False, maximize=False. State: ``exp_avg``, ``exp_avg_sq``."""
+
+    _rule = "radam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                 *, maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), backend)
+
+
+class NAdam(Optimizer):
+    """Stateful :func:`fusedoptim.nadam_`. Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False. State:
+    ``mu_product`` (a float, 1.0 before the first step), ``exp_avg``, ``exp_avg_sq``."""
+
+    _rule = "nadam"
+    _host_states = {"mu_product": 1.0}
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, *, maximize=False, backend=None):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize), backend)
 
 
 class Lion(Optimizer):

@@ -78,10 +78,11 @@ def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, s, f):
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
-    """Adam (Kingma & Ba, 2015) with L2 weight decay and AMSGrad::
+    """Adam (Kingma & Ba, 2015) with AMSGrad and L2 or decoupled (AdamW) weight decay::
 
         g          = -grad if maximize else grad
-        g          = g + weight_decay * param                          (if weight_decay != 0)
+        g          = g + weight_decay * param                          (if weight_decay != 0, L2)
+        param      = param * (1 - lr * weight_decay)                   (if weight_decay != 0, decoupled)
         exp_avg    = beta1 * exp_avg + (1 - beta1) * g
         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
         v          = max(max_exp_avg_sq, exp_avg_sq) if amsgrad else exp_avg_sq
@@ -93,6 +94,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
     g = -grad if f.maximize else grad
     if f.weight_decay:
         g = g + s.weight_decay * param
+    p = param * s.one_minus_lr_weight_decay if f.decoupled_weight_decay else param
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
     v = exp_avg_sq
@@ -100,7 +102,97 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
         max_exp_avg_sq[...] = np.maximum(max_exp_avg_sq, exp_avg_sq)
         v = max_exp_avg_sq
     denom = np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps
-    param[...] = param - s.step_size * (exp_avg / denom)
+    param[...] = p - s.step_size * (exp_avg / denom)
+
+
+def adamax(param, grad, exp_avg, exp_inf, s, f):
+    """Adamax (Kingma & Ba, 2015, section 7.1), Adam with the infinity norm::
+
+        g       = -grad if maximize else grad
+        g       = g + weight_decay * param                 (if weight_decay != 0)
+        exp_avg = beta1 * exp_avg + (1 - beta1) * g
+        exp_inf = max(beta2 * exp_inf, |g| + eps)          (NaN if either is NaN)
+        param   = param - clr * (exp_avg / exp_inf),       clr = lr / (1 - beta1^step)
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_inf[...] = np.maximum(s.beta2 * exp_inf, np.abs(g) + s.eps)
+    param[...] = param - s.clr * (exp_avg / exp_inf)
+
+
+def adadelta(param, grad, square_avg, acc_delta, s, f):
+    """Adadelta (Zeiler, 2012)::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                          (if weight_decay != 0)
+        square_avg = rho * square_avg + (1 - rho) * (g * g)
+        delta      = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+        acc_delta  = rho * acc_delta + (1 - rho) * (delta * delta)
+        param      = param - lr * delta
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    square_avg[...] = s.rho * square_avg + s.one_minus_rho * (g * g)
+    delta = np.sqrt(acc_delta + s.eps) / np.sqrt(square_avg + s.eps) * g
+    acc_delta[...] = s.rho * acc_delta + s.one_minus_rho * (delta * delta)
+    param[...] = param - s.lr * delta
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, s, f):
+    """RAdam, rectified Adam (Liu et al., 2020), with L2 or decoupled weight decay::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                        (if weight_decay != 0, L2)
+        param      = param * (1 - lr * weight_decay)                 (if weight_decay != 0, decoupled)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+        param      = param - step_size * (exp_avg / (sqrt(exp_avg_sq) + eps))    (if rho_t > 5)
+        param      = param - step_size * exp_avg                                 (otherwise)
+
+    with rho_inf = 2 / (1 - beta2) - 1, rho_t = rho_inf - 2 step beta2^step / (1 - beta2^step),
+    r_t = sqrt((rho_t - 4) (rho_t - 2) rho_inf / ((rho_inf - 4) (rho_inf - 2) rho_t)), and
+    step_size = lr r_t sqrt(1 - beta2^step) / (1 - beta1^step) if rho_t > 5, else lr / (1 - beta1^step).
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lr_weight_decay if f.decoupled_weight_decay else param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    if f.rectified:
+        param[...] = p - s.step_size * (exp_avg / (np.sqrt(exp_avg_sq) + s.eps))
+    else:
+        param[...] = p - s.step_size * exp_avg
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, s, f):
+    """NAdam, Adam with Nesterov momentum (Dozat, 2016), with L2 or decoupled weight decay::
+
+        g          = -grad if maximize else grad
+        g          = g + weight_decay * param                        (if weight_decay != 0, L2)
+        param      = param * (1 - lr * weight_decay)                 (if weight_decay != 0, decoupled)
+        exp_avg    = beta1 * exp_avg + (1 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * (g * g)
+        denom      = sqrt(exp_avg_sq / (1 - beta2^step)) + eps
+        param      = param - grad_step * (g / denom)
+        param      = param - exp_avg_step * (exp_avg / denom)
+
+    with mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay)), mu_product = mu_1 ... mu_step,
+    grad_step = lr (1 - mu_step) / (1 - mu_product) and
+    exp_avg_step = lr mu_{step+1} / (1 - mu_product mu_{step+1}).
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lr_weight_decay if f.decoupled_weight_decay else param
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    denom = np.sqrt(exp_avg_sq / s.bias_correction2) + s.eps
+    p = p - s.grad_step * (g / denom)
+    param[...] = p - s.exp_avg_step * (exp_avg / denom)
 
 
 def lion(param, grad, exp_avg, s, f):

@@ -1,0 +1,32 @@
+#pragma once
+#include "rule.hpp"
+
+namespace fusedoptim {
+
+// Adamax, Adam with the infinity norm (torch.optim.Adamax); the bias correction of the
+// first moment lives in the host scalar clr = lr / (1 - beta1^t).
+struct Adamax {
+  static constexpr const char* name = "adamax";
+  struct S { enum { beta1, one_minus_beta1, beta2, eps, clr, weight_decay, count }; };
+  struct F {
+    enum : unsigned { maximize = 1, weight_decay = 2 };
+    static constexpr int count = 2;
+  };
+  enum State { exp_avg, exp_inf };
+
+  template <unsigned flags, class V>
+  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
+    V p = V::load(x.param + i);
+    V g = V::load(x.grad + i);
+    if constexpr (flags & F::maximize) g = -g;
+    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
+    V u = maximum(s[S::beta2] * V::load(x.state[exp_inf] + i), abs(g) + s[S::eps]);
+    m.store(x.state[exp_avg] + i);
+    u.store(x.state[exp_inf] + i);
+    p = p - s[S::clr] * (m / u);
+    p.store(x.param + i);
+  }
+};
+
+}  // namespace fusedoptim

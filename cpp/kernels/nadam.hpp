@@ -1,0 +1,39 @@
+#pragma once
+#include "rule.hpp"
+
+namespace fusedoptim {
+
+// NAdam, Adam with Nesterov momentum (torch.optim.NAdam). The momentum schedule mu_t, the
+// running product of the mu's and lr live in the host scalars grad_step and exp_avg_step.
+struct NAdam {
+  static constexpr const char* name = "nadam";
+  struct S {
+    enum { beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2, grad_step, exp_avg_step, eps,
+           weight_decay, one_minus_lr_weight_decay, count };
+  };
+  struct F {
+    enum : unsigned { maximize = 1, weight_decay = 2, decoupled_weight_decay = 4 };
+    static constexpr int count = 3;
+  };
+  enum State { exp_avg, exp_avg_sq };
+
+  template <unsigned flags, class V>
+  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
+    V p = V::load(x.param + i);
+    V g = V::load(x.grad + i);
+    if constexpr (flags & F::maximize) g = -g;
+    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    if constexpr (flags & F::decoupled_weight_decay) p = p * s[S::one_minus_lr_weight_decay];
+    V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
+    V v = s[S::beta2] * V::load(x.state[exp_avg_sq] + i) + s[S::one_minus_beta2] * (g * g);
+    m.store(x.state[exp_avg] + i);
+    v.store(x.state[exp_avg_sq] + i);
+    V denom = sqrt(v / s[S::bias_correction2]) + s[S::eps];
+    // Two steps, each rounded, as torch takes them.
+    p = p - s[S::grad_step] * (g / denom);
+    p = p - s[S::exp_avg_step] * (m / denom);
+    p.store(x.param + i);
+  }
+};
+
+}  // namespace fusedoptim

@@ -1,0 +1,38 @@
+#pragma once
+#include "rule.hpp"
+
+namespace fusedoptim {
+
+// RAdam, rectified Adam (torch.optim.RAdam). The host decides per step whether the variance
+// is tractable (rho_t > 5: `rectified`) and folds lr, the rectification term and both bias
+// corrections into step_size.
+struct RAdam {
+  static constexpr const char* name = "radam";
+  struct S {
+    enum { beta1, one_minus_beta1, beta2, one_minus_beta2, step_size, eps, weight_decay, one_minus_lr_weight_decay,
+           count };
+  };
+  struct F {
+    enum : unsigned { maximize = 1, weight_decay = 2, decoupled_weight_decay = 4, rectified = 8 };
+    static constexpr int count = 4;
+  };
+  enum State { exp_avg, exp_avg_sq };
+
+  template <unsigned flags, class V>
+  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
+    V p = V::load(x.param + i);
+    V g = V::load(x.grad + i);
+    if constexpr (flags & F::maximize) g = -g;
+    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    if constexpr (flags & F::decoupled_weight_decay) p = p * s[S::one_minus_lr_weight_decay];
+    V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
+    V v = s[S::beta2] * V::load(x.state[exp_avg_sq] + i) + s[S::one_minus_beta2] * (g * g);
+    m.store(x.state[exp_avg] + i);
+    v.store(x.state[exp_avg_sq] + i);
+    if constexpr (flags & F::rectified) p = p - s[S::step_size] * (m / (sqrt(v) + s[S::eps]));
+    else p = p - s[S::step_size] * m;
+    p.store(x.param + i);
+  }
+};
+
+}  // namespace fusedoptim
