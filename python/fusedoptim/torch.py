@@ -126,15 +126,15 @@ class Optimizer(torch.optim.Optimizer):
         # Check every group before stepping any, so that bad input modifies nothing.
         work = [self._gather(i) for i in range(len(self.param_groups))]
         for hyper, buckets in work:
-            for (_, count), params in buckets.items():
-                self._step_bucket(hyper, count, params)
+            for count, names, params in buckets:
+                self._step_bucket(hyper, count, names, params)
         return loss
 
     def _gather(self, index):
-        """A group's plan arguments and its params with a gradient, by (dtype, step count)."""
+        """A group's plan arguments and its params with a gradient, in buckets of one dtype and step
+        count: (count, state names the step uses, params)."""
         group = self.param_groups[index]
         hyper = self._hyper(group)
-        self._plan(hyper, 1)
         buckets = {}
         for j, p in enumerate(group["params"]):
             grad = p.grad
@@ -146,27 +146,30 @@ class Optimizer(torch.optim.Optimizer):
                 _check_tensor(p, where, "param")
                 _check_tensor(grad, f"the gradient of {where}", "gradient", like=p)
             buckets.setdefault((p.dtype, self._count(self.state.get(p, {}))), []).append(p)
-        return hyper, buckets
+        if not buckets:
+            self._plan(hyper, 1)  # still reject bad hyperparameters
+        return hyper, [(count, self._plan(hyper, count).states, members) for (_, count), members in buckets.items()]
 
-    def _step_bucket(self, hyper, count, params):
-        names = self._plan(hyper, count).states
-        arrays, grads, states, write_back = [], [], {name: [] for name in RULES[self._rule].states}, []
+    def _step_bucket(self, hyper, count, names, params):
+        arrays, grads, write_back, stepped = [], [], [], []
+        states = {name: [] if name in names else None for name in RULES[self._rule].states}
         for p in params:
-            self._init_state(p, names)
             state = self.state[p]
-            order = _memory_order(p)
+            stepped.append(state)
+            if any(state.get(name) is None for name in names):
+                self._init_state(p, names)
+            order = None if p.is_contiguous() else _memory_order(p)
             arrays.append(_writable(p, order, write_back))
             grads.append(_in_order(p.grad, order).numpy())
             for name in names:
                 states[name].append(_writable(state[name], order, write_back))
-        step = {"step": count} if self._takes_step else {}
-        functional._step_rule(self._rule, arrays, grads, {k: v or None for k, v in states.items()}, None,
-                              **hyper, **step)
+        functional._step_rule(self._rule, arrays, grads, states, None, **hyper,
+                              **({"step": count} if self._takes_step else {}))
         for tensor, copy in write_back:
             tensor.copy_(copy)
         if self._step_count:
-            for p in params:
-                self.state[p]["step"] += 1
+            for state in stepped:
+                state["step"].fill_(count)  # count is the old step + 1; fill_ is cheaper than += 1
 
 
 def _check_tensor(t, where, what, like=None):
@@ -184,15 +187,14 @@ def _check_tensor(t, where, what, like=None):
 
 
 def _memory_order(t):
-    """None for a contiguous tensor, else its dims from the largest stride to the smallest."""
-    if t.is_contiguous():
-        return None
+    """The dims of ``t`` from the largest stride to the smallest."""
     return sorted(range(t.dim()), key=lambda d: -t.stride(d))
 
 
 def _in_order(t, order):
     """``t`` with its dims in ``order``: contiguous, a view of the same memory, when t is dense in that order."""
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     return t if order is None else t.permute(order)
 
 
