@@ -1,0 +1,288 @@
+"""Drop-in replacements for ``torch.optim`` that step CPU tensors through fusedoptim's kernels.
+
+``fusedoptim.torch.Adam(model.parameters(), lr=1e-3)`` is used exactly like ``torch.optim.Adam``:
+same class names, arguments, defaults, param groups, ``closure``, ``zero_grad``,
+``add_param_group``, LR schedulers, hooks, and the same ``state_dict`` layout (``step`` as a
+float32 scalar tensor, ``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``sum``, ...), so a
+checkpoint of a ``torch.optim`` optimizer loads into its ``fusedoptim.torch`` twin and back.
+
+A step hands each param, its gradient and its state to the kernel as NumPy views of the same
+memory, without copies; params with equal step counts and dtype go in one multi-tensor call.
+Params whose ``.grad`` is None are skipped. A param stored in another dense layout (a transposed
+weight, channels-last) is stepped in its memory order, still without copies; a param that is
+not dense (a strided slice of a bigger tensor) is stepped on a contiguous copy that is then
+written back. float32 and float64 CPU tensors with dense gradients are supported; anything else
+raises TypeError / ValueError naming the param before anything is modified. ``capturable``,
+``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
+accepted and ignored.
+
+Adding a rule: write its kernel and its ``_rules`` entry, then a subclass of :class:`Optimizer`
+here whose ``__init__`` has exactly torch's signature and defaults and passes every argument
+(flags included) on as ``defaults``; set ``_rule`` to the rule's name and, where needed,
+``_initial`` (a state that does not start at zero), ``_fixed`` (plan arguments torch has no
+flag for), ``_step_count = False`` (torch keeps no ``step``), ``_eager_state`` (torch creates
+the state at construction) and ``_unsupported`` (torch flags that must stay off). Group keys
+named like the plan function's arguments are passed to it; state names are the rule's.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from . import functional, reference
+from .functional import _with_formula
+from ._rules import RULES
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose step is one fusedoptim rule."""
+
+    _rule: str  # the fusedoptim rule this optimizer steps
+    _initial: dict = {}  # state name -> the hyperparameter holding its starting value (else 0)
+    _fixed: dict = {}  # plan arguments torch has no flag for
+    _step_count = True  # torch keeps state["step"], a float32 scalar tensor
+    _eager_state = False  # torch creates the state at construction, not on the first step
+    _unsupported = ("capturable", "differentiable", "fused")  # torch flags that must be off
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_rule" in cls.__dict__:
+            plan = RULES[cls._rule].plan
+            cls._plan_args = tuple(a for a in inspect.signature(plan).parameters if a != "step")
+            cls._takes_step = "step" in inspect.signature(plan).parameters
+            cls._torch_defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                                   if p.default is not inspect.Parameter.empty}
+
+    def __init__(self, params, defaults):
+        super().__init__(params, defaults)
+        if self._eager_state:
+            for group in self.param_groups:
+                states = self._plan(self._hyper(group), 1).states
+                for p in group["params"]:
+                    self._init_state(p, states)
+
+    def add_param_group(self, param_group):
+        """Adds a param group, as torch does, after checking its hyperparameters and params."""
+        if isinstance(param_group, dict):
+            self._plan(self._hyper({**self.defaults, **param_group}), 1)
+            params = param_group.get("params", ())
+            for j, p in enumerate([params] if isinstance(params, torch.Tensor) else list(params)):
+                p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
+                if isinstance(p, torch.Tensor):
+                    _check_tensor(p, f"param {j} of the new group", "param")
+        super().add_param_group(param_group)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
+        for group in self.param_groups:
+            for key, value in self._torch_defaults.items():
+                group.setdefault(key, value)  # checkpoints from torch versions before a flag existed
+        if self._step_count:
+            for s in self.state.values():
+                if "step" in s and not torch.is_tensor(s["step"]):
+                    s["step"] = torch.tensor(float(s["step"]))
+
+    def _hyper(self, group):
+        """The plan's keyword arguments from a param group; rejects the torch flags we do not implement."""
+        for flag in self._unsupported:
+            if group.get(flag):
+                raise ValueError(f"{type(self).__name__} does not support {flag}={group[flag]!r}")
+        hyper = {k: group[k] for k in self._plan_args if k in group}
+        for k, v in hyper.items():
+            if isinstance(v, torch.Tensor):  # torch allows a 1-element tensor lr
+                hyper[k] = v.item()
+        return {**hyper, **self._fixed}
+
+    def _plan(self, hyper, count):
+        return RULES[self._rule].plan(**hyper, **({"step": count} if self._takes_step else {}))
+
+    def _count(self, state):
+        """The 1-based number of the step the param is about to take."""
+        if self._step_count:
+            return int(state["step"]) + 1 if "step" in state else 1
+        # No counter (SGD): the first step is the one that finds no momentum buffer yet.
+        return 2 if any(v is not None for v in state.values()) else 1
+
+    def _init_state(self, p, names):
+        state = self.state[p]
+        if self._step_count and "step" not in state:
+            state["step"] = torch.tensor(0.0)  # float32, on the CPU, as torch keeps it
+        for name in names:
+            if state.get(name) is None:
+                fill = self.defaults[self._initial[name]] if name in self._initial else 0.0
+                state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Check every group before stepping any, so that bad input modifies nothing.
+        work = [self._gather(i) for i in range(len(self.param_groups))]
+        for hyper, buckets in work:
+            for count, names, params in buckets:
+                self._step_bucket(hyper, count, names, params)
+        return loss
+
+    def _gather(self, index):
+        """A group's plan arguments and its params with a gradient, in buckets of one dtype and step
+        count: (count, state names the step uses, params)."""
+        group = self.param_groups[index]
+        hyper = self._hyper(group)
+        buckets = {}
+        for j, p in enumerate(group["params"]):
+            grad = p.grad
+            if grad is None:
+                continue
+            if not (p.dtype in _DTYPES and p.is_cpu and grad.dtype == p.dtype and grad.is_cpu
+                    and grad.layout == torch.strided and grad.shape == p.shape):
+                where = group["param_names"][j] if "param_names" in group else f"param_groups[{index}]['params'][{j}]"
+                _check_tensor(p, where, "param")
+                _check_tensor(grad, f"the gradient of {where}", "gradient", like=p)
+            buckets.setdefault((p.dtype, self._count(self.state.get(p, {}))), []).append(p)
+        if not buckets:
+            self._plan(hyper, 1)  # still reject bad hyperparameters
+        return hyper, [(count, self._plan(hyper, count).states, members) for (_, count), members in buckets.items()]
+
+    def _step_bucket(self, hyper, count, names, params):
+        arrays, grads, write_back, stepped = [], [], [], []
+        states = {name: [] if name in names else None for name in RULES[self._rule].states}
+        for p in params:
+            state = self.state[p]
+            stepped.append(state)
+            if any(state.get(name) is None for name in names):
+                self._init_state(p, names)
+            order = None if p.is_contiguous() else _memory_order(p)
+            arrays.append(_writable(p, order, write_back))
+            grads.append(_in_order(p.grad, order).numpy())
+            for name in names:
+                states[name].append(_writable(state[name], order, write_back))
+        functional._step_rule(self._rule, arrays, grads, states, None, **hyper,
+                              **({"step": count} if self._takes_step else {}))
+        for tensor, copy in write_back:
+            tensor.copy_(copy)
+        if self._step_count:
+            for state in stepped:
+                state["step"].fill_(count)  # count is the old step + 1; fill_ is cheaper than += 1
+
+
+def _check_tensor(t, where, what, like=None):
+    if t.layout != torch.strided:
+        raise TypeError(f"{where}: {what} has layout {t.layout}; only dense (strided) tensors are supported")
+    if not t.is_cpu:
+        raise TypeError(f"{where}: {what} is on {t.device}; fusedoptim.torch steps CPU tensors")
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{where}: {what} has dtype {t.dtype}; supported: torch.float32, torch.float64")
+    if like is not None:
+        if t.dtype != like.dtype:
+            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}")
+        if t.shape != like.shape:
+            raise ValueError(f"{where}: {what} has shape {tuple(t.shape)} but the param {tuple(like.shape)}")
+
+
+def _memory_order(t):
+    """The dims of ``t`` from the largest stride to the smallest."""
+    return sorted(range(t.dim()), key=lambda d: -t.stride(d))
+
+
+def _in_order(t, order):
+    """``t`` with its dims in ``order``: contiguous, a view of the same memory, when t is dense in that order."""
+    if t.requires_grad:
+        t = t.detach()
+    return t if order is None else t.permute(order)
+
+
+def _writable(t, order, write_back):
+    """A NumPy view of ``t``'s memory in ``order``, or of a contiguous copy to be written back after the step."""
+    view = _in_order(t, order)
+    if view.is_contiguous():
+        return view.numpy()
+    copy = view.contiguous()
+    write_back.append((view, copy))
+    return copy.numpy()
+
+
+@_with_formula(reference.sgd)
+class SGD(Optimizer):
+    """``torch.optim.SGD`` on fusedoptim's kernel: SGD, heavy-ball momentum, Nesterov.
+
+    Defaults: lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False.
+    State: ``momentum_buffer`` (with momentum), set to the first step's gradient as torch does.
+    """
+
+    _rule = "sgd"
+    _step_count = False
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov, maximize=maximize, foreach=foreach,
+                                      differentiable=differentiable, fused=fused))
+
+
+@_with_formula(reference.adagrad)
+class Adagrad(Optimizer):
+    """``torch.optim.Adagrad`` on fusedoptim's kernel.
+
+    Defaults: lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+    maximize=False. State: ``step``, ``sum`` (created at construction, filled with
+    ``initial_accumulator_value``, as torch does).
+    """
+
+    _rule = "adagrad"
+    _initial = {"sum": "initial_accumulator_value"}
+    _eager_state = True
+
+    def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                 foreach=None, *, maximize=False, differentiable=False, fused=None):
+        if not initial_accumulator_value >= 0.0:
+            raise ValueError(f"Invalid initial_accumulator_value: {initial_accumulator_value} (must be >= 0)")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, fused=fused))
+
+
+@_with_formula(reference.rmsprop)
+class RMSprop(Optimizer):
+    """``torch.optim.RMSprop`` on fusedoptim's kernel, optionally centered and with momentum.
+
+    Defaults: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+    maximize=False. State: ``step``, ``square_avg``, ``momentum_buffer`` (momentum > 0),
+    ``grad_avg`` (centered).
+    """
+
+    _rule = "rmsprop"
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                 capturable=False, foreach=None, maximize=False, differentiable=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
+                                      weight_decay=weight_decay, capturable=capturable, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable))
+
+
+@_with_formula(reference.adam)
+class Adam(Optimizer):
+    """``torch.optim.Adam`` on fusedoptim's kernel, with L2 weight decay and AMSGrad.
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+    maximize=False. State: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
+    ``decoupled_weight_decay=True`` (AdamW) is rejected: this rule adds weight decay to the gradient.
+    """
+
+    _rule = "adam"
+    _fixed = {"bias_correction": True}
+    _unsupported = Optimizer._unsupported + ("decoupled_weight_decay",)
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
+                 foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
+                 decoupled_weight_decay=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                                      maximize=maximize, foreach=foreach, capturable=capturable,
+                                      differentiable=differentiable, fused=fused,
+                                      decoupled_weight_decay=decoupled_weight_decay))

@@ -1,0 +1,389 @@
+"""fusedoptim.torch against torch.optim: trajectories, checkpoints both ways, the Optimizer API, bad input.
+
+Trajectories are compared relative to each tensor's scale: |ours - torch| <= rtol * max|torch|.
+In fp32 both optimizers are driven by the same real gradients (backprop through torch's copy of
+the MLP), because training feeds any difference back: perturbing ONE weight of torch's own run
+by one ulp moves the params after 100 steps by up to 8e-7 (SGD), 4e-6 (Adagrad), 3e-6 (Adam) and
+5e-4 (RMSprop) of their scale, and torch's CPU kernels use FMA (add with alpha, lerp, addcmul,
+addcdiv), which the contract forbids us. In fp64 each trains on its own gradients (closed loop).
+"""
+
+import inspect
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ft = pytest.importorskip("fusedoptim.torch")
+from conftest import CASES  # noqa: E402
+
+
+def torch_grid(case):
+    """The case's flag combinations that torch.optim has (fusedoptim-only flags at their torch value)."""
+    params = inspect.signature(getattr(torch.optim, case.torch_name)).parameters
+    extra = {"bias_correction": True}
+    return [{k: v for k, v in h.items() if k in params} for h in case.grid
+            if all(k in params or extra.get(k) == v for k, v in h.items())]
+
+
+TORCH_CASES = [pytest.param(c.torch_name, h, id=f"{c.torch_name}-{i}")
+               for c in CASES if c.torch_name for i, h in enumerate(torch_grid(c))]
+# One combination per rule with every state buffer in use, for the checkpoint and API tests.
+RICHEST = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+           "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+           "RMSprop": dict(lr=0.01, momentum=0.9, centered=True),
+           "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """torch's intra-op threads only slow these tiny tensors down, badly so on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_rule_has_a_torch_optimizer():
+    """A rule with a torch twin (Case.torch_name) needs its fusedoptim.torch class and a RICHEST entry."""
+    names = {c.torch_name for c in CASES if c.torch_name}
+    assert names <= set(RICHEST)
+    for name in names:
+        assert issubclass(getattr(ft, name), torch.optim.Optimizer)
+
+
+def test_signatures_and_defaults_are_torchs():
+    for name in RICHEST:
+        ours, theirs = inspect.signature(getattr(ft, name)), inspect.signature(getattr(torch.optim, name))
+        assert [(p.name, p.default, p.kind) for p in ours.parameters.values()] == \
+               [(p.name, p.default, p.kind) for p in theirs.parameters.values()], name
+        params = [torch.zeros(3, requires_grad=True)]
+        assert getattr(ft, name)(params).defaults == getattr(torch.optim, name)(params).defaults
+
+
+def data(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(64, 8, generator=g, dtype=dtype), torch.randint(0, 4, (64,), generator=g)
+
+
+def mlp(dtype=torch.float32):
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)).to(dtype)
+
+
+def backward(model, batch, maximize=False):
+    loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+    (-loss if maximize else loss).backward()  # maximize the negated loss: the same descent, not a divergence
+    return loss
+
+
+def follower(model):
+    """A copy of the model's params that take the model's gradients."""
+    return [p.detach().clone().requires_grad_() for p in model.parameters()]
+
+
+def lead(model, batch, leader, followers, steps, maximize=False):
+    """``steps`` steps of ``leader`` on the model, each follower optimizer stepping on the same gradients."""
+    for _ in range(steps):
+        leader.zero_grad()
+        backward(model, batch, maximize)
+        for opt in followers:
+            for p, q in zip(model.parameters(), (q for g in opt.param_groups for q in g["params"])):
+                q.grad = p.grad.clone()
+        leader.step()
+        for opt in followers:
+            opt.step()
+
+
+def assert_scaled_close(ours, theirs, rtol, what=""):
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        scale = float(b.detach().abs().max())
+        err = float((a - b).detach().abs().max())
+        assert err <= rtol * scale, f"{what}[{i}]: max |ours - torch| = {err:.3g}, {err / scale:.3g} of the scale"
+
+
+def states(opt):
+    return [(k, v) for s in opt.state_dict()["state"].values() for k, v in sorted(s.items())]
+
+
+# RMSprop's grad_avg and momentum_buffer end up to 2e-5 of their scale from torch's (measured), while
+# the params stay within 1e-6: torch updates grad_avg by lerp (grad_avg + (1 - alpha) * (g - grad_avg), one FMA)
+# where the reference has alpha * grad_avg + (1 - alpha) * g, and adds weight decay with an FMA;
+# momentum_buffer sums g / (sqrt(square_avg) + eps), which magnifies those last-bit differences
+# wherever the gradient cancels against the weight decay or square_avg is tiny.
+STATE_RTOL = {"grad_avg": 1e-4, "momentum_buffer": 1e-4}
+
+
+def assert_states_close(ours, theirs, rule):
+    a, b = states(ours), states(theirs)
+    assert [k for k, _ in a] == [k for k, _ in b]
+    for (key, x), (_, y) in zip(a, b):
+        rtol = STATE_RTOL.get(key, 1e-6) if rule == "RMSprop" else 1e-6
+        assert_scaled_close([x], [y], rtol, key)
+
+
+@pytest.mark.parametrize("name, hyper", TORCH_CASES)
+def test_fp32_trajectory_matches_torch(name, hyper):
+    model, batch = mlp(), data()
+    theirs = getattr(torch.optim, name)(model.parameters(), foreach=False, **hyper)
+    ours = getattr(ft, name)(follower(model), **hyper)
+    lead(model, batch, theirs, [ours], steps=100, maximize=hyper.get("maximize", False))
+    assert_scaled_close(ours.param_groups[0]["params"], list(model.parameters()), 1e-6, "params")
+    assert_states_close(ours, theirs, name)
+
+
+@pytest.mark.parametrize("name, hyper", TORCH_CASES)
+def test_fp64_closed_loop_matches_torch(name, hyper):
+    runs = []
+    for make in (getattr(torch.optim, name), getattr(ft, name)):
+        model, batch = mlp(torch.float64), data(torch.float64)
+        opt = make(model.parameters(), **hyper)
+        for _ in range(100):
+            opt.zero_grad()
+            backward(model, batch, hyper.get("maximize", False))
+            opt.step()
+        runs.append(list(model.parameters()))
+    assert_scaled_close(runs[1], runs[0], 1e-10, "params")
+
+
+def checkpoint(opt):
+    """A state_dict through torch.save/torch.load, as a file on disk would carry it."""
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+@pytest.mark.parametrize("name", RICHEST)
+@pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
+def test_checkpoint_round_trip(name, direction):
+    hyper = RICHEST[name]
+    model, batch = mlp(), data()
+    reference = getattr(torch.optim, name)(model.parameters(), foreach=False, **hyper)
+    first, second = getattr(torch.optim, name), getattr(ft, name)
+    if direction == "ours_to_torch":
+        first, second = second, first
+    params = follower(model)
+    before = first(params, **hyper)
+    lead(model, batch, reference, [before], steps=10)
+    saved = checkpoint(before)
+    after = second(params, **hyper)
+    after.load_state_dict(saved)
+    assert after.state_dict()["param_groups"] == saved["param_groups"]
+    for mine, loaded in zip(after.state_dict()["state"].values(), saved["state"].values()):
+        assert mine.keys() == loaded.keys()
+        assert mine.get("step", torch.tensor(0.0)).dtype == torch.float32
+    lead(model, batch, reference, [after], steps=10)
+    assert_scaled_close(params, list(model.parameters()), 1e-6, "params")
+    assert_states_close(after, reference, name)
+
+
+@pytest.mark.parametrize("name", RICHEST)
+def test_state_dict_layout_equals_torchs(name):
+    model, batch = mlp(), data()
+    theirs = getattr(torch.optim, name)(model.parameters(), **RICHEST[name])
+    ours = getattr(ft, name)(follower(model), **RICHEST[name])
+    for when in ("fresh", "after a step"):
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert a["param_groups"] == b["param_groups"], when
+        assert a["state"].keys() == b["state"].keys(), when
+        for i in a["state"]:
+            assert a["state"][i].keys() == b["state"][i].keys(), when
+            for k, v in a["state"][i].items():
+                assert (v.dtype, v.shape, v.stride()) == (b["state"][i][k].dtype, b["state"][i][k].shape,
+                                                         b["state"][i][k].stride()), (when, k)
+        lead(model, batch, theirs, [ours], steps=1)
+
+
+def test_sgd_without_momentum_keeps_no_state():
+    model, batch = mlp(), data()
+    opt = ft.SGD(model.parameters(), lr=0.1)
+    backward(model, batch)
+    opt.step()
+    assert all(not s for s in opt.state_dict()["state"].values())
+
+
+def test_closure_returns_the_loss_and_steps():
+    model, batch = mlp(), data()
+    opt = ft.Adam(model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        opt.zero_grad()
+        return backward(model, batch)
+
+    loss = opt.step(closure)
+    assert torch.is_tensor(loss) and loss.requires_grad
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_zero_grad_and_none_grads_are_skipped():
+    model, batch = mlp(), data()
+    opt = ft.Adam(model.parameters())
+    backward(model, batch)
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    frozen = model[0].weight
+    before = frozen.detach().clone()
+    backward(model, batch)
+    frozen.grad = None
+    opt.step()
+    assert torch.equal(frozen, before) and frozen not in opt.state
+    assert all(int(opt.state[p]["step"]) == 1 for p in model.parameters() if p is not frozen)
+
+
+@pytest.mark.parametrize("make_schedule", [
+    lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5),
+    lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0 / (1 + epoch)),
+], ids=["StepLR", "LambdaLR"])
+def test_lr_scheduler_matches_torch(make_schedule):
+    model, batch = mlp(), data()
+    theirs = torch.optim.Adam(model.parameters(), lr=0.01, foreach=False)
+    ours = ft.Adam(follower(model), lr=0.01)
+    schedules = [make_schedule(theirs), make_schedule(ours)]
+    for _ in range(10):
+        lead(model, batch, theirs, [ours], steps=1)
+        for s in schedules:
+            s.step()
+        assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+    assert ours.param_groups[0]["lr"] < 0.01
+    assert_scaled_close(ours.param_groups[0]["params"], list(model.parameters()), 1e-6)
+
+
+def test_add_param_group_with_its_own_hyperparameters():
+    model, batch = mlp(), data()
+    theirs = torch.optim.SGD(list(model[0].parameters()), lr=0.05, momentum=0.9, foreach=False)
+    mine = follower(model)
+    ours = ft.SGD(mine[:2], lr=0.05, momentum=0.9)
+    lead(model, batch, theirs, [], steps=0)
+    theirs.add_param_group({"params": list(model[2].parameters()), "lr": 0.1, "nesterov": True})
+    ours.add_param_group({"params": mine[2:], "lr": 0.1, "nesterov": True})
+    assert ours.param_groups[1]["momentum"] == 0.9 and ours.param_groups[1]["nesterov"]
+    lead(model, batch, theirs, [ours], steps=20)
+    assert_scaled_close(mine, list(model.parameters()), 1e-6)
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        ours.add_param_group({"params": mine[:1]})
+
+
+@pytest.mark.parametrize("name", RICHEST)
+def test_views_and_non_contiguous_params_are_stepped(name):
+    """A transposed weight, a row slice and a strided column slice of a bigger tensor, a scalar."""
+    torch.manual_seed(2)
+    base = torch.randn(6, 10)
+    shapes = [lambda b: b.t(), lambda b: b[1:4], lambda b: b[:, 2:5], lambda b: b[0, 0]]
+    leaves_ref = [torch.randn(6, 10).t().contiguous(), torch.randn(3, 10), torch.randn(6, 3), torch.randn(())]
+    ours_base = [base.clone() for _ in shapes]
+    ours = [make(b).requires_grad_() for make, b in zip(shapes, ours_base)]
+    for ref, p in zip(leaves_ref, ours):
+        with torch.no_grad():
+            p.copy_(ref)
+        ref.requires_grad_()
+    untouched = [b.clone() for b in ours_base]
+    assert [p.is_contiguous() for p in ours] == [False, True, False, True]
+    a = getattr(ft, name)(ours, **RICHEST[name])
+    b = getattr(torch.optim, name)(leaves_ref, foreach=False, **RICHEST[name])
+    for step in range(5):
+        g = torch.Generator().manual_seed(step)
+        for p, ref in zip(ours, leaves_ref):
+            ref.grad = torch.randn(ref.shape, generator=g)
+            p.grad = ref.grad.clone()
+        a.step()
+        b.step()
+    assert_scaled_close(ours, leaves_ref, 1e-6, "params")
+    assert_states_close(a, b, name)
+    # Only the viewed elements of each base tensor changed.
+    for make, got, was in zip(shapes, ours_base, untouched):
+        mask = torch.zeros(6, 10, dtype=torch.bool)
+        make(mask).fill_(True)
+        assert torch.equal(got[~mask], was[~mask])
+
+
+def test_transposed_param_is_stepped_in_place_without_copies():
+    w = torch.randn(8, 5).t().requires_grad_()
+    opt = ft.Adam([w])
+    w.grad = torch.randn(8, 5).t()
+    opt.step()
+    assert opt.state[w]["exp_avg"].stride() == w.stride()
+
+
+def snapshot(opt):
+    return [p.detach().clone() for g in opt.param_groups for p in g["params"]] + \
+           [v.clone() for s in opt.state.values() for v in s.values()]
+
+
+def assert_unchanged(opt, before):
+    after = snapshot(opt)
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("spoil, error, match", [
+    (lambda p: (setattr(p, "grad_dtype", None), setattr(p, "grad", p.grad.double())), TypeError,
+     r"\['params'\]\[0\].*gradient is torch.float64"),
+    (lambda p: p.grad.set_(p.grad[:1].clone()), ValueError, "has shape"),
+    (lambda p: setattr(p, "grad", p.grad.to_sparse()), TypeError, "layout"),
+], ids=["grad dtype", "grad shape", "sparse grad"])
+def test_bad_gradient_raises_and_modifies_nothing(spoil, error, match):
+    model, batch = mlp(), data()
+    good, bad = list(model[0].parameters()), list(model[2].parameters())
+    opt = ft.Adam([{"params": good}, {"params": bad}], lr=0.1)
+    backward(model, batch)
+    opt.step()
+    backward(model, batch)
+    spoil(bad[0])
+    before = snapshot(opt)
+    with pytest.raises(error, match=match):
+        opt.step()
+    assert_unchanged(opt, before)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"lr": -1.0}, "Invalid lr"),
+    ({"betas": (0.9, 1.5)}, "Invalid beta2"),
+    ({"capturable": True}, "capturable"),
+    ({"fused": True}, "fused"),
+    ({"differentiable": True}, "differentiable"),
+    ({"decoupled_weight_decay": True}, "decoupled_weight_decay"),
+])
+def test_bad_hyperparameters_raise_and_modify_nothing(change, match):
+    model, batch = mlp(), data()
+    with pytest.raises(ValueError, match=match):
+        ft.Adam(model.parameters(), **change)
+    opt = ft.Adam([{"params": list(model[0].parameters())}, {"params": list(model[2].parameters())}])
+    backward(model, batch)
+    opt.step()
+    opt.param_groups[1].update(change)  # as a scheduler or a loaded checkpoint could
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match=match):
+        opt.step()
+    assert_unchanged(opt, before)
+
+
+def test_unsupported_params_are_rejected_at_construction():
+    with pytest.raises(TypeError, match="torch.float16"):
+        ft.SGD([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
+    with pytest.raises(TypeError, match="torch.complex64"):
+        ft.Adam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
+    with pytest.raises(ValueError, match="non-leaf"):
+        ft.Adam([torch.zeros(3, requires_grad=True) * 2])
+    ft.Adam([torch.zeros(3, requires_grad=True)], foreach=True)  # accepted and ignored
+
+
+def test_import_fusedoptim_does_not_import_torch():
+    code = "import sys, fusedoptim; fusedoptim.Adam; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_steps_through_the_numpy_views_of_the_tensors(monkeypatch):
+    """The kernel receives views of the tensors' own memory, not copies."""
+    seen = []
+    real = ft.functional._step_rule
+    monkeypatch.setattr(ft.functional, "_step_rule",
+                        lambda name, params, grads, states, *a, **k: (seen.extend(params), real(name, params, grads,
+                                                                                                 states, *a, **k)))
+    p = torch.randn(7, requires_grad=True)
+    p.grad = torch.randn(7)
+    ft.Adam([p]).step()
+    assert len(seen) == 1 and seen[0].ctypes.data == p.data_ptr() and isinstance(seen[0], np.ndarray)
