@@ -14,9 +14,20 @@ enum class Dtype { f32, f64 };
 // Steps elements [begin, end) of one tensor.
 using KernelFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, const double* scalars, unsigned flags);
 
+// The bandwidth roof's operands: fp32 arrays of `size` elements, read and written once each.
+inline constexpr int kMaxStreams = kMaxStates + 2;
+struct Streams {
+  const float* read[kMaxStreams];
+  float* write[kMaxStreams];
+  int reads, writes;  // 1..kMaxStreams each
+  std::size_t size;
+};
+using RoofFn = void (*)(const Streams&, std::size_t begin, std::size_t end);
+
 struct IsaTable {
   const char* name;
   std::array<std::array<KernelFn, 2>, kNumRules> kernels;  // [rule][dtype]
+  RoofFn roof;
 };
 
 // ISA levels compiled into this build, lowest first.

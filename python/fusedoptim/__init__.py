@@ -9,11 +9,12 @@ from . import reference
 from ._backends import available as available_backends
 from .functional import adagrad_, adam_, rmsprop_, sgd_
 from .optim import SGD, Adagrad, Adam, Optimizer, RMSprop
-from ._config import isa_levels, set_isa, show_config
+from ._config import get_num_threads, isa_levels, set_isa, set_num_threads, show_config
 
 __all__ = [
     "sgd_", "adagrad_", "rmsprop_", "adam_",
     "SGD", "Adagrad", "RMSprop", "Adam", "Optimizer",
-    "available_backends", "isa_levels", "set_isa", "show_config", "reference",
+    "available_backends", "isa_levels", "set_isa", "set_num_threads", "get_num_threads", "show_config",
+    "reference",
 ]
 __version__ = "0.1.0"

@@ -11,17 +11,15 @@ naming the argument and modifies nothing.
 from __future__ import annotations
 
 from . import reference
-from ._backends import resolve, run
-from ._rules import RULES
-from ._validate import operands
+from ._backends import resolve, step
+from ._rules import RULES, adagrad_plan, adam_plan, rmsprop_plan, sgd_plan
 
 
-def _step_rule(name, params, grads, states, backend, **hyper):
-    rule = RULES[name]
-    backend = resolve(backend)
-    plan = rule.plan(**hyper)
-    params, grads, slots = operands(rule, plan, params, grads, states)
-    run(backend, rule, plan, params, grads, slots)
+def _step_rule(name, plan, params, grads, states, backend):
+    """One step of rule ``name``: ``plan`` is its plan function's result for this step's
+    hyperparameters (called by each public function with positional arguments: forwarding
+    ``**kwargs`` would cost more than a small step's kernel)."""
+    step(resolve(backend), RULES[name], plan, params, grads, states)
 
 
 def _with_formula(spec):
@@ -43,9 +41,8 @@ def sgd_(params, grads, momentum_buffers=None, *, step=None, lr=1e-3, momentum=0
     With momentum != 0, ``momentum_buffers`` and ``step`` are required; on step 1 the buffer
     is set to the gradient (undamped), as torch does.
     """
-    _step_rule("sgd", params, grads, {"momentum_buffers": momentum_buffers}, backend, step=step, lr=lr,
-               momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
-               maximize=maximize)
+    _step_rule("sgd", sgd_plan(step, lr, momentum, dampening, nesterov, weight_decay, maximize),
+               params, grads, {"momentum_buffers": momentum_buffers}, backend)
 
 
 @_with_formula(reference.adagrad)
@@ -56,8 +53,8 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
     Defaults: lr=1e-2, lr_decay=0, weight_decay=0, eps=1e-10, maximize=False. ``state_sums``
     start at ``initial_accumulator_value`` (0 by default).
     """
-    _step_rule("adagrad", params, grads, {"state_sums": state_sums}, backend, step=step, lr=lr, lr_decay=lr_decay,
-               weight_decay=weight_decay, eps=eps, maximize=maximize)
+    _step_rule("adagrad", adagrad_plan(step, lr, lr_decay, weight_decay, eps, maximize),
+               params, grads, {"state_sums": state_sums}, backend)
 
 
 @_with_formula(reference.rmsprop)
@@ -69,10 +66,9 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
     maximize=False. ``momentum_buffers`` are required when momentum > 0, ``grad_avgs`` when
     centered; all states start at zero.
     """
-    _step_rule("rmsprop", params, grads,
-               {"square_avgs": square_avgs, "momentum_buffers": momentum_buffers, "grad_avgs": grad_avgs},
-               backend, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-               centered=centered, maximize=maximize)
+    _step_rule("rmsprop", rmsprop_plan(lr, alpha, eps, weight_decay, momentum, centered, maximize),
+               params, grads, {"square_avgs": square_avgs, "momentum_buffers": momentum_buffers, "grad_avgs": grad_avgs},
+               backend)
 
 
 @_with_formula(reference.adam)
@@ -86,7 +82,6 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.
     is the lecture's Adam without the 1 - beta^t factors. ``max_exp_avg_sqs`` are required when
     amsgrad. States start at zero.
     """
-    _step_rule("adam", params, grads,
-               {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
-               backend, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-               maximize=maximize, bias_correction=bias_correction)
+    _step_rule("adam", adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction),
+               params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
+               backend)
