@@ -64,7 +64,8 @@ void roof_at(const Streams& s, std::size_t i) {
 }
 
 template <int reads, int writes>
-void roof_range(const Streams& s, std::size_t begin, std::size_t end) {
+void roof_range(const Streams& streams, std::size_t begin, std::size_t end) {
+  const Streams s = streams;  // a local copy: the stores cannot alias its pointers, which stay in registers
   std::size_t i = begin;
   for (; i + Wide<float>::width <= end; i += Wide<float>::width) roof_at<reads, writes, Wide<float>>(s, i);
   for (; i < end; ++i) roof_at<reads, writes, Scalar<float>>(s, i);
