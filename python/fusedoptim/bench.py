@@ -271,26 +271,29 @@ def _time(seconds):
 
 
 def plot(rows, path):
-    """GB/s of each contender against size, one panel per rule and thread count."""
+    """GB/s of each contender against size: a row of panels per rule, a column per thread count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r.rule, r.threads) for r in rows}, key=lambda k: (list(RULES).index(k[0]), k[1]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-    for ax, (rule, threads) in zip(axes[0], panels):
+    rules = list(dict.fromkeys(r.rule for r in rows))
+    counts = sorted({r.threads for r in rows})
+    names = [n for n in dict.fromkeys(r.contender for r in rows) if not n.startswith("roof")]
+    color = {name: f"C{k % 10}" for k, name in enumerate(names)}  # one colour per contender in every panel
+    fig, axes = plt.subplots(len(rules), len(counts), figsize=(6 * len(counts), 4 * len(rules)), squeeze=False)
+    for ax, (rule, threads) in zip(axes.flat, [(rule, t) for rule in rules for t in counts]):
         mine = [r for r in rows if (r.rule, r.threads) == (rule, threads)]
         sizes = list(dict.fromkeys(r.size for r in mine))
         for name in dict.fromkeys(r.contender for r in mine):
             points = [(sizes.index(r.size), r.bytes / r.seconds / 1e9) for r in mine if r.contender == name]
-            style = dict(linestyle="--", color="black") if name.startswith("roof") else dict(marker="o")
+            style = dict(linestyle="--", color="black") if name.startswith("roof") else dict(marker="o", color=color[name])
             ax.plot(*zip(*points), label=name, **style)
         ax.set_xticks(range(len(sizes)), [label(s) for s in sizes], rotation=30)
         ax.set_yscale("log")
         ax.set_title(f"{LABEL.get(rule, rule)}, {threads} thread{'s' if threads > 1 else ''}")
         ax.set_ylabel("GB/s of optimizer traffic")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][0].legend(fontsize=7, loc="lower right")  # one thread: every contender
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
