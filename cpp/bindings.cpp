@@ -1,4 +1,4 @@
-// pybind11 glue: unpack the arrays Python has validated, release the GIL, run the kernel.
+// pybind11 glue: recognize a step's arrays, release the GIL, run the kernel on the step's threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "chunks.hpp"
 #include "dispatch.hpp"
 #include "two_pass.hpp"
 
@@ -19,50 +20,177 @@ using namespace fusedoptim;
 
 namespace {
 
+using py::detail::array_descriptor_proxy;
+using py::detail::array_proxy;
+using py::detail::npy_api;
+
 py::array as_array(py::handle h, const char* what) {
   if (!py::isinstance<py::array>(h)) throw py::type_error(std::string(what) + " must be a numpy array");
   return py::reinterpret_borrow<py::array>(h);
 }
 
-// Python's validate() has checked shapes, dtypes, contiguity and overlap; the checks here
-// only keep a wrong call from this private module from reading out of bounds.
+// Steps this small finish in about the time that releasing and retaking the GIL costs.
+constexpr std::size_t kKeepGilElements = 1 << 14;
+
+// The items of a list or tuple of n operands, or the one array of a single-tensor step;
+// null when the shape of the call is not that.
+PyObject* const* operand_items(py::handle h, bool single, std::size_t n, PyObject*& one) {
+  if (single) return one = h.ptr(), &one;
+  if (!PyList_Check(h.ptr()) && !PyTuple_Check(h.ptr())) return nullptr;
+  if (static_cast<std::size_t>(PySequence_Fast_GET_SIZE(h.ptr())) != n) return nullptr;
+  return PySequence_Fast_ITEMS(h.ptr());
+}
+
+// A plain ndarray (not a subclass), C-contiguous, native float32/float64 with the given type
+// number (the first operand's when -1), shaped like `like` (when given), writeable if asked.
+bool plain_array(PyObject* o, int& type_num, const py::detail::PyArray_Proxy* like, bool writeable) {
+  if (Py_TYPE(o) != npy_api::get().PyArray_Type_) return false;
+  const auto* a = array_proxy(o);
+  const int need = npy_api::NPY_ARRAY_C_CONTIGUOUS_ | (writeable ? npy_api::NPY_ARRAY_WRITEABLE_ : 0);
+  if ((a->flags & need) != need) return false;
+  const auto* d = array_descriptor_proxy(a->descr);
+  if (d->byteorder == '>' || (d->type_num != npy_api::NPY_FLOAT_ && d->type_num != npy_api::NPY_DOUBLE_)) return false;
+  if (type_num == -1) type_num = d->type_num;
+  if (d->type_num != type_num) return false;
+  if (like) {
+    if (a->nd != like->nd) return false;
+    for (int k = 0; k < a->nd; ++k)
+      if (a->dimensions[k] != like->dimensions[k]) return false;
+  }
+  return true;
+}
+
+std::size_t num_elements(const py::detail::PyArray_Proxy* a) {
+  std::size_t n = 1;
+  for (int k = 0; k < a->nd; ++k) n *= static_cast<std::size_t>(a->dimensions[k]);
+  return n;
+}
+
+// Whether any two of these byte ranges [first, second) share a byte.
+bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) {
+  std::sort(spans.begin(), spans.end());
+  for (std::size_t k = 1; k < spans.size(); ++k)
+    if (spans[k].first < spans[k - 1].second) return true;
+  return false;
+}
+
+// One step of a rule over a list of tensors (or one tensor), in place.
+//
+// Python's validator (_validate.operands) is the one judge of a step's input and the one
+// author of its error messages. This function only recognizes the common case, checked in
+// microseconds for hundreds of tensors: plain C-contiguous ndarrays of one native float
+// dtype, grads and states shaped like their params, params and states writeable, no two
+// operands sharing a byte. It steps that case and returns True; for anything else it returns
+// False having touched nothing, and the caller hands the step to the validator. Everything
+// accepted here, the validator accepts too (tests/test_threads_and_fastpath.py checks it).
+//
+// `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
+// step updates slot k, whose entry then must be operands like `grads`.
 template <class Rule, int R>
-void step(const py::list& params, const py::list& grads, const py::list& states, const std::vector<double>& scalars,
+bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
           unsigned flags) {
   if (scalars.size() != static_cast<std::size_t>(planned_scalars<Rule>()))
     throw std::invalid_argument(std::string(Rule::name) + ": expected " + std::to_string(planned_scalars<Rule>()) +
                                 " scalars");
   if (flags >= (1u << Rule::F::count)) throw std::invalid_argument(std::string(Rule::name) + ": bad flags");
-  const std::size_t n = params.size();
-  if (grads.size() != n || states.size() > static_cast<std::size_t>(kMaxStates))
-    throw std::invalid_argument(std::string(Rule::name) + ": operand lists do not match");
-  if (n == 0) return;
+  if (states.size() > static_cast<std::size_t>(kMaxStates) || used >= (1u << states.size()))
+    throw std::invalid_argument(std::string(Rule::name) + ": bad states");
+  double s[Rule::S::count];  // a two-pass rule's own scalars follow the planned ones
+  for (int k = 0; k < planned_scalars<Rule>(); ++k) {
+    s[k] = PyFloat_AsDouble(PyTuple_GET_ITEM(scalars.ptr(), k));
+    if (s[k] == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  }
+
+  const bool single = !PyList_Check(params.ptr()) && !PyTuple_Check(params.ptr());
+  const std::size_t n = single ? 1 : static_cast<std::size_t>(PySequence_Fast_GET_SIZE(params.ptr()));
+  PyObject* ones[2 + kMaxStates];
+  PyObject* const* operand[2 + kMaxStates] = {};  // params, grads, then each used state slot
+  if (!(operand[0] = operand_items(params, single, n, ones[0]))) return false;
+  if (!(operand[1] = operand_items(grads, single, n, ones[1]))) return false;
+  for (std::size_t k = 0; k < states.size(); ++k)
+    if ((used >> k & 1) && !(operand[2 + k] = operand_items(states[k], single, n, ones[2 + k]))) return false;
 
   std::vector<Tensor> tensors(n);
-  const py::ssize_t itemsize = as_array(params[0], "param").itemsize();
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
+  spans.reserve(n * (2 + states.size()));
+  int type_num = -1;
   for (std::size_t i = 0; i < n; ++i) {
+    if (!plain_array(operand[0][i], type_num, nullptr, true)) return false;
+    const auto* p = array_proxy(operand[0][i]);
     Tensor& t = tensors[i];
-    py::array p = as_array(params[i], "param"), g = as_array(grads[i], "grad");
-    if (p.itemsize() != itemsize || g.itemsize() != itemsize || g.size() != p.size())
-      throw std::invalid_argument("grad does not match its param");
-    t = Tensor{p.mutable_data(), g.data(), {}, static_cast<std::size_t>(p.size())};
-    for (std::size_t k = 0; k < states.size(); ++k) {
-      if (states[k].is_none()) continue;
-      py::list slot = states[k].cast<py::list>();
-      py::array s = as_array(slot[i], "state");
-      if (s.itemsize() != itemsize || s.size() != p.size()) throw std::invalid_argument("state does not match its param");
-      t.state[k] = s.mutable_data();
+    t = Tensor{p->data, nullptr, {}, num_elements(p)};
+    for (int k = 1; k < 2 + kMaxStates; ++k) {
+      if (!operand[k]) continue;
+      if (!plain_array(operand[k][i], type_num, p, k != 1)) return false;
+      char* data = array_proxy(operand[k][i])->data;
+      if (k == 1)
+        t.grad = data;
+      else
+        t.state[k - 2] = data;
     }
   }
+  const std::size_t itemsize = type_num == npy_api::NPY_DOUBLE_ ? 8 : 4;
+  std::size_t total = 0;
+  for (const Tensor& t : tensors) {
+    total += t.size;
+    if (t.size == 0) continue;
+    const std::size_t bytes = t.size * itemsize;
+    spans.emplace_back(reinterpret_cast<std::uintptr_t>(t.param), reinterpret_cast<std::uintptr_t>(t.param) + bytes);
+    spans.emplace_back(reinterpret_cast<std::uintptr_t>(t.grad), reinterpret_cast<std::uintptr_t>(t.grad) + bytes);
+    for (void* state : t.state)
+      if (state) spans.emplace_back(reinterpret_cast<std::uintptr_t>(state), reinterpret_cast<std::uintptr_t>(state) + bytes);
+  }
+  if (any_overlap(spans)) return false;
+
   const int dtype = itemsize == 8 ? 1 : 0;
   const KernelFn kernel = active_isa().kernels[R][dtype];
   const ReduceFn first_pass = active_isa().reducers[R][dtype];  // null for one-pass rules
-  py::gil_scoped_release nogil;
-  if constexpr (TwoPass<Rule>) {
-    for (const Tensor& t : tensors) step_two_pass<Rule>(first_pass, kernel, t, scalars.data(), flags);
-  } else {
-    for (const Tensor& t : tensors) kernel(t, 0, t.size, scalars.data(), flags);
+  auto run = [&] {
+    if constexpr (TwoPass<Rule>) {
+      step_two_pass<Rule>(first_pass, kernel, tensors, itemsize, s, flags);
+    } else {
+      for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
+        kernel(t, begin, end, s, flags);
+      });
+    }
+  };
+  if (total < kKeepGilElements) {
+    run();
+    return true;
   }
+  std::vector<py::object> alive;  // the arrays, even if another thread empties the caller's lists
+  alive.reserve(n * (2 + states.size()));
+  for (const auto* items : operand)
+    if (items)
+      for (std::size_t i = 0; i < n; ++i) alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
+  py::gil_scoped_release nogil;
+  run();
+  return true;
+}
+
+// The roof kernel over fp32 arrays of one size: reads each of `reads`, writes each of `writes`
+// (which may be among the reads, as a rule's params and states are), on the step's threads.
+void roof(const py::list& reads, const py::list& writes) {
+  if (reads.empty() || writes.empty() || reads.size() > kMaxStreams || writes.size() > kMaxStreams)
+    throw py::value_error("roof: 1 to " + std::to_string(kMaxStreams) + " reads and writes");
+  std::vector<py::array_t<float, py::array::c_style>> keep;
+  auto pointer = [&](py::handle h, bool writeable) {
+    auto a = as_array(h, "roof operand");
+    if (a.dtype().num() != npy_api::NPY_FLOAT_ || !(a.flags() & py::array::c_style) || (writeable && !a.writeable()))
+      throw py::value_error("roof operands must be C-contiguous float32 arrays, the written ones writeable");
+    keep.emplace_back(py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(a));
+    return static_cast<float*>(a.mutable_data());
+  };
+  Streams streams{{}, {}, static_cast<int>(reads.size()), static_cast<int>(writes.size()), 0};
+  for (std::size_t k = 0; k < reads.size(); ++k) streams.read[k] = pointer(reads[k], false);
+  for (std::size_t k = 0; k < writes.size(); ++k) streams.write[k] = pointer(writes[k], true);
+  streams.size = static_cast<std::size_t>(keep[0].size());
+  for (const auto& a : keep)
+    if (static_cast<std::size_t>(a.size()) != streams.size) throw py::value_error("roof operands must have one size");
+  const RoofFn kernel = active_isa().roof;
+  py::gil_scoped_release nogil;
+  for_each_chunk(std::vector<Streams>{streams}, sizeof(float),
+                 [&](const Streams& x, std::size_t begin, std::size_t end) { kernel(x, begin, end); });
 }
 
 // [first byte, one past the last byte) that an array's elements occupy, for any strides.
@@ -99,8 +227,8 @@ py::object find_overlap(const py::list& arrays) {
 
 template <class... R, int... I>
 void def_rules(py::module_& m, std::tuple<R...>*, std::integer_sequence<int, I...>) {
-  (m.def(R::name, &step<R, I>, py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("scalars"),
-         py::arg("flags")),
+  (m.def(R::name, &step<R, I>, py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"),
+         py::arg("scalars"), py::arg("flags")),
    ...);
 }
 
@@ -117,6 +245,12 @@ PYBIND11_MODULE(_kernels, m) {
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
+  });
+  m.def("roof", &roof, py::arg("reads"), py::arg("writes"));
+  m.def("num_threads", &num_threads, "Threads a step may use.");
+  m.def("set_num_threads", [](int threads) {
+    if (threads < 1) throw py::value_error("Invalid num_threads: " + std::to_string(threads) + " (must be >= 1)");
+    set_num_threads(threads);
   });
   m.def("isa_levels", [] {
     std::vector<std::pair<std::string, bool>> levels;

@@ -19,10 +19,21 @@ using KernelFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, con
 using ReduceFn = void (*)(const Tensor&, std::size_t first, std::size_t last, const double* scalars, unsigned flags,
                           double* block_sums);
 
+// The bandwidth roof's operands: fp32 arrays of `size` elements, read and written once each.
+inline constexpr int kMaxStreams = kMaxStates + 2;
+struct Streams {
+  const float* read[kMaxStreams];
+  float* write[kMaxStreams];
+  int reads, writes;  // 1..kMaxStreams each
+  std::size_t size;
+};
+using RoofFn = void (*)(const Streams&, std::size_t begin, std::size_t end);
+
 struct IsaTable {
   const char* name;
   std::array<std::array<KernelFn, 2>, kNumRules> kernels;  // [rule][dtype]
   std::array<std::array<ReduceFn, 2>, kNumRules> reducers;  // [rule][dtype], null for one-pass rules
+  RoofFn roof;
 };
 
 // ISA levels compiled into this build, lowest first.

@@ -117,10 +117,37 @@ constexpr std::array<std::array<ReduceFn, 2>, sizeof...(R)> reducers_for(std::tu
   return {reducer_for<R>()...};
 }
 
+// The memory-bandwidth roof: a rule's traffic with one add per read and no other work, so
+// "% of roof" measures how much of a rule's time is more than moving its bytes.
+template <int reads, int writes, class V>
+void roof_at(const Streams& s, std::size_t i) {
+  V x = V::load(s.read[0] + i);
+  for (int k = 1; k < reads; ++k) x = x + V::load(s.read[k] + i);
+  for (int k = 0; k < writes; ++k) x.store(s.write[k] + i);
+}
+
+template <int reads, int writes>
+void roof_range(const Streams& streams, std::size_t begin, std::size_t end) {
+  const Streams s = streams;  // a local copy: the stores cannot alias its pointers, which stay in registers
+  std::size_t i = begin;
+  for (; i + Wide<float>::width <= end; i += Wide<float>::width) roof_at<reads, writes, Wide<float>>(s, i);
+  for (; i < end; ++i) roof_at<reads, writes, Scalar<float>>(s, i);
+}
+
+template <int... k>
+constexpr std::array<RoofFn, sizeof...(k)> roof_table(std::integer_sequence<int, k...>) {
+  return {&roof_range<k / kMaxStreams + 1, k % kMaxStreams + 1>...};
+}
+
+void roof(const Streams& s, std::size_t begin, std::size_t end) {
+  static constexpr auto table = roof_table(std::make_integer_sequence<int, kMaxStreams * kMaxStreams>{});
+  table[(s.reads - 1) * kMaxStreams + s.writes - 1](s, begin, end);
+}
+
 }  // namespace
 
 extern const IsaTable table;
 const IsaTable table{FUSEDOPTIM_ISA_NAME, kernels_for(static_cast<Rules*>(nullptr)),
-                     reducers_for(static_cast<Rules*>(nullptr))};
+                     reducers_for(static_cast<Rules*>(nullptr)), &roof};
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -85,3 +85,20 @@ def test_default_isa_is_the_best_supported():
     best = [name for name, ok in fo.isa_levels() if ok][-1]
     out = run_python("import fusedoptim as fo; fo.show_config()", env={"FUSEDOPTIM_ISA": ""}).stdout
     assert f"ISA level selected : {best}" in out
+
+
+def test_env_selects_the_backend():
+    """$FUSEDOPTIM_BACKEND is read once, at import; an unknown name is refused at the first step."""
+    code = """
+import fusedoptim as fo
+print("backend:", fo._backends.resolve(None))
+try:
+    fo._backends.resolve("fortran")
+except ValueError as e:
+    print("error:", e)
+"""
+    out = run_python(code, env={"FUSEDOPTIM_BACKEND": "numpy"}).stdout
+    assert "backend: numpy" in out and "error: Invalid backend: 'fortran'" in out
+    out = run_python("import fusedoptim as fo\ntry:\n    fo.sgd_([], [])\nexcept ValueError as e:\n    print(e)",
+                     env={"FUSEDOPTIM_BACKEND": "fortran"}).stdout
+    assert "Invalid backend: 'fortran'" in out

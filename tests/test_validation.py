@@ -158,14 +158,6 @@ def test_buffer_protocol_and_noncontiguous_grads(backend):
     assert list(p) == [1.0, 1.0, 1.0]
 
 
-def test_backend_env_override(monkeypatch):
-    monkeypatch.setenv("FUSEDOPTIM_BACKEND", "numpy")
-    assert fo._backends.resolve(None) == "numpy"
-    monkeypatch.setenv("FUSEDOPTIM_BACKEND", "fortran")
-    with pytest.raises(ValueError, match="Invalid backend"):
-        fo._backends.resolve(None)
-
-
 def test_native_and_python_overlap_checks_agree():
     if fo._validate._find_overlap_native is None:
         pytest.skip("the C++ extension is not built")

@@ -9,7 +9,12 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command")
     demo = commands.add_parser("demo", help="train a small network with every rule (the default)")
     demo.add_argument("--steps", type=int, default=30)
-    commands.add_parser("config", help="show backends and ISA levels")
+    commands.add_parser("config", help="show backends, ISA levels and threads")
+    bench = commands.add_parser("bench", help="time one step of every rule: backends, ISA levels, threads, torch, "
+                                              "the memory-bandwidth roof")
+    from .bench import add_arguments
+
+    add_arguments(bench)
     args = parser.parse_args(argv)
 
     if args.command in (None, "demo"):
@@ -20,6 +25,10 @@ def main(argv=None):
         from . import show_config
 
         show_config()
+    elif args.command == "bench":
+        from .bench import command
+
+        return command(args)
     return 0
 
 

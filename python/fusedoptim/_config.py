@@ -1,4 +1,4 @@
-"""What this installation can run, and the ISA level in use."""
+"""What this installation can run, and the ISA level and threads in use."""
 
 from . import _backends
 
@@ -21,8 +21,29 @@ def set_isa(name):
     return previous
 
 
+def set_num_threads(threads):
+    """Sets how many threads a cpp step may use (the caller's included); returns the previous number.
+
+    The default is $FUSEDOPTIM_NUM_THREADS, else the CPUs this process may run on. Steps
+    too small to gain from threads run on one whatever the setting, and every thread count
+    gives bitwise-identical results. The numba and numpy backends always use one thread.
+    """
+    if _backends._kernels is None:
+        raise RuntimeError(f"the cpp backend is not available: {_backends._kernels_error}")
+    if isinstance(threads, bool) or not isinstance(threads, int):
+        raise TypeError(f"Invalid num_threads: expected an int, got {type(threads).__name__}")
+    previous = _backends._kernels.num_threads()
+    _backends._kernels.set_num_threads(threads)
+    return previous
+
+
+def get_num_threads():
+    """How many threads a cpp step may use (1 without the extension)."""
+    return _backends._kernels.num_threads() if _backends._kernels else 1
+
+
 def show_config(file=None):
-    """Prints the backends available, the ISA levels compiled and supported, and the one selected."""
+    """Prints the backends available, the ISA levels compiled and supported, the one selected, and threads."""
     kernels = _backends._kernels
     lines = [
         f"backends available : {', '.join(_backends.available())}",
@@ -32,5 +53,6 @@ def show_config(file=None):
         lines.append(f"cpp extension      : not importable ({_backends._kernels_error})")
     else:
         levels = ", ".join(f"{name}{'' if ok else ' (unsupported by this CPU)'}" for name, ok in kernels.isa_levels())
-        lines += [f"ISA levels compiled: {levels}", f"ISA level selected : {kernels.isa()}"]
+        lines += [f"ISA levels compiled: {levels}", f"ISA level selected : {kernels.isa()}",
+                  f"threads            : {kernels.num_threads()}"]
     print("\n".join(lines), file=file)

@@ -40,6 +40,8 @@ def _real(name, value):
 
 
 def _at_least(name, value, low):
+    if type(value) is float and low <= value < math.inf:  # the common case, in one comparison
+        return value
     value = _real(name, value)
     if value < low:
         raise ValueError(f"Invalid {name}: {value} (must be >= {low})")
@@ -47,6 +49,8 @@ def _at_least(name, value, low):
 
 
 def _in_unit(name, value):
+    if type(value) is float and 0.0 <= value < 1.0:
+        return value
     value = _real(name, value)
     if not 0.0 <= value < 1.0:
         raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
@@ -54,12 +58,16 @@ def _in_unit(name, value):
 
 
 def _flag(name, value):
-    if not isinstance(value, (bool, int)) or isinstance(value, float):
+    if value is True or value is False:
+        return value
+    if not isinstance(value, int):
         raise TypeError(f"Invalid {name}: expected a bool, got {type(value).__name__}")
     return bool(value)
 
 
 def _step(step):
+    if type(step) is int and step >= 1:
+        return step
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         raise TypeError(f"Invalid step: expected an int (1 for the first step), got {type(step).__name__}")
     if step < 1:

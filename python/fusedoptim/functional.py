@@ -11,17 +11,16 @@ naming the argument and modifies nothing.
 from __future__ import annotations
 
 from . import reference
-from ._backends import resolve, run
-from ._rules import RULES
-from ._validate import operands
+from ._backends import resolve, step
+from ._rules import (RULES, adadelta_plan, adagrad_plan, adam_plan, adamax_plan, lamb_plan, lion_plan, nadam_plan,
+                     radam_plan, rmsprop_plan, sgd_plan)
 
 
-def _step_rule(name, params, grads, states, backend, **hyper):
-    rule = RULES[name]
-    backend = resolve(backend)
-    plan = rule.plan(**hyper)
-    params, grads, slots = operands(rule, plan, params, grads, states)
-    run(backend, rule, plan, params, grads, slots)
+def _step_rule(name, plan, params, grads, states, backend):
+    """One step of rule ``name``: ``plan`` is its plan function's result for this step's
+    hyperparameters (called by each public function with positional arguments: forwarding
+    ``**kwargs`` would cost more than a small step's kernel). Returns the plan."""
+    step(resolve(backend), RULES[name], plan, params, grads, states)
     return plan
 
 
@@ -44,9 +43,8 @@ def sgd_(params, grads, momentum_buffers=None, *, step=None, lr=1e-3, momentum=0
     With momentum != 0, ``momentum_buffers`` and ``step`` are required; on step 1 the buffer
     is set to the gradient (undamped), as torch does.
     """
-    _step_rule("sgd", params, grads, {"momentum_buffers": momentum_buffers}, backend, step=step, lr=lr,
-               momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
-               maximize=maximize)
+    _step_rule("sgd", sgd_plan(step, lr, momentum, dampening, nesterov, weight_decay, maximize),
+               params, grads, {"momentum_buffers": momentum_buffers}, backend)
 
 
 @_with_formula(reference.adagrad)
@@ -57,8 +55,8 @@ def adagrad_(params, grads, state_sums, *, step, lr=1e-2, lr_decay=0.0, weight_d
     Defaults: lr=1e-2, lr_decay=0, weight_decay=0, eps=1e-10, maximize=False. ``state_sums``
     start at ``initial_accumulator_value`` (0 by default).
     """
-    _step_rule("adagrad", params, grads, {"state_sums": state_sums}, backend, step=step, lr=lr, lr_decay=lr_decay,
-               weight_decay=weight_decay, eps=eps, maximize=maximize)
+    _step_rule("adagrad", adagrad_plan(step, lr, lr_decay, weight_decay, eps, maximize),
+               params, grads, {"state_sums": state_sums}, backend)
 
 
 @_with_formula(reference.rmsprop)
@@ -70,10 +68,9 @@ def rmsprop_(params, grads, square_avgs, *, lr=1e-2, alpha=0.99, eps=1e-8, weigh
     maximize=False. ``momentum_buffers`` are required when momentum > 0, ``grad_avgs`` when
     centered; all states start at zero.
     """
-    _step_rule("rmsprop", params, grads,
-               {"square_avgs": square_avgs, "momentum_buffers": momentum_buffers, "grad_avgs": grad_avgs},
-               backend, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-               centered=centered, maximize=maximize)
+    _step_rule("rmsprop", rmsprop_plan(lr, alpha, eps, weight_decay, momentum, centered, maximize),
+               params, grads, {"square_avgs": square_avgs, "momentum_buffers": momentum_buffers, "grad_avgs": grad_avgs},
+               backend)
 
 
 @_with_formula(reference.adam)
@@ -88,10 +85,10 @@ def adam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.
     lecture's Adam without the 1 - beta^t factors. ``max_exp_avg_sqs`` are required when
     amsgrad. States start at zero.
     """
-    _step_rule("adam", params, grads,
-               {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
-               backend, step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-               maximize=maximize, bias_correction=bias_correction, decoupled_weight_decay=decoupled_weight_decay)
+    _step_rule("adam", adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction,
+                                 decoupled_weight_decay),
+               params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs, "max_exp_avg_sqs": max_exp_avg_sqs},
+               backend)
 
 
 @_with_formula(reference.adam)
@@ -117,8 +114,8 @@ def adamax_(params, grads, exp_avgs, exp_infs, *, step, lr=2e-3, betas=(0.9, 0.9
     Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2), maximize=False.
     States start at zero.
     """
-    _step_rule("adamax", params, grads, {"exp_avgs": exp_avgs, "exp_infs": exp_infs}, backend, step=step, lr=lr,
-               betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _step_rule("adamax", adamax_plan(step, lr, betas, eps, weight_decay, maximize),
+               params, grads, {"exp_avgs": exp_avgs, "exp_infs": exp_infs}, backend)
 
 
 @_with_formula(reference.adadelta)
@@ -129,8 +126,8 @@ def adadelta_(params, grads, square_avgs, acc_deltas, *, lr=1.0, rho=0.9, eps=1e
     Defaults: lr=1.0, rho=0.9, eps=1e-6, weight_decay=0 (L2), maximize=False. States start at
     zero.
     """
-    _step_rule("adadelta", params, grads, {"square_avgs": square_avgs, "acc_deltas": acc_deltas}, backend, lr=lr,
-               rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+    _step_rule("adadelta", adadelta_plan(lr, rho, eps, weight_decay, maximize),
+               params, grads, {"square_avgs": square_avgs, "acc_deltas": acc_deltas}, backend)
 
 
 @_with_formula(reference.radam)
@@ -143,9 +140,8 @@ def radam_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0
     is intractable (rho_t <= 5, the first 5 steps with the default betas) the step is SGD with
     momentum. States start at zero.
     """
-    _step_rule("radam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step, lr=lr,
-               betas=betas, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay,
-               maximize=maximize)
+    _step_rule("radam", radam_plan(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize),
+               params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend)
 
 
 @_with_formula(reference.nadam)
@@ -159,9 +155,9 @@ def nadam_(params, grads, exp_avgs, exp_avg_sqs, *, step, mu_product, lr=2e-3, b
     the previous call returned (torch keeps it per param as ``state["mu_product"]``).
     States start at zero.
     """
-    plan = _step_rule("nadam", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step,
-                      mu_product=mu_product, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
+    plan = _step_rule("nadam", nadam_plan(step, mu_product, lr, betas, eps, weight_decay, momentum_decay,
+                                          decoupled_weight_decay, maximize),
+                      params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend)
     return plan.host_states["mu_product"]
 
 
@@ -173,8 +169,8 @@ def lion_(params, grads, exp_avgs, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0
     paper's published implementation. Every element moves by exactly lr (plus the decay), so lr
     is typically 3-10x smaller than AdamW's and weight_decay 3-10x larger. ``exp_avgs`` start at zero.
     """
-    _step_rule("lion", params, grads, {"exp_avgs": exp_avgs}, backend, lr=lr, betas=betas,
-               weight_decay=weight_decay, maximize=maximize)
+    _step_rule("lion", lion_plan(lr, betas, weight_decay, maximize),
+               params, grads, {"exp_avgs": exp_avgs}, backend)
 
 
 @_with_formula(reference.lamb)
@@ -186,5 +182,5 @@ def lamb_(params, grads, exp_avgs, exp_avg_sqs, *, step, lr=1e-3, betas=(0.9, 0.
     update), maximize=False, bias_correction=True, as TensorFlow Addons' ``LAMB``. The trust
     ratio is per array: each of ``params`` is one layer. States start at zero.
     """
-    _step_rule("lamb", params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend, step=step, lr=lr,
-               betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize, bias_correction=bias_correction)
+    _step_rule("lamb", lamb_plan(step, lr, betas, eps, weight_decay, maximize, bias_correction),
+               params, grads, {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}, backend)

@@ -84,36 +84,59 @@ class Optimizer:
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
         for group, indices in self._indexed():
-            hyper = self._hyper(group)
-            buckets = {}
-            for i, param in zip(indices, group["params"]):
-                if grads[i] is not None:
-                    state = self.state.get(i, {})
-                    key = (param.dtype, state.get("step", 0) + 1, tuple(self._step_args(state).items()))
-                    buckets.setdefault(key, []).append(i)
-            for (_, count, args), members in buckets.items():
-                args = dict(args)
-                plan = self._plan(**hyper, **args)
-                for i in members:
-                    self._init_state(i, group, plan.states)
-                params = [self._param(i) for i in members]
-                states = {name: [self.state[i][name] for i in members] if name in plan.states else None
-                          for name in RULES[self._rule].states}
-                functional._step_rule(self._rule, params, [grads[i] for i in members], states, self.backend,
-                                      **hyper, **args)
-                for i in members:
-                    self.state[i]["step"] = count
-                    self.state[i].update(plan.host_states)
+            group_grads = grads[indices.start:indices.stop]
+            if not self._step_together(group, indices, group_grads):
+                self._step_buckets(group, indices, group_grads)
 
-    def _param(self, index):
-        for group, indices in self._indexed():
-            if index in indices:
-                return group["params"][index - indices.start]
-        raise IndexError(index)
+    def _step_together(self, group, indices, grads):
+        """The usual step, in one call: every param has a gradient and a state, and all share a
+        dtype and the caller-owned step arguments. Returns False, touching nothing, otherwise."""
+        params = group["params"]
+        entries = list(map(self.state.get, indices))
+        if not params or type(None) in set(map(type, grads)) or None in entries:  # not `None in grads`: == on arrays
+            return False
+        keys = {tuple(self._step_args(entry).items()) for entry in entries}
+        if len(keys) != 1 or len({p.dtype for p in params}) != 1:
+            return False
+        plan = self._plan(**self._hyper(group), **dict(keys.pop()))
+        try:
+            states = {name: [entry[name] for entry in entries] if name in plan.states else None
+                      for name in RULES[self._rule].states}
+        except KeyError:  # a state this step needs first (e.g. amsgrad switched on)
+            return False
+        functional._step_rule(self._rule, plan, params, grads, states, self.backend)
+        self._advance(entries, plan)
+        return True
 
-    def _init_state(self, index, group, names):
+    def _step_buckets(self, group, indices, grads):
+        """Any step: params bucketed by dtype and step arguments, one call per bucket."""
+        hyper = self._hyper(group)
+        buckets = {}
+        for i, param, grad in zip(indices, group["params"], grads):
+            if grad is not None:
+                args = tuple(self._step_args(self.state.get(i, {})).items())
+                buckets.setdefault((param.dtype, args), []).append((i, param, grad))
+        for (_, args), members in buckets.items():
+            plan = self._plan(**hyper, **dict(args))
+            for i, param, _ in members:
+                self._init_state(i, param, group, plan.states)
+            states = {name: [self.state[i][name] for i, _, _ in members] if name in plan.states else None
+                      for name in RULES[self._rule].states}
+            functional._step_rule(self._rule, plan, [p for _, p, _ in members], [g for _, _, g in members], states,
+                                  self.backend)
+            self._advance([self.state[i] for i, _, _ in members], plan)
+
+    @staticmethod
+    def _advance(entries, plan):
+        for entry in entries:
+            entry["step"] += 1
+            entry.update(plan.host_states)
+
+    def _params(self):
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _init_state(self, index, param, group, names):
         state = self.state.setdefault(index, {"step": 0})
-        param = self._param(index)
         for name in names:
             if name not in state:
                 fill = group[self._initial[name]] if name in self._initial else 0.0
@@ -135,12 +158,13 @@ class Optimizer:
             if len(saved["params"]) != len(indices):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
         new_state = {}
+        params = self._params()
         for saved, (group, indices) in zip(groups, self._indexed()):
             for saved_index, i in zip(saved["params"], indices):
                 entry = state_dict["state"].get(saved_index)
                 if entry is None:
                     continue
-                param = self._param(i)
+                param = params[i]
                 new_state[i] = {}
                 for k, v in entry.items():
                     if k == "step" or k in self._host_states:

@@ -1,0 +1,120 @@
+"""The cpp backend's native fast path: it steps only what the Python validator accepts, and
+declines (touching nothing) everything else, so errors stay the validator's, word for word."""
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from fusedoptim import _backends, bench
+from fusedoptim._rules import RULES, adam_plan
+
+pytestmark = pytest.mark.skipif("cpp" not in fo.available_backends(), reason="needs the cpp extension")
+
+PLAN = adam_plan(1, 1e-3, (0.9, 0.999), 1e-8, 0.0, False, False, True, False)
+
+
+def arrays(n=33, count=4, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+
+
+def read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def bad_steps():
+    """(label, params, grads, exp_avgs, exp_avg_sqs): every kind of input the validator rejects."""
+    p, g, m, v = arrays()
+    q = arrays(8)
+    yield "float16", p.astype(np.float16), g.astype(np.float16), m.astype(np.float16), v.astype(np.float16)
+    yield "int", np.arange(4), np.arange(4), np.arange(4), np.arange(4)
+    yield "mixed dtypes", p, g.astype(np.float64), m, v
+    yield "big-endian", p.astype(">f4"), g.astype(">f4"), m.astype(">f4"), v.astype(">f4")
+    yield "mixed dtypes across tensors", [p, q[0].astype(np.float64)], [g, q[1].astype(np.float64)], \
+        [m, q[2].astype(np.float64)], [v, q[3].astype(np.float64)]
+    yield "shape", p, g[:-1], m, v
+    yield "state shape", p, g, m.reshape(3, 11), v
+    yield "read-only param", read_only(p), g, m, v
+    yield "read-only state", p, g, m, read_only(v)
+    yield "non-contiguous param", np.repeat(p, 2)[::2], g, m, v
+    yield "non-contiguous state", p, g, np.repeat(m, 2)[::2], v
+    yield "overlap param/grad", p, p, m, v
+    yield "overlap state/state", p, g, m, m
+    base = np.arange(40, dtype=np.float32)
+    yield "partial overlap", base[:33], g, base[5:38], v
+    yield "list lengths", [p, q[0]], [g], [m, q[2]], [v, q[3]]
+    yield "list vs array", [p], g, [m], [v]
+    yield "not an array", [1.0] * 33, g, m, v
+    yield "missing state", p, g, m, None
+    yield "None param", [None], [g], [m], [v]
+
+
+@pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(bad_steps()),
+                         ids=[b[0] for b in bad_steps()])
+def test_declines_what_the_validator_rejects_and_errors_match(label, params, grads, exp_avgs, exp_avg_sqs):
+    before = [np.array(x, copy=True) if isinstance(x, np.ndarray) else None for x in (params, exp_avgs, exp_avg_sqs)]
+    kernel = _backends._kernels.adam
+    assert kernel(params, grads, (exp_avgs, exp_avg_sqs, None), 0b011, PLAN.scalars, 0) is False
+    for x, b in zip((params, exp_avgs, exp_avg_sqs), before):
+        if b is not None:
+            np.testing.assert_array_equal(x, b)  # nothing touched
+
+    errors = []
+    for backend in ("cpp", "numpy"):
+        with pytest.raises((TypeError, ValueError)) as e:
+            fo.adam_(params, grads, exp_avgs, exp_avg_sqs, step=1, backend=backend)
+        errors.append((type(e.value), str(e.value)))
+    assert errors[0] == errors[1]
+
+
+def accepted_steps():
+    """Inputs the validator accepts, the fast path too or not: all must step like the reference."""
+    p, g, m, v = arrays(1000)
+    yield "plain", p, g, m, v
+    yield "lists", [p[:500].copy(), p[500:].copy()], [g[:500].copy(), g[500:].copy()], \
+        [m[:500].copy(), m[500:].copy()], [v[:500].copy(), v[500:].copy()]
+    yield "tuples", (p,), (g,), (m,), (v,)
+    yield "read-only grad", p, read_only(g), m, v
+    yield "non-contiguous grad", p, np.repeat(g, 2)[::2], m, v
+    yield "2-D", p.reshape(10, 100), g.reshape(10, 100), m.reshape(10, 100), v.reshape(10, 100)
+    yield "empty list", [], [], [], []
+    yield "size 0", p[:0].copy(), g[:0].copy(), m[:0].copy(), v[:0].copy()
+    yield "float64", *arrays(77, dtype=np.float64)
+    yield "buffer protocol grad", p, memoryview(g.copy()), m, v
+
+
+@pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(accepted_steps()),
+                         ids=[a[0] for a in accepted_steps()])
+def test_accepted_steps_match_the_reference(label, params, grads, exp_avgs, exp_avg_sqs):
+    def copied(x):
+        if isinstance(x, (list, tuple)):
+            return type(x)(copied(a) for a in x)
+        return x.copy() if isinstance(x, np.ndarray) else x
+
+    results = []
+    for backend in ("cpp", "numpy"):
+        ops = [copied(x) for x in (params, grads, exp_avgs, exp_avg_sqs)]
+        with np.errstate(invalid="ignore"):  # negative exp_avg_sqs: NaN, alike on both
+            fo.adam_(*ops, step=1, backend=backend)
+        results.append(ops)
+    for a, b in zip(results[0], results[1]):
+        for x, y in zip(a if isinstance(a, (list, tuple)) else [a], b if isinstance(b, (list, tuple)) else [b]):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_every_rule_declines_a_bad_step():
+    """Every rule's fast path checks every state slot the step uses."""
+    for name, rule in RULES.items():
+        plan = rule.plan(**{**bench._plan_defaults(name), **bench.HYPER.get(name, {})})
+        used = sum(1 << k for k, state in enumerate(rule.states) if state in plan.states)
+        kernel = getattr(_backends._kernels, name)
+        for bad in range(len(rule.states)):
+            if not used >> bad & 1:
+                continue
+            p, g, *states = arrays(count=2 + len(rule.states))
+            states[bad] = states[bad][:-1]
+            assert kernel(p, g, tuple(states), used, plan.scalars, 0) is False, (name, rule.states[bad])
+            p, g, *states = arrays(count=2 + len(rule.states))
+            assert kernel(p, g, tuple(states), used, plan.scalars, 0) is True
