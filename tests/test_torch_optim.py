@@ -21,21 +21,34 @@ ft = pytest.importorskip("fusedoptim.torch")
 from conftest import CASES  # noqa: E402
 
 
-def torch_grid(case):
-    """The case's flag combinations that torch.optim has (fusedoptim-only flags at their torch value)."""
-    params = inspect.signature(getattr(torch.optim, case.torch_name)).parameters
-    extra = {"bias_correction": True}
+# torch classes that are another's with a flag fixed: name -> (that class, the fixed flag)
+VARIANTS = {"AdamW": ("Adam", {"decoupled_weight_decay": True})}
+
+
+def torch_grid(name):
+    """The flag combinations of ``name``'s case that torch.optim has: fusedoptim-only flags at their
+    torch value, caller-owned step arguments (NAdam's mu_product, which torch keeps in state) dropped."""
+    base, fixed = VARIANTS.get(name, (name, {}))
+    case = next(c for c in CASES if c.torch_name == base)
+    params = inspect.signature(getattr(torch.optim, name)).parameters
+    extra, owned = {"bias_correction": True, **fixed}, {"mu_product"}
     return [{k: v for k, v in h.items() if k in params} for h in case.grid
-            if all(k in params or extra.get(k) == v for k, v in h.items())]
+            if all(k in params or k in owned or extra.get(k) == v for k, v in h.items())
+            and all(h.get(k) == v for k, v in fixed.items())]
 
 
-TORCH_CASES = [pytest.param(c.torch_name, h, id=f"{c.torch_name}-{i}")
-               for c in CASES if c.torch_name for i, h in enumerate(torch_grid(c))]
+TORCH_NAMES = [c.torch_name for c in CASES if c.torch_name] + list(VARIANTS)
+TORCH_CASES = [pytest.param(name, h, id=f"{name}-{i}") for name in TORCH_NAMES for i, h in enumerate(torch_grid(name))]
 # One combination per rule with every state buffer in use, for the checkpoint and API tests.
 RICHEST = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
            "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
            "RMSprop": dict(lr=0.01, momentum=0.9, centered=True),
-           "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01)}
+           "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+           "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.1),
+           "Adamax": dict(lr=0.01, weight_decay=0.01),
+           "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01),
+           "RAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
+           "Adadelta": dict(lr=0.5, weight_decay=0.01)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,8 +62,8 @@ def one_thread():
 
 def test_every_rule_has_a_torch_optimizer():
     """A rule with a torch twin (Case.torch_name) needs its fusedoptim.torch class and a RICHEST entry."""
-    names = {c.torch_name for c in CASES if c.torch_name}
-    assert names <= set(RICHEST)
+    names = set(TORCH_NAMES)
+    assert names == set(RICHEST)
     for name in names:
         assert issubclass(getattr(ft, name), torch.optim.Optimizer)
 
@@ -92,7 +105,7 @@ def lead(model, batch, leader, followers, steps, maximize=False):
         backward(model, batch, maximize)
         for opt in followers:
             for p, q in zip(model.parameters(), (q for g in opt.param_groups for q in g["params"])):
-                q.grad = p.grad.clone()
+                q.grad = p.grad.to(q.dtype, copy=True)  # a float64 follower takes them upcast
         leader.step()
         for opt in followers:
             opt.step()
