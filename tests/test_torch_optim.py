@@ -497,3 +497,13 @@ def test_ours_only_checkpoint_round_trip(name, hyper):
     assert all(torch.equal(a, b) for a, b in zip(resumed, straight))
     for a, b in zip(states(after), states(uninterrupted)):
         assert a[0] == b[0] and a[1].dtype == b[1].dtype and torch.equal(a[1], b[1])
+
+
+def test_adamw_stays_decoupled_after_loading_an_adam_checkpoint():
+    params = [torch.zeros(3, requires_grad=True)]
+    saved = checkpoint(torch.optim.Adam(params, weight_decay=0.1))
+    theirs, ours = torch.optim.AdamW(params), ft.AdamW(params)
+    theirs.load_state_dict(saved)
+    ours.load_state_dict(saved)
+    assert ours.param_groups[0]["decoupled_weight_decay"] is True
+    assert ours.state_dict()["param_groups"] == theirs.state_dict()["param_groups"]
