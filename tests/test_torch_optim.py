@@ -16,26 +16,41 @@ import sys
 import numpy as np
 import pytest
 
+import fusedoptim as fo
+
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedoptim.torch")
 from conftest import CASES  # noqa: E402
 
 
-def torch_grid(case):
-    """The case's flag combinations that torch.optim has (fusedoptim-only flags at their torch value)."""
-    params = inspect.signature(getattr(torch.optim, case.torch_name)).parameters
-    extra = {"bias_correction": True}
+# torch classes that are another's with a flag fixed: name -> (that class, the fixed flag)
+VARIANTS = {"AdamW": ("Adam", {"decoupled_weight_decay": True})}
+
+
+def torch_grid(name):
+    """The flag combinations of ``name``'s case that torch.optim has: fusedoptim-only flags at their
+    torch value, caller-owned step arguments (NAdam's mu_product, which torch keeps in state) dropped."""
+    base, fixed = VARIANTS.get(name, (name, {}))
+    case = next(c for c in CASES if c.torch_name == base)
+    params = inspect.signature(getattr(torch.optim, name)).parameters
+    extra, owned = {"bias_correction": True, **fixed}, {"mu_product"}
     return [{k: v for k, v in h.items() if k in params} for h in case.grid
-            if all(k in params or extra.get(k) == v for k, v in h.items())]
+            if all(k in params or k in owned or extra.get(k) == v for k, v in h.items())
+            and all(h.get(k) == v for k, v in fixed.items())]
 
 
-TORCH_CASES = [pytest.param(c.torch_name, h, id=f"{c.torch_name}-{i}")
-               for c in CASES if c.torch_name for i, h in enumerate(torch_grid(c))]
+TORCH_NAMES = [c.torch_name for c in CASES if c.torch_name] + list(VARIANTS)
+TORCH_CASES = [pytest.param(name, h, id=f"{name}-{i}") for name in TORCH_NAMES for i, h in enumerate(torch_grid(name))]
 # One combination per rule with every state buffer in use, for the checkpoint and API tests.
 RICHEST = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
            "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
            "RMSprop": dict(lr=0.01, momentum=0.9, centered=True),
-           "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01)}
+           "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+           "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.1),
+           "Adamax": dict(lr=0.01, weight_decay=0.01),
+           "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01),
+           "RAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
+           "Adadelta": dict(lr=0.5, weight_decay=0.01)}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,8 +64,8 @@ def one_thread():
 
 def test_every_rule_has_a_torch_optimizer():
     """A rule with a torch twin (Case.torch_name) needs its fusedoptim.torch class and a RICHEST entry."""
-    names = {c.torch_name for c in CASES if c.torch_name}
-    assert names <= set(RICHEST)
+    names = set(TORCH_NAMES)
+    assert names == set(RICHEST)
     for name in names:
         assert issubclass(getattr(ft, name), torch.optim.Optimizer)
 
@@ -92,7 +107,7 @@ def lead(model, batch, leader, followers, steps, maximize=False):
         backward(model, batch, maximize)
         for opt in followers:
             for p, q in zip(model.parameters(), (q for g in opt.param_groups for q in g["params"])):
-                q.grad = p.grad.clone()
+                q.grad = p.grad.to(q.dtype, copy=True)  # a float64 follower takes them upcast
         leader.step()
         for opt in followers:
             opt.step()
@@ -109,20 +124,26 @@ def states(opt):
     return [(k, v) for s in opt.state_dict()["state"].values() for k, v in sorted(s.items())]
 
 
-# RMSprop's grad_avg and momentum_buffer end up to 2e-5 of their scale from torch's (measured), while
-# the params stay within 1e-6: torch updates grad_avg by lerp (grad_avg + (1 - alpha) * (g - grad_avg), one FMA)
-# where the reference has alpha * grad_avg + (1 - alpha) * g, and adds weight decay with an FMA;
-# momentum_buffer sums g / (sqrt(square_avg) + eps), which magnifies those last-bit differences
-# wherever the gradient cancels against the weight decay or square_avg is tiny.
-STATE_RTOL = {"grad_avg": 1e-4, "momentum_buffer": 1e-4}
+# Params and most states stay within 1e-6 of torch's; three states do not, in either framing: against
+# torch's fp32 run (below), or against torch's fp64 run teacher-forced on the same fp32 gradients
+# (the exact math; measured, not kept as a test, because it is no closer). Max over TORCH_CASES:
+#   RMSprop momentum_buffer  1.7e-5 (fp32), 1.2e-5 (fp64), torch's own fp32 vs its fp64 1.2e-5
+#   Adamax  exp_avg          1.3e-6 (fp32), 5.7e-6 (fp64), torch's own fp32 vs its fp64 4.4e-6
+#   RMSprop grad_avg         1.5e-6 (fp32), 1.5e-6 (fp64), torch's own fp32 vs its fp64 6.3e-7
+# The first two (only with weight_decay) average g + weight_decay * param, which training drives
+# towards zero: the gradient cancels against the decay, so one ulp of either term is a large part
+# of the small average; torch's own fp32 run is as far from the exact one. grad_avg is a 100-step
+# (alpha = 0.99) average of signed gradients, smaller than the gradients it sums: each step rounds
+# alpha * grad_avg and (1 - alpha) * g separately where torch's lerp rounds once (an FMA), and those
+# roundings, of the size of g, accumulate relative to the smaller average.
+STATE_RTOL = {("RMSprop", "momentum_buffer"): 2e-5, ("Adamax", "exp_avg"): 2e-6, ("RMSprop", "grad_avg"): 2e-6}
 
 
 def assert_states_close(ours, theirs, rule):
     a, b = states(ours), states(theirs)
     assert [k for k, _ in a] == [k for k, _ in b]
     for (key, x), (_, y) in zip(a, b):
-        rtol = STATE_RTOL.get(key, 1e-6) if rule == "RMSprop" else 1e-6
-        assert_scaled_close([x], [y], rtol, key)
+        assert_scaled_close([x], [y], STATE_RTOL.get((rule, key), 1e-6), key)
 
 
 @pytest.mark.parametrize("name, hyper", TORCH_CASES)
@@ -135,18 +156,45 @@ def test_fp32_trajectory_matches_torch(name, hyper):
     assert_states_close(ours, theirs, name)
 
 
+@pytest.fixture
+def float64_scalars():
+    """torch keeps per-param scalar state (step, NAdam's mu_product) in its default dtype, and uses
+    NAdam's mu_product rounded to it; ours computes that product in double. An fp64 run sets the
+    default to fp64, so that both compute the same math."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.mark.parametrize("name, hyper", TORCH_CASES)
-def test_fp64_closed_loop_matches_torch(name, hyper):
-    runs = []
-    for make in (getattr(torch.optim, name), getattr(ft, name)):
-        model, batch = mlp(torch.float64), data(torch.float64)
-        opt = make(model.parameters(), **hyper)
-        for _ in range(100):
-            opt.zero_grad()
-            backward(model, batch, hyper.get("maximize", False))
-            opt.step()
-        runs.append(list(model.parameters()))
-    assert_scaled_close(runs[1], runs[0], 1e-10, "params")
+def test_fp64_closed_loop_matches_torch(name, hyper, float64_scalars):
+    """Each trains on its own gradients. The bound is 1e-10 of the scale, or, where torch's own run is
+    more sensitive than that, how far one ulp added to one initial weight moves torch's run. That is
+    ~1e-15 for every case but NAdam with L2 weight decay: there the nudge's effect jumps from 1e-13
+    to 2e-9 between steps 30 and 50 (measured), and ours ends 1.2e-9 from torch's."""
+    make = getattr(torch.optim, name)
+    theirs = closed_loop(make, hyper)
+    bound = max(1e-10, scaled_error(closed_loop(make, hyper, nudge=True), theirs))
+    assert_scaled_close(closed_loop(getattr(ft, name), hyper), theirs, bound, "params")
+
+
+def closed_loop(make, hyper, nudge=False):
+    """The fp64 MLP's params after 100 steps of ``make``'s optimizer; ``nudge`` adds one ulp to one weight first."""
+    model, batch = mlp(torch.float64), data(torch.float64)
+    if nudge:
+        with torch.no_grad():
+            model[0].weight[0, 0] = torch.nextafter(model[0].weight[0, 0], torch.tensor(np.inf))
+    opt = make(model.parameters(), **hyper)
+    for _ in range(100):
+        opt.zero_grad()
+        backward(model, batch, hyper.get("maximize", False))
+        opt.step()
+    return list(model.parameters())
+
+
+def scaled_error(ours, theirs):
+    return max(float((a - b).detach().abs().max() / b.detach().abs().max()) for a, b in zip(ours, theirs))
 
 
 def checkpoint(opt):
@@ -345,7 +393,6 @@ def test_bad_gradient_raises_and_modifies_nothing(spoil, error, match):
     ({"capturable": True}, "capturable"),
     ({"fused": True}, "fused"),
     ({"differentiable": True}, "differentiable"),
-    ({"decoupled_weight_decay": True}, "decoupled_weight_decay"),
 ])
 def test_bad_hyperparameters_raise_and_modify_nothing(change, match):
     model, batch = mlp(), data()
@@ -382,8 +429,81 @@ def test_steps_through_the_numpy_views_of_the_tensors(monkeypatch):
     real = ft.functional._step_rule
     monkeypatch.setattr(ft.functional, "_step_rule",
                         lambda name, params, grads, states, *a, **k: (seen.extend(params), real(name, params, grads,
-                                                                                                 states, *a, **k)))
+                                                                                                 states, *a, **k))[1])
     p = torch.randn(7, requires_grad=True)
     p.grad = torch.randn(7)
     ft.Adam([p]).step()
     assert len(seen) == 1 and seen[0].ctypes.data == p.data_ptr() and isinstance(seen[0], np.ndarray)
+
+
+# Lion and LAMB have no torch.optim twin: they must equal our NumPy optimizers bit for bit.
+OURS_ONLY = {"Lion": [dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, betas=(0.8, 0.9), maximize=True)],
+             "Lamb": [dict(lr=0.01, weight_decay=0.05), dict(lr=0.01, maximize=True, bias_correction=False)]}
+OURS_ONLY_CASES = [pytest.param(name, h, id=f"{name}-{i}") for name, grid in OURS_ONLY.items()
+                   for i, h in enumerate(grid)]
+
+
+def test_ours_only_signatures_are_the_numpy_optimizers():
+    for name in OURS_ONLY:
+        numpy_params = inspect.signature(getattr(fo, name)).parameters
+        assert inspect.signature(getattr(ft, name)).parameters.keys() == numpy_params.keys() - {"backend"}
+
+
+def assert_equals_numpy_optimizer(opt, twin):
+    """Params, states and step counts of a fusedoptim.torch optimizer equal those of its fusedoptim twin."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    assert all(np.array_equal(p.detach().numpy(), q) for p, q in zip(params, (q for g in twin.param_groups
+                                                                                for q in g["params"])))
+    for i, p in enumerate(params):
+        ours, theirs = opt.state[p], twin.state[i]
+        assert ours.keys() == theirs.keys() and ours["step"].dtype == torch.float32
+        assert all(np.array_equal(ours[k].numpy(), theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("name, hyper", OURS_ONLY_CASES)
+def test_ours_only_equal_numpy_optimizers_bitwise(name, hyper):
+    model, batch = mlp(), data()
+    opt = getattr(ft, name)(model.parameters(), **hyper)
+    twin = getattr(fo, name)([p.detach().numpy().copy() for p in model.parameters()], **hyper)
+    for _ in range(30):
+        opt.zero_grad()
+        backward(model, batch, hyper.get("maximize", False))
+        twin.step([p.grad.numpy() for p in model.parameters()])
+        opt.step()
+    assert_equals_numpy_optimizer(opt, twin)
+
+
+@pytest.mark.parametrize("name, hyper", OURS_ONLY_CASES)
+def test_ours_only_checkpoint_round_trip(name, hyper):
+    """Ten steps, a checkpoint, ten more by a fresh optimizer that loaded it: as twenty straight steps."""
+    def run(opt, params, steps):
+        for _ in range(steps):
+            g = torch.Generator().manual_seed(int(opt.state[params[0]]["step"]) if opt.state else 0)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+
+    straight, resumed = follower(mlp()), follower(mlp())
+    make = getattr(ft, name)
+    uninterrupted = make(straight, **hyper)
+    run(uninterrupted, straight, 20)
+    before = make(resumed, **hyper)
+    run(before, resumed, 10)
+    saved = checkpoint(before)
+    after = make(resumed, **hyper)
+    after.load_state_dict(saved)
+    assert after.state_dict()["param_groups"] == saved["param_groups"]
+    run(after, resumed, 10)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, straight))
+    for a, b in zip(states(after), states(uninterrupted)):
+        assert a[0] == b[0] and a[1].dtype == b[1].dtype and torch.equal(a[1], b[1])
+
+
+def test_adamw_stays_decoupled_after_loading_an_adam_checkpoint():
+    params = [torch.zeros(3, requires_grad=True)]
+    saved = checkpoint(torch.optim.Adam(params, weight_decay=0.1))
+    theirs, ours = torch.optim.AdamW(params), ft.AdamW(params)
+    theirs.load_state_dict(saved)
+    ours.load_state_dict(saved)
+    assert ours.param_groups[0]["decoupled_weight_decay"] is True
+    assert ours.state_dict()["param_groups"] == theirs.state_dict()["param_groups"]

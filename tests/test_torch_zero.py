@@ -1,4 +1,4 @@
-"""Sharded training: fusedoptim.torch.Adam as the optimizer_class of torch's ZeroRedundancyOptimizer.
+"""Sharded training: fusedoptim.torch.Adam (and NAdam, whose state has a host-side scalar) as the optimizer_class of torch's ZeroRedundancyOptimizer.
 
 Two processes (gloo, CPU, localhost) each hold half of the optimizer state and step their shard;
 the result must equal one process stepping everything, bit for bit. Bitwise holds because the
@@ -21,7 +21,8 @@ with warnings.catch_warnings():  # torch.distributed.optim scripts its functiona
     warnings.simplefilter("ignore", DeprecationWarning)
     from torch.distributed.optim import ZeroRedundancyOptimizer  # noqa: E402
 
-WORLD, STEPS, HYPER = 2, 20, dict(lr=0.01, weight_decay=0.01, amsgrad=True)
+WORLD, STEPS = 2, 20
+HYPER = {"Adam": dict(lr=0.01, weight_decay=0.01, amsgrad=True), "NAdam": dict(lr=0.01, weight_decay=0.01)}
 
 
 def model():
@@ -39,13 +40,13 @@ def loss(net, batch):
     return torch.nn.functional.cross_entropy(net(batch[0]), batch[1])
 
 
-def sharded(rank, port, out):
+def sharded(rank, name, port, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         net = model()
-        opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=ft.Adam, **HYPER)
-        assert isinstance(opt.optim, ft.Adam)
+        opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=getattr(ft, name), **HYPER[name])
+        assert isinstance(opt.optim, getattr(ft, name))
         assert len(opt.optim.param_groups[0]["params"]) < len(list(net.parameters()))  # a shard
         for _ in range(STEPS):
             opt.zero_grad()
@@ -61,9 +62,9 @@ def sharded(rank, port, out):
         dist.destroy_process_group()
 
 
-def single():
+def single(name):
     net = model()
-    opt = ft.Adam(net.parameters(), **HYPER)
+    opt = getattr(ft, name)(net.parameters(), **HYPER[name])
     for _ in range(STEPS):
         grads = []
         for rank in range(WORLD):
@@ -82,11 +83,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_zero_redundancy_optimizer_matches_one_process(tmp_path):
+@pytest.mark.parametrize("name", HYPER)
+def test_zero_redundancy_optimizer_matches_one_process(tmp_path, name):
     out = tmp_path / "rank0.pt"
-    torch.multiprocessing.spawn(sharded, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    torch.multiprocessing.spawn(sharded, args=(name, free_port(), str(out)), nprocs=WORLD, join=True)
     result = torch.load(out)
-    params, opt = single()
+    params, opt = single(name)
     assert all(torch.equal(a, b) for a, b in zip(result["params"], params))
     # The consolidated checkpoint has the one-process optimizer's layout and values.
     theirs, ours = result["optim"]["state"], opt.state_dict()["state"]

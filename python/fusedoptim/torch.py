@@ -21,8 +21,10 @@ here whose ``__init__`` has exactly torch's signature and defaults and passes ev
 (flags included) on as ``defaults``; set ``_rule`` to the rule's name and, where needed,
 ``_initial`` (a state that does not start at zero), ``_fixed`` (plan arguments torch has no
 flag for), ``_step_count = False`` (torch keeps no ``step``), ``_eager_state`` (torch creates
-the state at construction) and ``_unsupported`` (torch flags that must stay off). Group keys
-named like the plan function's arguments are passed to it; state names are the rule's.
+the state at construction), ``_host_states`` (per-param scalar state the plan carries from step
+to step, kept as a 0-d tensor like ``step``), ``_pinned`` (group keys the class always holds,
+even after loading a checkpoint) and ``_unsupported`` (torch flags that must stay off). Group
+keys named like the plan function's arguments are passed to it; state names are the rule's.
 """
 
 from __future__ import annotations
@@ -46,29 +48,34 @@ class Optimizer(torch.optim.Optimizer):
     _fixed: dict = {}  # plan arguments torch has no flag for
     _step_count = True  # torch keeps state["step"], a float32 scalar tensor
     _eager_state = False  # torch creates the state at construction, not on the first step
+    # Per-param scalar state the plan takes and returns in Plan.host_states (NAdam's mu_product):
+    # name -> value before the first step. Kept, like step, as a 0-d tensor of torch's default dtype.
+    _host_states: dict = {}
+    _pinned: dict = {}  # group keys set to these values whatever a loaded checkpoint says (AdamW's)
     _unsupported = ("capturable", "differentiable", "fused")  # torch flags that must be off
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "_rule" in cls.__dict__:
             plan = RULES[cls._rule].plan
-            cls._plan_args = tuple(a for a in inspect.signature(plan).parameters if a != "step")
+            cls._plan_args = tuple(a for a in inspect.signature(plan).parameters
+                                   if a != "step" and a not in cls._host_states)
             cls._takes_step = "step" in inspect.signature(plan).parameters
-            cls._torch_defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-                                   if p.default is not inspect.Parameter.empty}
+        cls._torch_defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                               if p.default is not inspect.Parameter.empty}
 
     def __init__(self, params, defaults):
         super().__init__(params, defaults)
         if self._eager_state:
             for group in self.param_groups:
-                states = self._plan(self._hyper(group), 1).states
+                states = self._plan(self._hyper(group)).states
                 for p in group["params"]:
                     self._init_state(p, states)
 
     def add_param_group(self, param_group):
         """Adds a param group, as torch does, after checking its hyperparameters and params."""
         if isinstance(param_group, dict):
-            self._plan(self._hyper({**self.defaults, **param_group}), 1)
+            self._plan(self._hyper({**self.defaults, **param_group}))
             params = param_group.get("params", ())
             for j, p in enumerate([params] if isinstance(params, torch.Tensor) else list(params)):
                 p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
@@ -81,10 +88,11 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self._torch_defaults.items():
                 group.setdefault(key, value)  # checkpoints from torch versions before a flag existed
-        if self._step_count:
-            for s in self.state.values():
-                if "step" in s and not torch.is_tensor(s["step"]):
-                    s["step"] = torch.tensor(float(s["step"]))
+            group.update(self._pinned)
+        for s in self.state.values():
+            for name in ("step", *self._host_states):
+                if name in s and not torch.is_tensor(s[name]):
+                    s[name] = torch.tensor(float(s[name]))
 
     def _hyper(self, group):
         """The plan's keyword arguments from a param group; rejects the torch flags we do not implement."""
@@ -97,20 +105,26 @@ class Optimizer(torch.optim.Optimizer):
                 hyper[k] = v.item()
         return {**hyper, **self._fixed}
 
-    def _plan(self, hyper, count):
-        return RULES[self._rule].plan(**hyper, **({"step": count} if self._takes_step else {}))
+    def _plan(self, hyper, args=None):
+        """The plan of a step with these caller-owned arguments (by default, a first step's)."""
+        return RULES[self._rule].plan(**hyper, **(self._step_args({})[1] if args is None else args))
 
-    def _count(self, state):
-        """The 1-based number of the step the param is about to take."""
+    def _step_args(self, state):
+        """A param's next step: its 1-based number and the plan's caller-owned arguments (step, host states)."""
         if self._step_count:
-            return int(state["step"]) + 1 if "step" in state else 1
-        # No counter (SGD): the first step is the one that finds no momentum buffer yet.
-        return 2 if any(v is not None for v in state.values()) else 1
+            count = int(state["step"]) + 1 if "step" in state else 1
+        else:  # no counter (SGD): the first step is the one that finds no momentum buffer yet
+            count = 2 if any(v is not None for v in state.values()) else 1
+        args = {"step": count} if self._takes_step else {}
+        return count, {**args, **{name: float(state[name]) if name in state else start
+                                  for name, start in self._host_states.items()}}
 
     def _init_state(self, p, names):
         state = self.state[p]
         if self._step_count and "step" not in state:
             state["step"] = torch.tensor(0.0)  # float32, on the CPU, as torch keeps it
+        for name, start in self._host_states.items():
+            state.setdefault(name, torch.tensor(start))
         for name in names:
             if state.get(name) is None:
                 fill = self.defaults[self._initial[name]] if name in self._initial else 0.0
@@ -126,13 +140,13 @@ class Optimizer(torch.optim.Optimizer):
         # Check every group before stepping any, so that bad input modifies nothing.
         work = [self._gather(i) for i in range(len(self.param_groups))]
         for hyper, buckets in work:
-            for count, names, params in buckets:
-                self._step_bucket(hyper, count, names, params)
+            for count, args, names, params in buckets:
+                self._step_bucket(hyper, count, args, names, params)
         return loss
 
     def _gather(self, index):
-        """A group's plan arguments and its params with a gradient, in buckets of one dtype and step
-        count: (count, state names the step uses, params)."""
+        """A group's plan arguments and its params with a gradient, in buckets of one dtype and the
+        same step: (step number, the plan's step arguments, state names the step uses, params)."""
         group = self.param_groups[index]
         hyper = self._hyper(group)
         buckets = {}
@@ -145,12 +159,14 @@ class Optimizer(torch.optim.Optimizer):
                 where = group["param_names"][j] if "param_names" in group else f"param_groups[{index}]['params'][{j}]"
                 _check_tensor(p, where, "param")
                 _check_tensor(grad, f"the gradient of {where}", "gradient", like=p)
-            buckets.setdefault((p.dtype, self._count(self.state.get(p, {}))), []).append(p)
+            count, args = self._step_args(self.state.get(p, {}))
+            buckets.setdefault((p.dtype, count, *args.items()), (count, args, []))[2].append(p)
         if not buckets:
-            self._plan(hyper, 1)  # still reject bad hyperparameters
-        return hyper, [(count, self._plan(hyper, count).states, members) for (_, count), members in buckets.items()]
+            self._plan(hyper)  # still reject bad hyperparameters
+        return hyper, [(count, args, self._plan(hyper, args).states, members)
+                       for count, args, members in buckets.values()]
 
-    def _step_bucket(self, hyper, count, names, params):
+    def _step_bucket(self, hyper, count, args, names, params):
         arrays, grads, write_back, stepped = [], [], [], []
         states = {name: [] if name in names else None for name in RULES[self._rule].states}
         for p in params:
@@ -163,13 +179,14 @@ class Optimizer(torch.optim.Optimizer):
             grads.append(_in_order(p.grad, order).numpy())
             for name in names:
                 states[name].append(_writable(state[name], order, write_back))
-        functional._step_rule(self._rule, arrays, grads, states, None, **hyper,
-                              **({"step": count} if self._takes_step else {}))
+        plan = functional._step_rule(self._rule, arrays, grads, states, None, **hyper, **args)
         for tensor, copy in write_back:
             tensor.copy_(copy)
-        if self._step_count:
-            for state in stepped:
-                state["step"].fill_(count)  # count is the old step + 1; fill_ is cheaper than += 1
+        for state in stepped:
+            if self._step_count:
+                state["step"].fill_(count)  # the old step + 1; fill_ is cheaper than += 1
+            for name, value in plan.host_states.items():
+                state[name].fill_(value)
 
 
 def _check_tensor(t, where, what, like=None):
@@ -268,16 +285,15 @@ class RMSprop(Optimizer):
 
 @_with_formula(reference.adam)
 class Adam(Optimizer):
-    """``torch.optim.Adam`` on fusedoptim's kernel, with L2 weight decay and AMSGrad.
+    """``torch.optim.Adam`` on fusedoptim's kernel, with L2 or decoupled weight decay and AMSGrad.
 
-    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
-    maximize=False. State: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
-    ``decoupled_weight_decay=True`` (AdamW) is rejected: this rule adds weight decay to the gradient.
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled, as AdamW,
+    with ``decoupled_weight_decay=True``), amsgrad=False, maximize=False. State: ``step``,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
     """
 
     _rule = "adam"
     _fixed = {"bias_correction": True}
-    _unsupported = Optimizer._unsupported + ("decoupled_weight_decay",)
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
@@ -286,3 +302,121 @@ class Adam(Optimizer):
                                       maximize=maximize, foreach=foreach, capturable=capturable,
                                       differentiable=differentiable, fused=fused,
                                       decoupled_weight_decay=decoupled_weight_decay))
+
+
+@_with_formula(reference.adam)
+class AdamW(Adam):
+    """``torch.optim.AdamW``: :class:`Adam` with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+    maximize=False. State: ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
+    """
+
+    _pinned = {"decoupled_weight_decay": True}  # as torch's AdamW, whatever a loaded checkpoint says
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                 maximize=False, foreach=None, capturable=False, differentiable=False, fused=None):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
+                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True)
+
+
+@_with_formula(reference.adamax)
+class Adamax(Optimizer):
+    """``torch.optim.Adamax`` on fusedoptim's kernel: Adam with the infinity norm.
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, maximize=False.
+    State: ``step``, ``exp_avg``, ``exp_inf``.
+    """
+
+    _rule = "adamax"
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
+                 maximize=False, differentiable=False, capturable=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach,
+                                      maximize=maximize, differentiable=differentiable, capturable=capturable))
+
+
+@_with_formula(reference.nadam)
+class NAdam(Optimizer):
+    """``torch.optim.NAdam`` on fusedoptim's kernel: Adam with Nesterov momentum.
+
+    Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled with
+    ``decoupled_weight_decay=True``), momentum_decay=4e-3, maximize=False. State: ``step``,
+    ``mu_product`` (a 0-d tensor like ``step``, 1.0 before the first step), ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _rule = "nadam"
+    _host_states = {"mu_product": 1.0}
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize, foreach=foreach, capturable=capturable,
+                                      differentiable=differentiable))
+
+
+@_with_formula(reference.radam)
+class RAdam(Optimizer):
+    """``torch.optim.RAdam`` on fusedoptim's kernel: Adam with a rectified variance estimate.
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0 (L2; decoupled with
+    ``decoupled_weight_decay=True``), maximize=False. State: ``step``, ``exp_avg``, ``exp_avg_sq``.
+    """
+
+    _rule = "radam"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, decoupled_weight_decay=False,
+                 *, foreach=None, maximize=False, capturable=False, differentiable=False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                                      foreach=foreach, capturable=capturable, decoupled_weight_decay=decoupled_weight_decay,
+                                      differentiable=differentiable))
+
+
+@_with_formula(reference.adadelta)
+class Adadelta(Optimizer):
+    """``torch.optim.Adadelta`` on fusedoptim's kernel.
+
+    Defaults: lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False.
+    State: ``step``, ``square_avg``, ``acc_delta``.
+    """
+
+    _rule = "adadelta"
+
+    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, foreach=None, *, capturable=False,
+                 maximize=False, differentiable=False):
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, foreach=foreach,
+                                      capturable=capturable, maximize=maximize, differentiable=differentiable))
+
+
+@_with_formula(reference.lion)
+class Lion(Optimizer):
+    """Lion (Chen et al., 2023) as a ``torch.optim.Optimizer``; torch has no Lion of its own.
+
+    Defaults: lr=1e-4, betas=(0.9, 0.99), weight_decay=0 (decoupled), maximize=False.
+    State: ``step``, ``exp_avg``, as :class:`fusedoptim.Lion`.
+    """
+
+    _rule = "lion"
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize))
+
+
+@_with_formula(reference.lamb)
+class Lamb(Optimizer):
+    """LAMB (You et al., 2019) as a ``torch.optim.Optimizer``; torch has no LAMB of its own.
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0 (decoupled, inside the update),
+    maximize=False, bias_correction=True. The trust ratio is per param tensor. State: ``step``,
+    ``exp_avg``, ``exp_avg_sq``, as :class:`fusedoptim.Lamb`.
+    """
+
+    _rule = "lamb"
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
+                 bias_correction=True):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
+                                      bias_correction=bias_correction))
