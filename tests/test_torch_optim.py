@@ -428,8 +428,7 @@ def test_steps_through_the_numpy_views_of_the_tensors(monkeypatch):
     seen = []
     real = ft.functional._step_rule
     monkeypatch.setattr(ft.functional, "_step_rule",
-                        lambda name, params, grads, states, *a, **k: (seen.extend(params), real(name, params, grads,
-                                                                                                 states, *a, **k))[1])
+                        lambda name, plan, params, *rest: (seen.extend(params), real(name, plan, params, *rest))[1])
     p = torch.randn(7, requires_grad=True)
     p.grad = torch.randn(7)
     ft.Adam([p]).step()

@@ -139,14 +139,14 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         # Check every group before stepping any, so that bad input modifies nothing.
         work = [self._gather(i) for i in range(len(self.param_groups))]
-        for hyper, buckets in work:
-            for count, args, names, params in buckets:
-                self._step_bucket(hyper, count, args, names, params)
+        for buckets in work:
+            for count, plan, params in buckets:
+                self._step_bucket(count, plan, params)
         return loss
 
     def _gather(self, index):
-        """A group's plan arguments and its params with a gradient, in buckets of one dtype and the
-        same step: (step number, the plan's step arguments, state names the step uses, params)."""
+        """A group's params with a gradient, in buckets of one dtype and the same step arguments:
+        (step number, the step's plan, params)."""
         group = self.param_groups[index]
         hyper = self._hyper(group)
         buckets = {}
@@ -163,10 +163,10 @@ class Optimizer(torch.optim.Optimizer):
             buckets.setdefault((p.dtype, count, *args.items()), (count, args, []))[2].append(p)
         if not buckets:
             self._plan(hyper)  # still reject bad hyperparameters
-        return hyper, [(count, args, self._plan(hyper, args).states, members)
-                       for count, args, members in buckets.values()]
+        return [(count, self._plan(hyper, args), members) for count, args, members in buckets.values()]
 
-    def _step_bucket(self, hyper, count, args, names, params):
+    def _step_bucket(self, count, plan, params):
+        names = plan.states
         arrays, grads, write_back, stepped = [], [], [], []
         states = {name: [] if name in names else None for name in RULES[self._rule].states}
         for p in params:
@@ -179,7 +179,7 @@ class Optimizer(torch.optim.Optimizer):
             grads.append(_in_order(p.grad, order).numpy())
             for name in names:
                 states[name].append(_writable(state[name], order, write_back))
-        plan = functional._step_rule(self._rule, arrays, grads, states, None, **hyper, **args)
+        functional._step_rule(self._rule, plan, arrays, grads, states, None)
         for tensor, copy in write_back:
             tensor.copy_(copy)
         for state in stepped:
