@@ -95,6 +95,20 @@ def _fusedoptim(backend, isa=None):
     return Contender(f"fusedoptim {backend}/{isa}" if isa else f"fusedoptim {backend}", prepare, setup)
 
 
+def _tensors(problem):
+    """The problem's arrays as torch tensors sharing their memory, each with its ``.grad``."""
+    import torch
+
+    params = [torch.from_numpy(p) for p in problem.params]
+    for p, g in zip(params, problem.grads):
+        p.grad = torch.from_numpy(g)
+    return params
+
+
+def _best_isa():
+    return [name for name, ok in isa_levels() if ok][-1]
+
+
 def _torch(kind):
     def prepare(problem):
         import torch
@@ -102,12 +116,9 @@ def _torch(kind):
         cls = getattr(torch.optim, optimizer_class(problem.rule).__name__, None)
         if cls is None:
             return None
-        params = [torch.from_numpy(p) for p in problem.params]
-        for p, g in zip(params, problem.grads):
-            p.grad = torch.from_numpy(g)
         flag = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}[kind]
         try:
-            opt = cls(params, **HYPER.get(problem.rule, {}), **flag)
+            opt = cls(_tensors(problem), **HYPER.get(problem.rule, {}), **flag)
         except (TypeError, RuntimeError, ValueError):  # this torch has no such variant of the rule
             return None
         return opt.step
@@ -118,6 +129,25 @@ def _torch(kind):
         torch.set_num_threads(problem.threads)
 
     return Contender(f"torch {kind}", prepare, setup)
+
+
+def _fusedoptim_torch():
+    """fusedoptim.torch's drop-in optimizer on torch tensors: the kernel plus the torch layer's cost."""
+
+    def prepare(problem):
+        if "cpp" not in _backends.available():
+            return None
+        from . import torch as fusedoptim_torch
+
+        opt = getattr(fusedoptim_torch, optimizer_class(problem.rule).__name__)(_tensors(problem),
+                                                                                **HYPER.get(problem.rule, {}))
+        return opt.step
+
+    def setup(problem):
+        set_isa(_best_isa())
+        set_num_threads(problem.threads)
+
+    return Contender("fusedoptim.torch", prepare, setup)
 
 
 def _roof():
@@ -132,7 +162,7 @@ def _roof():
         return lambda: _backends._kernels.roof(reads, writes)
 
     def setup(problem):
-        set_isa([name for name, ok in isa_levels() if ok][-1])  # the best level
+        set_isa(_best_isa())
         set_num_threads(problem.threads)
 
     return Contender("roof (same traffic)", prepare, setup)
@@ -153,7 +183,7 @@ def contenders():
     out = [_fusedoptim("cpp", name) for name, ok in reversed(isa_levels()) if ok]
     out += [_fusedoptim("numba"), _fusedoptim("numpy")]
     if importlib.util.find_spec("torch") is not None:
-        out += [_torch("for-loop"), _torch("foreach"), _torch("fused")]
+        out += [_fusedoptim_torch(), _torch("for-loop"), _torch("foreach"), _torch("fused")]
     return out + [_roof()]
 
 

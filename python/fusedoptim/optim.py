@@ -95,10 +95,11 @@ class Optimizer:
         entries = list(map(self.state.get, indices))
         if not params or type(None) in set(map(type, grads)) or None in entries:  # not `None in grads`: == on arrays
             return False
-        keys = {tuple(self._step_args(entry).items()) for entry in entries}
-        if len(keys) != 1 or len({p.dtype for p in params}) != 1:
+        if len({entry["step"] for entry in entries}) != 1 or len({p.dtype for p in params}) != 1:
             return False
-        plan = self._plan(**self._hyper(group), **dict(keys.pop()))
+        if self._host_states and len({tuple(entry.get(k) for k in self._host_states) for entry in entries}) != 1:
+            return False
+        plan = self._plan(**self._hyper(group), **self._step_args(entries[0]))
         try:
             states = {name: [entry[name] for entry in entries] if name in plan.states else None
                       for name in RULES[self._rule].states}
@@ -130,7 +131,9 @@ class Optimizer:
     def _advance(entries, plan):
         for entry in entries:
             entry["step"] += 1
-            entry.update(plan.host_states)
+        if plan.host_states:
+            for entry in entries:
+                entry.update(plan.host_states)
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
