@@ -17,9 +17,7 @@ struct Adadelta {
   template <unsigned flags, class V>
   static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
     V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
-    if constexpr (flags & F::maximize) g = -g;
-    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V g = l2_gradient<Adadelta, flags>(s, x, i, p);
     V sq = s[S::rho] * V::load(x.state[square_avg] + i) + s[S::one_minus_rho] * (g * g);
     sq.store(x.state[square_avg] + i);
     V acc = V::load(x.state[acc_delta] + i);

@@ -16,9 +16,7 @@ struct Adagrad {
   template <unsigned flags, class V>
   static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
     V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
-    if constexpr (flags & F::maximize) g = -g;
-    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V g = l2_gradient<Adagrad, flags>(s, x, i, p);
     V acc = V::load(x.state[sum] + i) + g * g;
     acc.store(x.state[sum] + i);
     V std = sqrt(acc) + s[S::eps];

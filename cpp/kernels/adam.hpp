@@ -21,14 +21,9 @@ struct Adam {
   template <unsigned flags, class V>
   static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
     V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
-    if constexpr (flags & F::maximize) g = -g;
-    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V g = l2_gradient<Adam, flags>(s, x, i, p);
     if constexpr (flags & F::decoupled_weight_decay) p = p * s[S::one_minus_lr_weight_decay];
-    V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
-    V v = s[S::beta2] * V::load(x.state[exp_avg_sq] + i) + s[S::one_minus_beta2] * (g * g);
-    m.store(x.state[exp_avg] + i);
-    v.store(x.state[exp_avg_sq] + i);
+    auto [m, v] = adam_moments<Adam>(s, x, i, g);
     if constexpr (flags & F::amsgrad) {
       v = maximum(V::load(x.state[max_exp_avg_sq] + i), v);
       v.store(x.state[max_exp_avg_sq] + i);

@@ -17,9 +17,7 @@ struct Adamax {
   template <unsigned flags, class V>
   static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
     V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
-    if constexpr (flags & F::maximize) g = -g;
-    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V g = l2_gradient<Adamax, flags>(s, x, i, p);
     V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
     V u = maximum(s[S::beta2] * V::load(x.state[exp_inf] + i), abs(g) + s[S::eps]);
     m.store(x.state[exp_avg] + i);

@@ -48,10 +48,7 @@ struct Lamb {
     V p = V::load(x.param + i);
     V g = V::load(x.grad + i);
     if constexpr (flags & F::maximize) g = -g;
-    V m = s[S::beta1] * V::load(x.state[exp_avg] + i) + s[S::one_minus_beta1] * g;
-    V v = s[S::beta2] * V::load(x.state[exp_avg_sq] + i) + s[S::one_minus_beta2] * (g * g);
-    m.store(x.state[exp_avg] + i);
-    v.store(x.state[exp_avg_sq] + i);
+    auto [m, v] = adam_moments<Lamb>(s, x, i, g);
     return {p, direction<flags>(s, p, m, v)};
   }
 

@@ -16,9 +16,7 @@ struct Sgd {
   template <unsigned flags, class V>
   static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
     V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
-    if constexpr (flags & F::maximize) g = -g;
-    if constexpr (flags & F::weight_decay) g = g + s[S::weight_decay] * p;
+    V g = l2_gradient<Sgd, flags>(s, x, i, p);
     if constexpr (flags & F::momentum) {
       // torch starts the buffer as a copy of the first gradient, undamped.
       V buf = g;
