@@ -20,13 +20,31 @@ def _maximum(a, b):
     return a if (a > b or a != a) else b
 
 
+
+@_jit
+def _l2_gradient(grad, param, s, f):
+    """The gradient a rule with L2 weight decay steps on (cpp/kernels/rule.hpp's l2_gradient)."""
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    return g
+
+
+@_jit
+def _adam_moments(exp_avg, exp_avg_sq, i, g, s):
+    """Adam's moment updates at element i, stored and returned (cpp/kernels/rule.hpp's adam_moments)."""
+    m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
+    v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
+    exp_avg[i] = m
+    exp_avg_sq[i] = v
+    return m, v
+
+
 @_jit
 def sgd(param, grad, momentum_buffer, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         if f.momentum:
             buf = g if f.first_step else s.momentum * momentum_buffer[i] + s.one_minus_dampening * g
             momentum_buffer[i] = buf
@@ -38,9 +56,7 @@ def sgd(param, grad, momentum_buffer, s, f):
 def adagrad(param, grad, sum, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         acc = sum[i] + g * g
         sum[i] = acc
         std = np.sqrt(acc) + s.eps
@@ -51,9 +67,7 @@ def adagrad(param, grad, sum, s, f):
 def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         sq = s.alpha * square_avg[i] + s.one_minus_alpha * (g * g)
         square_avg[i] = sq
         if f.centered:
@@ -74,15 +88,10 @@ def rmsprop(param, grad, square_avg, momentum_buffer, grad_avg, s, f):
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         if f.decoupled_weight_decay:
             p = p * s.one_minus_lr_weight_decay
-        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
-        v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        m, v = _adam_moments(exp_avg, exp_avg_sq, i, g, s)
         if f.amsgrad:
             v = _maximum(max_exp_avg_sq[i], v)
             max_exp_avg_sq[i] = v
@@ -94,9 +103,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, s, f):
 def adamax(param, grad, exp_avg, exp_inf, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
         u = _maximum(s.beta2 * exp_inf[i], np.abs(g) + s.eps)
         exp_avg[i] = m
@@ -108,9 +115,7 @@ def adamax(param, grad, exp_avg, exp_inf, s, f):
 def adadelta(param, grad, square_avg, acc_delta, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         sq = s.rho * square_avg[i] + s.one_minus_rho * (g * g)
         square_avg[i] = sq
         acc = acc_delta[i]
@@ -123,15 +128,10 @@ def adadelta(param, grad, square_avg, acc_delta, s, f):
 def radam(param, grad, exp_avg, exp_avg_sq, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         if f.decoupled_weight_decay:
             p = p * s.one_minus_lr_weight_decay
-        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
-        v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        m, v = _adam_moments(exp_avg, exp_avg_sq, i, g, s)
         if f.rectified:
             param[i] = p - s.step_size * (m / (np.sqrt(v) + s.eps))
         else:
@@ -142,15 +142,10 @@ def radam(param, grad, exp_avg, exp_avg_sq, s, f):
 def nadam(param, grad, exp_avg, exp_avg_sq, s, f):
     for i in range(param.size):
         p = param[i]
-        g = -grad[i] if f.maximize else grad[i]
-        if f.weight_decay:
-            g = g + s.weight_decay * p
+        g = _l2_gradient(grad[i], p, s, f)
         if f.decoupled_weight_decay:
             p = p * s.one_minus_lr_weight_decay
-        m = s.beta1 * exp_avg[i] + s.one_minus_beta1 * g
-        v = s.beta2 * exp_avg_sq[i] + s.one_minus_beta2 * (g * g)
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        m, v = _adam_moments(exp_avg, exp_avg_sq, i, g, s)
         denom = np.sqrt(v / s.bias_correction2) + s.eps
         p = p - s.grad_step * (g / denom)
         param[i] = p - s.exp_avg_step * (m / denom)
