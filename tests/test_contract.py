@@ -66,7 +66,7 @@ offsets = st.lists(st.sampled_from([0, 0, 4, 8, 12, 24, 32, 40, 56, 1, 2, 3, 5])
 
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_backends_agree_bitwise(case, isa, data):
     hyper = data.draw(st.sampled_from(case.grid), label="hyper")
