@@ -9,8 +9,6 @@
 
 namespace fusedoptim {
 
-enum class Dtype { f32, f64 };
-
 // Steps elements [begin, end) of one tensor.
 using KernelFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, const double* scalars, unsigned flags);
 
