@@ -26,6 +26,11 @@ class Rule(NamedTuple):
     name: str
     states: tuple  # every state buffer, in kernel slot order
     plan: Callable[..., Plan]
+    # A state that does not start at zero -> the hyperparameter holding its starting value.
+    initial: Mapping = MappingProxyType({})
+    # Per-param state kept on the host like the step count, which the plan takes and returns in
+    # Plan.host_states (NAdam's mu_product) -> its value before the first step.
+    host_states: Mapping = MappingProxyType({})
 
 
 # --- hyperparameter checks, raising ValueError("Invalid <name>: ...") like torch.optim ---
@@ -448,13 +453,13 @@ RULES = {
     rule.name: rule
     for rule in (
         Rule("sgd", ("momentum_buffer",), sgd_plan),
-        Rule("adagrad", ("sum",), adagrad_plan),
+        Rule("adagrad", ("sum",), adagrad_plan, initial=MappingProxyType({"sum": "initial_accumulator_value"})),
         Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
         Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
         Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
         Rule("adadelta", ("square_avg", "acc_delta"), adadelta_plan),
         Rule("radam", ("exp_avg", "exp_avg_sq"), radam_plan),
-        Rule("nadam", ("exp_avg", "exp_avg_sq"), nadam_plan),
+        Rule("nadam", ("exp_avg", "exp_avg_sq"), nadam_plan, host_states=MappingProxyType({"mu_product": 1.0})),
         Rule("lion", ("exp_avg",), lion_plan),
         Rule("lamb", ("exp_avg", "exp_avg_sq"), lamb_plan),
     )

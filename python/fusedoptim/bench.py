@@ -173,9 +173,8 @@ def _plan_defaults(rule):
     import inspect
 
     wanted = inspect.signature(RULES[rule].plan).parameters
-    cls = optimizer_class(rule)
-    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
-    return {k: v for k, v in {**defaults, "step": 1, **cls._host_states}.items() if k in wanted}
+    defaults = {k: p.default for k, p in inspect.signature(optimizer_class(rule)).parameters.items()}
+    return {k: v for k, v in {**defaults, "step": 1, **RULES[rule].host_states}.items() if k in wanted}
 
 
 def contenders():

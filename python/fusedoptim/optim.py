@@ -20,10 +20,11 @@ from ._rules import RULES
 
 class Optimizer:
     _rule: str  # the functional rule this optimizer steps
-    _initial: dict = {}  # state name -> the group hyperparameter holding its starting value
-    # Per-param state the rule keeps on the host, like the step count: name -> value before the first step.
-    # The plan takes the current value and returns the next one in Plan.host_states (NAdam's mu_product).
-    _host_states: dict = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "_rule"):  # the rule's own description of the states that do not start at zero
+            cls._initial, cls._host_states = RULES[cls._rule].initial, RULES[cls._rule].host_states
 
     def __init__(self, params, defaults, backend=None):
         self.defaults = defaults
@@ -201,7 +202,6 @@ class Adagrad(Optimizer):
     initial_accumulator_value=0, eps=1e-10, maximize=False. State: ``sum``."""
 
     _rule = "adagrad"
-    _initial = {"sum": "initial_accumulator_value"}
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
                  *, maximize=False, backend=None):
@@ -290,7 +290,6 @@ class NAdam(Optimizer):
     ``mu_product`` (a float, 1.0 before the first step), ``exp_avg``, ``exp_avg_sq``."""
 
     _rule = "nadam"
-    _host_states = {"mu_product": 1.0}
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, maximize=False, backend=None):

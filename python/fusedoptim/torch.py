@@ -16,15 +16,15 @@ raises TypeError / ValueError naming the param before anything is modified. ``ca
 ``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
 accepted and ignored.
 
-Adding a rule: write its kernel and its ``_rules`` entry, then a subclass of :class:`Optimizer`
-here whose ``__init__`` has exactly torch's signature and defaults and passes every argument
-(flags included) on as ``defaults``; set ``_rule`` to the rule's name and, where needed,
-``_initial`` (a state that does not start at zero), ``_fixed`` (plan arguments torch has no
-flag for), ``_step_count = False`` (torch keeps no ``step``), ``_eager_state`` (torch creates
-the state at construction), ``_host_states`` (per-param scalar state the plan carries from step
-to step, kept as a 0-d tensor like ``step``), ``_pinned`` (group keys the class always holds,
-even after loading a checkpoint) and ``_unsupported`` (torch flags that must stay off). Group
-keys named like the plan function's arguments are passed to it; state names are the rule's.
+Adding a rule: write its kernel and its ``_rules`` entry (which also says which states do not
+start at zero and which per-param state lives on the host), then a subclass of
+:class:`Optimizer` here whose ``__init__`` has exactly torch's signature and defaults and passes
+every argument (flags included) on as ``defaults``. Set ``_rule`` to the rule's name and, where
+needed, ``_fixed`` (plan arguments torch has no flag for), ``_step_count = False`` (torch keeps
+no ``step``), ``_eager_state`` (torch creates the state at construction), ``_pinned`` (group
+keys the class always holds, even after loading a checkpoint) and ``_unsupported`` (torch flags
+that must stay off). Group keys named like the plan function's arguments are passed to it;
+state names are the rule's.
 """
 
 from __future__ import annotations
@@ -44,19 +44,18 @@ class Optimizer(torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is one fusedoptim rule."""
 
     _rule: str  # the fusedoptim rule this optimizer steps
-    _initial: dict = {}  # state name -> the hyperparameter holding its starting value (else 0)
     _fixed: dict = {}  # plan arguments torch has no flag for
     _step_count = True  # torch keeps state["step"], a float32 scalar tensor
     _eager_state = False  # torch creates the state at construction, not on the first step
-    # Per-param scalar state the plan takes and returns in Plan.host_states (NAdam's mu_product):
-    # name -> value before the first step. Kept, like step, as a 0-d tensor of torch's default dtype.
-    _host_states: dict = {}
     _pinned: dict = {}  # group keys set to these values whatever a loaded checkpoint says (AdamW's)
     _unsupported = ("capturable", "differentiable", "fused")  # torch flags that must be off
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if "_rule" in cls.__dict__:
+            # States that do not start at zero come from the rule (see _rules.Rule); host states
+            # are kept, like step, as 0-d tensors of torch's default dtype.
+            cls._initial, cls._host_states = RULES[cls._rule].initial, RULES[cls._rule].host_states
             plan = RULES[cls._rule].plan
             cls._plan_args = tuple(a for a in inspect.signature(plan).parameters
                                    if a != "step" and a not in cls._host_states)
@@ -253,7 +252,6 @@ class Adagrad(Optimizer):
     """
 
     _rule = "adagrad"
-    _initial = {"sum": "initial_accumulator_value"}
     _eager_state = True
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
@@ -347,7 +345,6 @@ class NAdam(Optimizer):
     """
 
     _rule = "nadam"
-    _host_states = {"mu_product": 1.0}
 
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
