@@ -154,9 +154,7 @@ def _roof():
     def prepare(problem):
         if _backends._kernels is None:
             return None
-        plan = RULES[problem.rule].plan
-        hyper = {**_plan_defaults(problem.rule), **HYPER.get(problem.rule, {})}
-        states = len(plan(**hyper).states)
+        states = _states_used(problem.rule)
         arrays = [aligned_full(sum(p.size for p in problem.params), np.float32) for _ in range(2 + states)]
         reads, writes = arrays, arrays[:1] + arrays[2:]
         return lambda: _backends._kernels.roof(reads, writes)
@@ -258,9 +256,14 @@ def run(rules=None, sizes=SIZES, threads=None, min_time=0.3, repeat=7, progress=
     return rows
 
 
+def _states_used(rule):
+    """How many state buffers the benchmarked configuration of a rule reads and writes."""
+    return len(RULES[rule].plan(**{**_plan_defaults(rule), **HYPER.get(rule, {})}).states)
+
+
 def _traffic(rule):
     """Arrays read plus arrays written per element."""
-    states = len(RULES[rule].plan(**{**_plan_defaults(rule), **HYPER.get(rule, {})}).states)
+    states = _states_used(rule)
     return (2 + states) + (1 + states)
 
 
