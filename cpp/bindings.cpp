@@ -13,7 +13,8 @@
 
 #include "chunks.hpp"
 #include "dispatch.hpp"
-#include "two_pass.hpp"
+#include "reduction.hpp"
+#include "step.hpp"
 
 namespace py = pybind11;
 using namespace fusedoptim;
@@ -74,7 +75,7 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
   return false;
 }
 
-// One step of a rule over a list of tensors (or one tensor), in place.
+// One step of rule `r` (its index in every ISA table) over a list of tensors (or one tensor), in place.
 //
 // Python's validator (_validate.operands) is the one judge of a step's input and the one
 // author of its error messages. This function only recognizes the common case, checked in
@@ -82,21 +83,20 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 // dtype, grads and states shaped like their params, params and states writeable, no two
 // operands sharing a byte. It steps that case and returns True; for anything else it returns
 // False having touched nothing, and the caller hands the step to the validator. Everything
-// accepted here, the validator accepts too (tests/test_threads_and_fastpath.py checks it).
+// accepted here, the validator accepts too (tests/test_fast_path.py checks it).
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
 // step updates slot k, whose entry then must be operands like `grads`.
-template <class Rule, int R>
-bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
+bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
           unsigned flags) {
-  if (scalars.size() != static_cast<std::size_t>(planned_scalars<Rule>()))
-    throw std::invalid_argument(std::string(Rule::name) + ": expected " + std::to_string(planned_scalars<Rule>()) +
-                                " scalars");
-  if (flags >= (1u << Rule::F::count)) throw std::invalid_argument(std::string(Rule::name) + ": bad flags");
-  if (states.size() > static_cast<std::size_t>(kMaxStates) || used >= (1u << states.size()))
-    throw std::invalid_argument(std::string(Rule::name) + ": bad states");
-  double s[Rule::S::count];  // a two-pass rule's own scalars follow the planned ones
-  for (int k = 0; k < planned_scalars<Rule>(); ++k) {
+  const RuleKernels& rule = active_isa().rules[r];
+  if (scalars.size() != static_cast<std::size_t>(rule.num_planned))
+    throw std::invalid_argument(std::string(rule.name) + ": expected " + std::to_string(rule.num_planned) + " scalars");
+  if (flags >= (1u << rule.num_flags)) throw std::invalid_argument(std::string(rule.name) + ": bad flags");
+  if (states.size() != static_cast<std::size_t>(rule.num_states) || used >= (1u << states.size()))
+    throw std::invalid_argument(std::string(rule.name) + ": bad states");
+  double s[kMaxScalars];
+  for (int k = 0; k < rule.num_planned; ++k) {
     s[k] = PyFloat_AsDouble(PyTuple_GET_ITEM(scalars.ptr(), k));
     if (s[k] == -1.0 && PyErr_Occurred()) throw py::error_already_set();
   }
@@ -143,19 +143,8 @@ bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned
   if (any_overlap(spans)) return false;
 
   const int dtype = itemsize == 8 ? 1 : 0;
-  const KernelFn kernel = active_isa().kernels[R][dtype];
-  const ReduceFn first_pass = active_isa().reducers[R][dtype];  // null for one-pass rules
-  auto run = [&] {
-    if constexpr (TwoPass<Rule>) {
-      step_two_pass<Rule>(first_pass, kernel, tensors, itemsize, s, flags);
-    } else {
-      for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
-        kernel(t, begin, end, s, flags);
-      });
-    }
-  };
   if (total < kKeepGilElements) {
-    run();
+    run_step(rule, dtype, itemsize, tensors, s, flags);
     return true;
   }
   std::vector<py::object> alive;  // the arrays, even if another thread empties the caller's lists
@@ -164,7 +153,7 @@ bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned
     if (items)
       for (std::size_t i = 0; i < n; ++i) alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
   py::gil_scoped_release nogil;
-  run();
+  run_step(rule, dtype, itemsize, tensors, s, flags);
   return true;
 }
 
@@ -187,7 +176,7 @@ void roof(const py::list& reads, const py::list& writes) {
   streams.size = static_cast<std::size_t>(keep[0].size());
   for (const auto& a : keep)
     if (static_cast<std::size_t>(a.size()) != streams.size) throw py::value_error("roof operands must have one size");
-  const RoofFn kernel = active_isa().roof;
+  const RoofFn kernel = active_roof();
   py::gil_scoped_release nogil;
   for_each_chunk(std::vector<Streams>{streams}, sizeof(float),
                  [&](const Streams& x, std::size_t begin, std::size_t end) { kernel(x, begin, end); });
@@ -225,18 +214,25 @@ py::object find_overlap(const py::list& arrays) {
   return py::none();
 }
 
-template <class... R, int... I>
-void def_rules(py::module_& m, std::tuple<R...>*, std::integer_sequence<int, I...>) {
-  (m.def(R::name, &step<R, I>, py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"),
-         py::arg("scalars"), py::arg("flags")),
-   ...);
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
   m.doc() = "fusedoptim's fused in-place optimizer kernels (private: call through fusedoptim).";
-  def_rules(m, static_cast<Rules*>(nullptr), std::make_integer_sequence<int, kNumRules>{});
+  // Every level's table has the same layout (each is built from the same rule headers).
+  py::list rules;
+  for (int r = 0; r < kNumRules; ++r) {
+    const RuleKernels& rule = compiled_isas().front()->rules[r];
+    m.def(rule.name, [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used,
+                        const py::tuple& scalars, unsigned flags) { return step(r, params, grads, states, used, scalars, flags); },
+          py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"));
+    rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
+                          py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
+                          py::arg("num_sums") = rule.num_sums));
+  }
+  // The layout the Python registry must follow, checked at import (fusedoptim._native).
+  m.attr("RULES") = rules;
+  m.attr("REDUCTION_BLOCK") = kBlock;
+  m.attr("REDUCTION_LANES") = kLanes;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
   m.def("isa", [] { return std::string(active_isa().name); }, "The ISA level in use.");
   m.def("set_isa", [](const std::string& name) {

@@ -4,10 +4,10 @@
 #include <stdexcept>
 
 namespace fusedoptim {
-namespace scalar { extern const IsaTable table; }
+namespace scalar { extern const IsaTable table; extern const RoofFn roof; }
 #if defined(FUSEDOPTIM_HAVE_X86)
-namespace avx2 { extern const IsaTable table; }
-namespace avx512 { extern const IsaTable table; }
+namespace avx2 { extern const IsaTable table; extern const RoofFn roof; }
+namespace avx512 { extern const IsaTable table; extern const RoofFn roof; }
 #endif
 
 const std::vector<const IsaTable*>& compiled_isas() {
@@ -61,6 +61,15 @@ const IsaTable* active = nullptr;
 const IsaTable& active_isa() {
   if (!active) active = initial_isa();
   return *active;
+}
+
+RoofFn active_roof() {
+  const IsaTable* isa = &active_isa();
+#if defined(FUSEDOPTIM_HAVE_X86)
+  if (isa == &avx2::table) return avx2::roof;
+  if (isa == &avx512::table) return avx512::roof;
+#endif
+  return scalar::roof;
 }
 
 void set_isa(const std::string& name) { active = find_supported(name); }

@@ -1,9 +1,11 @@
-// Compiled once per ISA level, each time with its own -m flags and FUSEDOPTIM_ISA_NS,
-// so every instantiation below is a distinct symbol that only that level's code calls.
+// The rules' kernels at one ISA level. CMake compiles this file once per level, each time with
+// that level's -m flags and FUSEDOPTIM_ISA_NS, so everything here and in the headers it includes
+// lives in that level's namespace, and the level's table is the only way in.
 #include <algorithm>
 #include <utility>
 
-#include "dispatch.hpp"
+#include "kernels/rules.hpp"
+#include "reduction.hpp"
 #include "simd/scalar.hpp"
 #if defined(FUSEDOPTIM_AVX512)
 #include "simd/avx512.hpp"
@@ -22,6 +24,16 @@ template <class T>
 using Wide = Scalar<T>;
 #endif
 
+template <class Rule>
+concept TwoPass = requires { Rule::num_sums; };
+
+// How many scalars the host plan supplies: all of them, but a two-pass rule's per-tensor ones.
+template <class Rule>
+constexpr int planned_scalars() {
+  if constexpr (TwoPass<Rule>) return Rule::S::planned;
+  else return Rule::S::count;
+}
+
 // Full vectors, then the tail one element at a time through the same update: every op is
 // IEEE-rounded either way, so where the split falls never changes a result.
 template <class Rule, class T, unsigned flags>
@@ -36,36 +48,17 @@ void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double
   for (; i < end; ++i) Rule::template update<flags>(one, x, i);
 }
 
-using RangeFn = void (*)(const Tensor&, std::size_t, std::size_t, const double*);
-
-template <class Rule, class T, unsigned... flags>
-constexpr std::array<RangeFn, sizeof...(flags)> by_flags(std::integer_sequence<unsigned, flags...>) {
-  return {&run_range<Rule, T, flags>...};
-}
-
-// Flags are template arguments so each combination compiles to a branch-free loop.
-template <class Rule, class T>
-void run(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags) {
-  static constexpr auto table = by_flags<Rule, T>(std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
-  table[flags](t, begin, end, s);
-}
-
-template <class... R>
-constexpr std::array<std::array<KernelFn, 2>, sizeof...(R)> kernels_for(std::tuple<R...>*) {
-  return {{{&run<R, float>, &run<R, double>}...}};
-}
-
-// Pass 1 of a two-pass rule, block by block in the order of kernels/reduction.hpp. A full block
-// runs in whole vectors, kLanes elements per round, so each vector feeds fixed lanes; only the
-// last block of a tensor can leave a tail, which feeds its lanes one element at a time.
+// Pass 1 of a two-pass rule, block by block in the order of reduction.hpp. A full block runs in
+// whole vectors, kLanes elements per round, so each vector feeds fixed lanes; only the last block
+// of a tensor can leave a tail, which feeds its lanes one element at a time.
 template <class Rule, class T, unsigned flags>
-void reduce_range(const Tensor& t, std::size_t first, std::size_t last, const double* s, double* block_sums) {
+void first_pass_range(const Tensor& t, std::size_t first, std::size_t last, const double* s, double* block_sums,
+                      std::size_t stride) {
   constexpr int N = Rule::num_sums;
   constexpr std::size_t groups = kLanes / Wide<T>::width;
   const Operands<T> x(t);
   const Scalars<Wide<T>, Rule::S::count> wide(s);
   const Scalars<Scalar<T>, Rule::S::count> one(s);
-  const std::size_t blocks = num_blocks(t.size);
   for (std::size_t b = first; b < last; ++b) {
     const std::size_t begin = b * kBlock, end = std::min(begin + kBlock, t.size);
     typename Wide<T>::SquareSum acc[N][groups];
@@ -88,66 +81,64 @@ void reduce_range(const Tensor& t, std::size_t first, std::size_t last, const do
         lane.store(&lanes[k][i % kLanes]);
       }
     }
-    for (int k = 0; k < N; ++k) block_sums[k * blocks + b] = fold_lanes(lanes[k]);
+    for (int k = 0; k < N; ++k) {
+      for (std::size_t half = kLanes / 2; half > 0; half /= 2)
+        for (std::size_t j = 0; j < half; ++j) lanes[k][j] = lanes[k][j] + lanes[k][j + half];
+      block_sums[k * stride + b] = lanes[k][0];
+    }
   }
 }
 
-using ReduceRangeFn = void (*)(const Tensor&, std::size_t, std::size_t, const double*, double*);
-
+// Flags are template arguments, so each combination compiles to a branch-free loop; these pick
+// the instantiation for a step's flags.
 template <class Rule, class T, unsigned... flags>
-constexpr std::array<ReduceRangeFn, sizeof...(flags)> reducers_by_flags(std::integer_sequence<unsigned, flags...>) {
-  return {&reduce_range<Rule, T, flags>...};
+void range_by_flags(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned f,
+                    std::integer_sequence<unsigned, flags...>) {
+  using Fn = void (*)(const Tensor&, std::size_t, std::size_t, const double*);
+  static constexpr Fn table[] = {&run_range<Rule, T, flags>...};
+  table[f](t, begin, end, s);
 }
 
 template <class Rule, class T>
-void reduce(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned flags, double* sums) {
-  static constexpr auto table =
-      reducers_by_flags<Rule, T>(std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
-  table[flags](t, first, last, s, sums);
+void range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags) {
+  range_by_flags<Rule, T>(t, begin, end, s, flags, std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
+}
+
+template <class Rule, class T, unsigned... flags>
+void first_pass_by_flags(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned f,
+                         double* sums, std::size_t stride, std::integer_sequence<unsigned, flags...>) {
+  using Fn = void (*)(const Tensor&, std::size_t, std::size_t, const double*, double*, std::size_t);
+  static constexpr Fn table[] = {&first_pass_range<Rule, T, flags>...};
+  table[f](t, first, last, s, sums, stride);
+}
+
+template <class Rule, class T>
+void first_pass(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned flags, double* sums,
+                std::size_t stride) {
+  first_pass_by_flags<Rule, T>(t, first, last, s, flags, sums, stride,
+                               std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
 }
 
 template <class Rule>
-constexpr std::array<ReduceFn, 2> reducer_for() {
-  if constexpr (TwoPass<Rule>) return {&reduce<Rule, float>, &reduce<Rule, double>};
-  else return {nullptr, nullptr};
+constexpr RuleKernels kernels_of() {
+  static_assert(Rule::S::count <= kMaxScalars && Rule::num_states <= kMaxStates);
+  if constexpr (TwoPass<Rule>)
+    return {Rule::name, Rule::S::count, planned_scalars<Rule>(), Rule::F::count, Rule::num_states, Rule::num_sums,
+            {&range<Rule, float>, &range<Rule, double>}, {&first_pass<Rule, float>, &first_pass<Rule, double>},
+            &Rule::between_passes};
+  else
+    return {Rule::name, Rule::S::count, planned_scalars<Rule>(), Rule::F::count, Rule::num_states, 0,
+            {&range<Rule, float>, &range<Rule, double>}, {nullptr, nullptr}, nullptr};
 }
 
 template <class... R>
-constexpr std::array<std::array<ReduceFn, 2>, sizeof...(R)> reducers_for(std::tuple<R...>*) {
-  return {reducer_for<R>()...};
-}
-
-// The memory-bandwidth roof: a rule's traffic with one add per read and no other work, so
-// "% of roof" measures how much of a rule's time is more than moving its bytes.
-template <int reads, int writes, class V>
-void roof_at(const Streams& s, std::size_t i) {
-  V x = V::load(s.read[0] + i);
-  for (int k = 1; k < reads; ++k) x = x + V::load(s.read[k] + i);
-  for (int k = 0; k < writes; ++k) x.store(s.write[k] + i);
-}
-
-template <int reads, int writes>
-void roof_range(const Streams& streams, std::size_t begin, std::size_t end) {
-  const Streams s = streams;  // a local copy: the stores cannot alias its pointers, which stay in registers
-  std::size_t i = begin;
-  for (; i + Wide<float>::width <= end; i += Wide<float>::width) roof_at<reads, writes, Wide<float>>(s, i);
-  for (; i < end; ++i) roof_at<reads, writes, Scalar<float>>(s, i);
-}
-
-template <int... k>
-constexpr std::array<RoofFn, sizeof...(k)> roof_table(std::integer_sequence<int, k...>) {
-  return {&roof_range<k / kMaxStreams + 1, k % kMaxStreams + 1>...};
-}
-
-void roof(const Streams& s, std::size_t begin, std::size_t end) {
-  static constexpr auto table = roof_table(std::make_integer_sequence<int, kMaxStreams * kMaxStreams>{});
-  table[(s.reads - 1) * kMaxStreams + s.writes - 1](s, begin, end);
+constexpr IsaTable table_of(const char* name, std::tuple<R...>*) {
+  return {name, {kernels_of<R>()...}};
 }
 
 }  // namespace
 
 extern const IsaTable table;
-const IsaTable table{FUSEDOPTIM_ISA_NAME, kernels_for(static_cast<Rules*>(nullptr)),
-                     reducers_for(static_cast<Rules*>(nullptr)), &roof};
+const IsaTable table = table_of(FUSEDOPTIM_ISA_NAME, static_cast<Rules*>(nullptr));
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -1,7 +1,7 @@
 #pragma once
-#include "rule.hpp"
+#include "common.hpp"
 
-namespace fusedoptim {
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // AdaGrad (torch.optim.Adagrad); `clr` is the lr decayed for this step.
 struct Adagrad {
@@ -11,18 +11,18 @@ struct Adagrad {
     enum : unsigned { maximize = 1, weight_decay = 2 };
     static constexpr int count = 2;
   };
-  enum State { sum };
+  enum State { sum, num_states };
 
-  template <unsigned flags, class V>
-  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
-    V p = V::load(x.param + i);
+  template <unsigned flags, class V, class X>
+  static void update(const Scalars<V, S::count>& s, const X& x, std::size_t i) {
+    V p = load<V>(x.param, i);
     V g = l2_gradient<Adagrad, flags>(s, x, i, p);
-    V acc = V::load(x.state[sum] + i) + g * g;
-    acc.store(x.state[sum] + i);
+    V acc = load<V>(x.state[sum], i) + g * g;
+    store(x.state[sum], i, acc);
     V std = sqrt(acc) + s[S::eps];
     p = p - s[S::clr] * (g / std);
-    p.store(x.param + i);
+    store(x.param, i, p);
   }
 };
 
-}  // namespace fusedoptim
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -2,13 +2,12 @@
 #include <array>
 #include <cmath>
 
-#include "reduction.hpp"
-#include "rule.hpp"
+#include "common.hpp"
 
-namespace fusedoptim {
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // LAMB (You et al., 2019): Adam's direction u, with decoupled weight decay inside it, scaled per
-// tensor by the trust ratio ||param|| / ||u||. Two passes (see reduction.hpp): the first updates
+// tensor by the trust ratio ||param|| / ||u||. Two passes (see ../reduction.hpp): the first updates
 // the moments and sums the squares of param and u; the second recomputes the same u from the
 // stored moments and the still unchanged param, and steps param.
 struct Lamb {
@@ -24,7 +23,7 @@ struct Lamb {
     enum : unsigned { maximize = 1, weight_decay = 2 };
     static constexpr int count = 2;
   };
-  enum State { exp_avg, exp_avg_sq };
+  enum State { exp_avg, exp_avg_sq, num_states };
   enum Sum { param_sq, update_sq, num_sums };
 
   // In double, as reference._trust_ratio: a zero norm (a fresh or zero tensor, a zero update)
@@ -42,23 +41,22 @@ struct Lamb {
     return u;
   }
 
-  template <unsigned flags, class V>
-  static std::array<V, num_sums> first_pass(const Scalars<V, S::count>& s,
-                                            const Operands<typename V::value_type>& x, std::size_t i) {
-    V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
+  template <unsigned flags, class V, class X>
+  static std::array<V, num_sums> first_pass(const Scalars<V, S::count>& s, const X& x, std::size_t i) {
+    V p = load<V>(x.param, i);
+    V g = load<V>(x.grad, i);
     if constexpr (flags & F::maximize) g = -g;
     auto [m, v] = adam_moments<Lamb>(s, x, i, g);
     return {p, direction<flags>(s, p, m, v)};
   }
 
-  template <unsigned flags, class V>
-  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
-    V p = V::load(x.param + i);
-    V u = direction<flags>(s, p, V::load(x.state[exp_avg] + i), V::load(x.state[exp_avg_sq] + i));
+  template <unsigned flags, class V, class X>
+  static void update(const Scalars<V, S::count>& s, const X& x, std::size_t i) {
+    V p = load<V>(x.param, i);
+    V u = direction<flags>(s, p, load<V>(x.state[exp_avg], i), load<V>(x.state[exp_avg_sq], i));
     p = p - (s[S::lr] * s[S::trust]) * u;
-    p.store(x.param + i);
+    store(x.param, i, p);
   }
 };
 
-}  // namespace fusedoptim
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -1,7 +1,7 @@
 #pragma once
-#include "rule.hpp"
+#include "common.hpp"
 
-namespace fusedoptim {
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // Lion (Chen et al., 2023) with decoupled weight decay in the published reference's op order:
 // param is scaled by decay_factor = 1 - lr * weight_decay before the signed step.
@@ -12,21 +12,21 @@ struct Lion {
     enum : unsigned { maximize = 1, weight_decay = 2 };
     static constexpr int count = 2;
   };
-  enum State { exp_avg };
+  enum State { exp_avg, num_states };
 
-  template <unsigned flags, class V>
-  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
-    V p = V::load(x.param + i);
-    V g = V::load(x.grad + i);
+  template <unsigned flags, class V, class X>
+  static void update(const Scalars<V, S::count>& s, const X& x, std::size_t i) {
+    V p = load<V>(x.param, i);
+    V g = load<V>(x.grad, i);
     if constexpr (flags & F::maximize) g = -g;
-    V m = V::load(x.state[exp_avg] + i);
+    V m = load<V>(x.state[exp_avg], i);
     V c = s[S::beta1] * m + s[S::one_minus_beta1] * g;
     if constexpr (flags & F::weight_decay) p = p * s[S::decay_factor];
     p = p - s[S::lr] * sign(c);
-    p.store(x.param + i);
+    store(x.param, i, p);
     m = s[S::beta2] * m + s[S::one_minus_beta2] * g;
-    m.store(x.state[exp_avg] + i);
+    store(x.state[exp_avg], i, m);
   }
 };
 
-}  // namespace fusedoptim
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

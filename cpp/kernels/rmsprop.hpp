@@ -1,7 +1,7 @@
 #pragma once
-#include "rule.hpp"
+#include "common.hpp"
 
-namespace fusedoptim {
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // RMSProp, optionally centered and with momentum (torch.optim.RMSprop).
 struct RMSprop {
@@ -11,31 +11,31 @@ struct RMSprop {
     enum : unsigned { maximize = 1, weight_decay = 2, centered = 4, momentum = 8 };
     static constexpr int count = 4;
   };
-  enum State { square_avg, momentum_buffer, grad_avg };
+  enum State { square_avg, momentum_buffer, grad_avg, num_states };
 
-  template <unsigned flags, class V>
-  static void update(const Scalars<V, S::count>& s, const Operands<typename V::value_type>& x, std::size_t i) {
-    V p = V::load(x.param + i);
+  template <unsigned flags, class V, class X>
+  static void update(const Scalars<V, S::count>& s, const X& x, std::size_t i) {
+    V p = load<V>(x.param, i);
     V g = l2_gradient<RMSprop, flags>(s, x, i, p);
-    V sq = s[S::alpha] * V::load(x.state[square_avg] + i) + s[S::one_minus_alpha] * (g * g);
-    sq.store(x.state[square_avg] + i);
+    V sq = s[S::alpha] * load<V>(x.state[square_avg], i) + s[S::one_minus_alpha] * (g * g);
+    store(x.state[square_avg], i, sq);
     V avg;
     if constexpr (flags & F::centered) {
-      V ga = s[S::alpha] * V::load(x.state[grad_avg] + i) + s[S::one_minus_alpha] * g;
-      ga.store(x.state[grad_avg] + i);
+      V ga = s[S::alpha] * load<V>(x.state[grad_avg], i) + s[S::one_minus_alpha] * g;
+      store(x.state[grad_avg], i, ga);
       avg = sqrt(sq - ga * ga) + s[S::eps];
     } else {
       avg = sqrt(sq) + s[S::eps];
     }
     if constexpr (flags & F::momentum) {
-      V buf = s[S::momentum] * V::load(x.state[momentum_buffer] + i) + g / avg;
-      buf.store(x.state[momentum_buffer] + i);
+      V buf = s[S::momentum] * load<V>(x.state[momentum_buffer], i) + g / avg;
+      store(x.state[momentum_buffer], i, buf);
       p = p - s[S::lr] * buf;
     } else {
       p = p - s[S::lr] * (g / avg);
     }
-    p.store(x.param + i);
+    store(x.param, i, p);
   }
 };
 
-}  // namespace fusedoptim
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

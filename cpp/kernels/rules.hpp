@@ -13,9 +13,9 @@
 #include "rmsprop.hpp"
 #include "sgd.hpp"
 
-namespace fusedoptim {
+namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam, NAdam, Lion, Lamb>;
-inline constexpr int kNumRules = std::tuple_size_v<Rules>;
+static_assert(std::tuple_size_v<Rules> == kNumRules);
 
-}  // namespace fusedoptim
+}  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -1,0 +1,16 @@
+// One step of a rule over a list of tensors, on the step's threads: the host side of every rule,
+// compiled once at the baseline level; the arithmetic runs in the active ISA level's kernels.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include "dispatch.hpp"
+
+namespace fusedoptim {
+
+// `planned` holds the rule's num_planned scalars (already rounded to the compute dtype);
+// `dtype` indexes the rule's kernels (see kNumDtypes) and `itemsize` is its size in bytes.
+void run_step(const RuleKernels& rule, int dtype, std::size_t itemsize, const std::vector<Tensor>& tensors,
+              const double* planned, unsigned flags);
+
+}  // namespace fusedoptim
