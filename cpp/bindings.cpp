@@ -86,9 +86,10 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 // accepted here, the validator accepts too (tests/test_fast_path.py checks it).
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
-// step updates slot k, whose entry then must be operands like `grads`.
+// step updates slot k, whose entry then must be operands like `grads`. With `run` false, only
+// says whether it would step (so that a step of several calls is checked whole before any runs).
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags) {
+          unsigned flags, bool run) {
   const RuleKernels& rule = active_isa().rules[r];
   if (scalars.size() != static_cast<std::size_t>(rule.num_planned))
     throw std::invalid_argument(std::string(rule.name) + ": expected " + std::to_string(rule.num_planned) + " scalars");
@@ -141,6 +142,7 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
       if (state) spans.emplace_back(reinterpret_cast<std::uintptr_t>(state), reinterpret_cast<std::uintptr_t>(state) + bytes);
   }
   if (any_overlap(spans)) return false;
+  if (!run) return true;
 
   const int dtype = itemsize == 8 ? 1 : 0;
   if (total < kKeepGilElements) {
@@ -222,9 +224,11 @@ PYBIND11_MODULE(_kernels, m) {
   py::list rules;
   for (int r = 0; r < kNumRules; ++r) {
     const RuleKernels& rule = compiled_isas().front()->rules[r];
-    m.def(rule.name, [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used,
-                        const py::tuple& scalars, unsigned flags) { return step(r, params, grads, states, used, scalars, flags); },
-          py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"));
+    m.def(rule.name,
+          [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
+              unsigned flags, bool run) { return step(r, params, grads, states, used, scalars, flags, run); },
+          py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
+          py::arg("run") = true);
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));

@@ -44,11 +44,9 @@ class Case:
         self.torch_name = torch_name
 
     def used_states(self, hyper):
-        plan_fn = fo._rules.RULES[self.name].plan
-        wanted = inspect.signature(plan_fn).parameters
-        defaults = {k: p.default for k, p in inspect.signature(self.functional).parameters.items() if k in wanted}
-        plan = plan_fn(**{**defaults, **hyper, **({"step": 1} if self.takes_step else {})})
-        return {arg: nonneg for arg, (state, nonneg) in self.states.items() if state in plan.states}
+        rule = fo._rules.RULES[self.name]
+        uses = dict(zip((s.name for s in rule.states), rule.first_plan(**hyper).uses))
+        return {arg: nonneg for arg, (state, nonneg) in self.states.items() if uses[state]}
 
     def __repr__(self):
         return self.name

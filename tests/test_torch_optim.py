@@ -426,9 +426,10 @@ def test_import_fusedoptim_does_not_import_torch():
 def test_steps_through_the_numpy_views_of_the_tensors(monkeypatch):
     """The kernel receives views of the tensors' own memory, not copies."""
     seen = []
-    real = ft.functional._step_rule
-    monkeypatch.setattr(ft.functional, "_step_rule",
-                        lambda name, plan, params, *rest: (seen.extend(params), real(name, plan, params, *rest))[1])
+    real = fo._backends.step
+    monkeypatch.setattr(fo._backends, "step",
+                        lambda backend, rule, plan, params, *rest: (seen.extend(params),
+                                                                     real(backend, rule, plan, params, *rest))[1])
     p = torch.randn(7, requires_grad=True)
     p.grad = torch.randn(7)
     ft.Adam([p]).step()

@@ -1,25 +1,20 @@
-"""Backend choice and the hand-off of one validated step to a backend."""
+"""Backend choice and the one door to the kernels: a step, checked, on a backend."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
 
 import numpy as np
 
-from . import reference
+from . import _native, reference
 from ._validate import operands
 
 BACKENDS = ("cpp", "numba", "numpy")
 
-try:
-    from . import _kernels
-except ImportError as e:  # a source checkout without a build, or a platform without a wheel
-    _kernels, _kernels_error = None, e
-else:
-    _kernels_error = None
-
+_kernels = _native.module()
 _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _AVAILABLE = tuple(b for b, ok in zip(BACKENDS, (_kernels is not None, _HAVE_NUMBA, True)) if ok)
 _warned_fallback = False
@@ -44,7 +39,7 @@ def resolve(backend):
         if name != "cpp" and not _warned_fallback:
             _warned_fallback = True
             warnings.warn(
-                f"fusedoptim: the C++ extension could not be imported ({_kernels_error}); "
+                f"fusedoptim: the C++ extension could not be imported ({_native.error}); "
                 f"using the slower {name} backend",
                 RuntimeWarning,
                 stacklevel=4,
@@ -53,23 +48,35 @@ def resolve(backend):
     if name not in BACKENDS:
         raise ValueError(f"Invalid backend: {name!r} (choose from 'auto', {', '.join(map(repr, BACKENDS))})")
     if name not in available():
-        why = f": {_kernels_error}" if name == "cpp" else " (numba is not installed)"
+        why = f": {_native.error}" if name == "cpp" else " (numba is not installed)"
         raise RuntimeError(f"backend {name!r} is not available{why}")
     return name
 
 
 def step(backend, rule, plan, params, grads, states):
-    """Validates and runs one step. ``states`` maps the caller's argument for each of
-    ``rule.states``, in that order, to what it passed (see ``_validate.operands``)."""
+    """Validates and runs one step of ``rule`` on ``backend`` (a name, or None for the default).
+    ``states`` holds the caller's argument for each of ``rule.states``, in that order (see
+    ``_validate.operands``)."""
+    backend = resolve(backend)
     if backend == "cpp":
         # The extension recognizes the common case itself, in microseconds for hundreds of
         # tensors, and steps it; anything else it declines untouched, for the validator to
         # judge (and word the error) below.
-        kernel = getattr(_kernels, rule.name)
-        if kernel(params, grads, tuple(states.values()), _used(rule, plan), plan.scalars, _bits(plan.flags)):
+        if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags)):
             return
     params, grads, slots = operands(rule, plan, params, grads, states)
     run(backend, rule, plan, params, grads, slots)
+
+
+def prepare(backend, rule, plan, params, grads, states):
+    """Checks one step as ``step`` does, without taking it; returns the function that takes it."""
+    backend = resolve(backend)
+    if backend == "cpp":
+        kernel = getattr(_kernels, rule.name)
+        args = (params, grads, states, _used(plan), plan.scalars, _bits(plan.flags))
+        if kernel(*args, run=False):
+            return functools.partial(kernel, *args)
+    return functools.partial(run, backend, rule, plan, *operands(rule, plan, params, grads, states))
 
 
 def run(backend, rule, plan, params, grads, slots):
@@ -79,8 +86,7 @@ def run(backend, rule, plan, params, grads, slots):
     if backend == "cpp":
         # The kernels round each double scalar to the compute dtype once, exactly as
         # np.float32(x) does for the other backends.
-        if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(rule, plan), plan.scalars,
-                                            _bits(plan.flags)):
+        if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars, _bits(plan.flags)):
             raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
         return
     dtype = params[0].dtype
@@ -111,10 +117,9 @@ def _bits(flags):
     return bits
 
 
-def _used(rule, plan):
-    """Bit k set when the step updates ``rule.states[k]``."""
-    key = (rule.states, plan.states)
-    bits = _used_bits.get(key)
+def _used(plan):
+    """Bit k set when the step updates state slot k."""
+    bits = _used_bits.get(plan.uses)
     if bits is None:
-        bits = _used_bits[key] = sum(1 << k for k, name in enumerate(rule.states) if name in plan.states)
+        bits = _used_bits[plan.uses] = sum(1 << k for k, on in enumerate(plan.uses) if on)
     return bits

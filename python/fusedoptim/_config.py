@@ -1,11 +1,11 @@
 """What this installation can run, and the ISA level and threads in use."""
 
-from . import _backends
+from . import _backends, _native
 
 
 def isa_levels():
     """[(name, supported_by_this_cpu)] for every compiled ISA level, lowest first ([] without the extension)."""
-    return list(_backends._kernels.isa_levels()) if _backends._kernels else []
+    return list(_native.module().isa_levels()) if _native.module() else []
 
 
 def set_isa(name):
@@ -14,10 +14,10 @@ def set_isa(name):
     The default is the best level the CPU supports, or $FUSEDOPTIM_ISA. Every level gives
     bitwise-identical results; this exists to check that and to benchmark each level.
     """
-    if _backends._kernels is None:
-        raise RuntimeError(f"the cpp backend is not available: {_backends._kernels_error}")
-    previous = _backends._kernels.isa()
-    _backends._kernels.set_isa(name)
+    if _native.module() is None:
+        raise RuntimeError(f"the cpp backend is not available: {_native.error}")
+    previous = _native.module().isa()
+    _native.module().set_isa(name)
     return previous
 
 
@@ -28,29 +28,29 @@ def set_num_threads(threads):
     too small to gain from threads run on one whatever the setting, and every thread count
     gives bitwise-identical results. The numba and numpy backends always use one thread.
     """
-    if _backends._kernels is None:
-        raise RuntimeError(f"the cpp backend is not available: {_backends._kernels_error}")
+    if _native.module() is None:
+        raise RuntimeError(f"the cpp backend is not available: {_native.error}")
     if isinstance(threads, bool) or not isinstance(threads, int):
         raise TypeError(f"Invalid num_threads: expected an int, got {type(threads).__name__}")
-    previous = _backends._kernels.num_threads()
-    _backends._kernels.set_num_threads(threads)
+    previous = _native.module().num_threads()
+    _native.module().set_num_threads(threads)
     return previous
 
 
 def get_num_threads():
     """How many threads a cpp step may use (1 without the extension)."""
-    return _backends._kernels.num_threads() if _backends._kernels else 1
+    return _native.module().num_threads() if _native.module() else 1
 
 
 def show_config(file=None):
     """Prints the backends available, the ISA levels compiled and supported, the one selected, and threads."""
-    kernels = _backends._kernels
+    kernels = _native.module()
     lines = [
         f"backends available : {', '.join(_backends.available())}",
         f"backend selected   : {_backends.resolve(None)}",
     ]
     if kernels is None:
-        lines.append(f"cpp extension      : not importable ({_backends._kernels_error})")
+        lines.append(f"cpp extension      : not importable ({_native.error})")
     else:
         levels = ", ".join(f"{name}{'' if ok else ' (unsupported by this CPU)'}" for name, ok in kernels.isa_levels())
         lines += [f"ISA levels compiled: {levels}", f"ISA level selected : {kernels.isa()}",

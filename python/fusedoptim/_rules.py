@@ -1,42 +1,89 @@
-"""Each rule's host-side math: hyperparameter checks and the per-step scalars.
+"""The rule registry: every fact about a rule, once.
 
-A rule's ``plan`` function is the only place its scalars are computed. It runs once per step
-in Python floats (double); the caller rounds them once to the compute dtype and hands the
-same values to every backend. The field order of each ``Scalars`` and ``Flags`` tuple is the
-order of the C++ rule's ``S`` enum and ``F`` bits (``cpp/kernels/<rule>.hpp``), and
-``states`` is the order of its ``State`` enum.
+A ``Rule`` is one kernel's host side. Its ``plan`` function is the one place its hyperparameters
+are named, defaulted, checked and turned into per-step scalars: the plan's signature *is* the
+rule's hyperparameters with their defaults (positional ones first, as torch.optim orders them),
+and every public layer reads it (see ``_api``). ``states`` names the state buffers in the kernel's
+slot order. A plan runs once per step in Python floats (double); the caller rounds the scalars
+once to the compute dtype and hands the same values to every backend. The field order of each
+``Scalars`` and ``Flags`` tuple is the order of the C++ rule's ``S`` enum and ``F`` bits
+(``cpp/kernels/<rule>.hpp``); the extension's own account of them is checked at import.
+
+An ``OptimizerSpec`` is a public optimizer over a rule: its class name (``Adam``), the rule, the
+hyperparameters it pins (AdamW is Adam with ``decoupled_weight_decay=True``) or defaults
+differently, whether ``torch.optim`` has a twin, and the words of its docstring.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from types import MappingProxyType
 from typing import Callable, Mapping, NamedTuple
 
+import numpy as np
+
 
 class Plan(NamedTuple):
     scalars: tuple  # the rule's Scalars, in double
     flags: tuple  # the rule's Flags, bools
-    states: tuple  # names of the state buffers this step reads and writes
+    uses: tuple  # per state slot: whether this step reads and writes it
     host_states: Mapping = MappingProxyType({})  # per-param host-side state after this step, by name
 
 
-class Rule(NamedTuple):
-    name: str
-    states: tuple  # every state buffer, in kernel slot order
-    plan: Callable[..., Plan]
-    # A state that does not start at zero -> the hyperparameter holding its starting value.
-    initial: Mapping = MappingProxyType({})
-    # Per-param state kept on the host like the step count, which the plan takes and returns in
-    # Plan.host_states (NAdam's mu_product) -> its value before the first step.
-    host_states: Mapping = MappingProxyType({})
+class State(NamedTuple):
+    name: str  # as torch.optim names it in a param's state
+    argument: str = ""  # the functional's argument for a list of them (default: name + "s")
+    initial: str = ""  # the hyperparameter holding its starting value (default: it starts at zero)
+    optional: bool = False  # only some steps use it (the functional argument defaults to None)
+
+    @property
+    def arg(self):
+        return self.argument or self.name + "s"
+
+
+class Rule:
+    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``."""
+
+    def __init__(self, name, plan, states, host_states=MappingProxyType({})):
+        self.name, self.plan, self.states, self.host_states = name, plan, tuple(states), MappingProxyType(host_states)
+        parameters = inspect.signature(plan).parameters
+        self.step = parameters.get("step")  # None: the rule does not count steps
+        #: Hyperparameter name -> its inspect.Parameter (default, and whether torch takes it positionally).
+        self.hyper = MappingProxyType({k: p for k, p in parameters.items() if k != "step" and k not in host_states})
+        self.initial = MappingProxyType({s.name: s.initial for s in self.states if s.initial})
+
+    def first_plan(self, **hyper):
+        """The plan of a param's first step (the rule's defaults where ``hyper`` is silent; it may
+        also give the step and host states)."""
+        return self.plan(**{**({"step": 1} if self.step else {}), **self.host_states, **hyper})
+
+    def __repr__(self):
+        return f"Rule({self.name!r})"
+
+
+class OptimizerSpec(NamedTuple):
+    name: str  # the class name; the functional is name.lower() + "_"
+    rule: Rule
+    doc: str  # what it is, where from, and what its arguments mean beyond their names
+    fixed: Mapping = MappingProxyType({})  # hyperparameters this optimizer pins
+    defaults: Mapping = MappingProxyType({})  # hyperparameter defaults that differ from the rule's
+    torch: bool = True  # torch.optim has a class of this name with the same semantics
+
+    @property
+    def functional(self):
+        return self.name.lower() + "_"
+
+    def hyper_defaults(self):
+        """The hyperparameters a caller may set, with their defaults, in the plan's order."""
+        return {k: self.defaults.get(k, p.default) for k, p in self.rule.hyper.items() if k not in self.fixed}
 
 
 # --- hyperparameter checks, raising ValueError("Invalid <name>: ...") like torch.optim ---
 
-def _real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+def real(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"Invalid {name}: expected a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
@@ -44,40 +91,57 @@ def _real(name, value):
     return value
 
 
-def _at_least(name, value, low):
+def at_least(name, value, low):
     if type(value) is float and low <= value < math.inf:  # the common case, in one comparison
         return value
-    value = _real(name, value)
+    value = real(name, value)
     if value < low:
         raise ValueError(f"Invalid {name}: {value} (must be >= {low})")
     return value
 
 
-def _in_unit(name, value):
+def in_unit(name, value, closed=False):
+    """In [0, 1), or [0, 1] when closed."""
     if type(value) is float and 0.0 <= value < 1.0:
         return value
-    value = _real(name, value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
+    value = real(name, value)
+    if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1{']' if closed else ')'})")
     return value
 
 
-def _flag(name, value):
+def flag(name, value):
     if value is True or value is False:
         return value
+    if isinstance(value, np.bool_):
+        return bool(value)
     if not isinstance(value, int):
         raise TypeError(f"Invalid {name}: expected a bool, got {type(value).__name__}")
     return bool(value)
 
 
-def _step(step):
+def step_number(step):
     if type(step) is int and step >= 1:
         return step
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
         raise TypeError(f"Invalid step: expected an int (1 for the first step), got {type(step).__name__}")
     if step < 1:
         raise ValueError(f"Invalid step: {step} (must be >= 1; the first step is 1)")
     return int(step)
+
+
+def betas_pair(betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"Invalid betas: expected a pair (beta1, beta2), got {betas!r}")
+    return in_unit("beta1 (betas[0])", betas[0]), in_unit("beta2 (betas[1])", betas[1])
+
+
+def weight_decay_forms(lr, weight_decay, decoupled):
+    """torch's two forms of weight decay: L2 (``g += weight_decay * param``) or decoupled
+    (``param *= 1 - lr * weight_decay``, AdamW). Returns (L2 on, decoupled on, 1 - lr * weight_decay)."""
+    on = weight_decay != 0
+    decoupled = flag("decoupled_weight_decay", decoupled)
+    return on and not decoupled, on and decoupled, 1.0 - lr * weight_decay
 
 
 # --- SGD, momentum, Nesterov ---
@@ -97,20 +161,20 @@ class SgdFlags(NamedTuple):
     first_step: bool
 
 
-def sgd_plan(step, lr, momentum, dampening, nesterov, weight_decay, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    momentum = _at_least("momentum", momentum, 0.0)
-    dampening = _real("dampening", dampening)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    nesterov = _flag("nesterov", nesterov)
+def sgd_plan(step=None, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    momentum = at_least("momentum", momentum, 0.0)
+    dampening = real("dampening", dampening)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    nesterov = flag("nesterov", nesterov)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening == 0")
     has_momentum = momentum != 0
-    first_step = has_momentum and _step(step) == 1
+    first_step = has_momentum and step_number(step) == 1
     return Plan(
         SgdScalars(lr, momentum, 1.0 - dampening, weight_decay),
-        SgdFlags(_flag("maximize", maximize), weight_decay != 0, has_momentum, nesterov, first_step),
-        ("momentum_buffer",) if has_momentum else (),
+        SgdFlags(flag("maximize", maximize), weight_decay != 0, has_momentum, nesterov, first_step),
+        (has_momentum,),
     )
 
 
@@ -127,16 +191,18 @@ class AdagradFlags(NamedTuple):
     weight_decay: bool
 
 
-def adagrad_plan(step, lr, lr_decay, weight_decay, eps, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    lr_decay = _at_least("lr_decay", lr_decay, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    eps = _at_least("eps", eps, 0.0)
-    clr = lr / (1.0 + (_step(step) - 1) * lr_decay)
+def adagrad_plan(step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
+                 maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    lr_decay = at_least("lr_decay", lr_decay, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    at_least("initial_accumulator_value", initial_accumulator_value, 0.0)
+    eps = at_least("eps", eps, 0.0)
+    clr = lr / (1.0 + (step_number(step) - 1) * lr_decay)
     return Plan(
         AdagradScalars(clr, eps, weight_decay),
-        AdagradFlags(_flag("maximize", maximize), weight_decay != 0),
-        ("sum",),
+        AdagradFlags(flag("maximize", maximize), weight_decay != 0),
+        (True,),
     )
 
 
@@ -158,20 +224,18 @@ class RMSpropFlags(NamedTuple):
     momentum: bool
 
 
-def rmsprop_plan(lr, alpha, eps, weight_decay, momentum, centered, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    alpha = _at_least("alpha", alpha, 0.0)
-    if alpha > 1.0:
-        raise ValueError(f"Invalid alpha: {alpha} (must be in [0, 1])")
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    momentum = _at_least("momentum", momentum, 0.0)
-    centered = _flag("centered", centered)
+def rmsprop_plan(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *, maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    alpha = in_unit("alpha", alpha, closed=True)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    momentum = at_least("momentum", momentum, 0.0)
+    centered = flag("centered", centered)
     has_momentum = momentum > 0
     return Plan(
         RMSpropScalars(lr, alpha, 1.0 - alpha, eps, momentum, weight_decay),
-        RMSpropFlags(_flag("maximize", maximize), weight_decay != 0, centered, has_momentum),
-        ("square_avg",) + (("momentum_buffer",) if has_momentum else ()) + (("grad_avg",) if centered else ()),
+        RMSpropFlags(flag("maximize", maximize), weight_decay != 0, centered, has_momentum),
+        (True, has_momentum, centered),
     )
 
 
@@ -196,29 +260,16 @@ class AdamFlags(NamedTuple):
     decoupled_weight_decay: bool
 
 
-def _betas(betas):
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise TypeError(f"Invalid betas: expected a pair (beta1, beta2), got {betas!r}")
-    return _in_unit("beta1 (betas[0])", betas[0]), _in_unit("beta2 (betas[1])", betas[1])
-
-
-def _weight_decay(lr, weight_decay, decoupled):
-    """torch's two forms of weight decay: L2 (``g += weight_decay * param``) or decoupled
-    (``param *= 1 - lr * weight_decay``, AdamW). Returns (L2 on, decoupled on, 1 - lr * weight_decay)."""
-    on = weight_decay != 0
-    decoupled = _flag("decoupled_weight_decay", decoupled)
-    return on and not decoupled, on and decoupled, 1.0 - lr * weight_decay
-
-
-def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, decoupled_weight_decay):
-    lr = _at_least("lr", lr, 0.0)
-    beta1, beta2 = _betas(betas)
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    step = _step(step)
-    amsgrad = _flag("amsgrad", amsgrad)
-    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
-    if _flag("bias_correction", bias_correction):
+def adam_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False,
+              bias_correction=True, decoupled_weight_decay=False):
+    lr = at_least("lr", lr, 0.0)
+    beta1, beta2 = betas_pair(betas)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    step = step_number(step)
+    amsgrad = flag("amsgrad", amsgrad)
+    l2, decoupled, one_minus_lr_weight_decay = weight_decay_forms(lr, weight_decay, decoupled_weight_decay)
+    if flag("bias_correction", bias_correction):
         step_size = lr / (1.0 - beta1**step)
         inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
     else:
@@ -226,8 +277,8 @@ def adam_plan(step, lr, betas, eps, weight_decay, amsgrad, maximize, bias_correc
     return Plan(
         AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay,
                     one_minus_lr_weight_decay),
-        AdamFlags(_flag("maximize", maximize), l2, amsgrad, decoupled),
-        ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()),
+        AdamFlags(flag("maximize", maximize), l2, amsgrad, decoupled),
+        (True, True, amsgrad),
     )
 
 
@@ -247,16 +298,16 @@ class AdamaxFlags(NamedTuple):
     weight_decay: bool
 
 
-def adamax_plan(step, lr, betas, eps, weight_decay, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    beta1, beta2 = _betas(betas)
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    clr = lr / (1.0 - beta1**_step(step))
+def adamax_plan(step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    beta1, beta2 = betas_pair(betas)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    clr = lr / (1.0 - beta1**step_number(step))
     return Plan(
         AdamaxScalars(beta1, 1.0 - beta1, beta2, eps, clr, weight_decay),
-        AdamaxFlags(_flag("maximize", maximize), weight_decay != 0),
-        ("exp_avg", "exp_inf"),
+        AdamaxFlags(flag("maximize", maximize), weight_decay != 0),
+        (True, True),
     )
 
 
@@ -275,17 +326,15 @@ class AdadeltaFlags(NamedTuple):
     weight_decay: bool
 
 
-def adadelta_plan(lr, rho, eps, weight_decay, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    rho = _at_least("rho", rho, 0.0)
-    if rho > 1.0:
-        raise ValueError(f"Invalid rho: {rho} (must be in [0, 1])")
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+def adadelta_plan(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    rho = in_unit("rho", rho, closed=True)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
     return Plan(
         AdadeltaScalars(lr, rho, 1.0 - rho, eps, weight_decay),
-        AdadeltaFlags(_flag("maximize", maximize), weight_decay != 0),
-        ("square_avg", "acc_delta"),
+        AdadeltaFlags(flag("maximize", maximize), weight_decay != 0),
+        (True, True),
     )
 
 
@@ -309,13 +358,14 @@ class RAdamFlags(NamedTuple):
     rectified: bool
 
 
-def radam_plan(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    beta1, beta2 = _betas(betas)
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    step = _step(step)
-    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
+def radam_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
+               maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    beta1, beta2 = betas_pair(betas)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    step = step_number(step)
+    l2, decoupled, one_minus_lr_weight_decay = weight_decay_forms(lr, weight_decay, decoupled_weight_decay)
     bias_correction1 = 1.0 - beta1**step
     bias_correction2 = 1.0 - beta2**step
     # The length of the approximated simple moving average, as torch computes it.
@@ -329,8 +379,8 @@ def radam_plan(step, lr, betas, eps, weight_decay, decoupled_weight_decay, maxim
         step_size = lr / bias_correction1
     return Plan(
         RAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, weight_decay, one_minus_lr_weight_decay),
-        RAdamFlags(_flag("maximize", maximize), l2, decoupled, rectified),
-        ("exp_avg", "exp_avg_sq"),
+        RAdamFlags(flag("maximize", maximize), l2, decoupled, rectified),
+        (True, True),
     )
 
 
@@ -355,19 +405,20 @@ class NAdamFlags(NamedTuple):
     decoupled_weight_decay: bool
 
 
-def nadam_plan(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize):
+def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+               decoupled_weight_decay=False, *, maximize=False):
     """``mu_product`` is mu_1 * ... * mu_{step-1} (1 before the first step); Plan.host_states
     carries the product through mu_step, for the next step."""
-    lr = _at_least("lr", lr, 0.0)
-    beta1, beta2 = _betas(betas)
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    momentum_decay = _at_least("momentum_decay", momentum_decay, 0.0)
-    mu_product = _at_least("mu_product", mu_product, 0.0)
+    lr = at_least("lr", lr, 0.0)
+    beta1, beta2 = betas_pair(betas)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    momentum_decay = at_least("momentum_decay", momentum_decay, 0.0)
+    mu_product = at_least("mu_product", mu_product, 0.0)
     if mu_product > 1.0:
         raise ValueError(f"Invalid mu_product: {mu_product} (must be in [0, 1]; 1 before the first step)")
-    step = _step(step)
-    l2, decoupled, one_minus_lr_weight_decay = _weight_decay(lr, weight_decay, decoupled_weight_decay)
+    step = step_number(step)
+    l2, decoupled, one_minus_lr_weight_decay = weight_decay_forms(lr, weight_decay, decoupled_weight_decay)
     # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
@@ -375,11 +426,10 @@ def nadam_plan(step, mu_product, lr, betas, eps, weight_decay, momentum_decay, d
     return Plan(
         NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
                      lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
-        NAdamFlags(_flag("maximize", maximize), l2, decoupled),
-        ("exp_avg", "exp_avg_sq"),
+        NAdamFlags(flag("maximize", maximize), l2, decoupled),
+        (True, True),
         {"mu_product": mu_product},
     )
-
 
 
 # --- Lion ---
@@ -398,14 +448,14 @@ class LionFlags(NamedTuple):
     weight_decay: bool
 
 
-def lion_plan(lr, betas, weight_decay, maximize):
-    lr = _at_least("lr", lr, 0.0)
-    beta1, beta2 = _betas(betas)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
+def lion_plan(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False):
+    lr = at_least("lr", lr, 0.0)
+    beta1, beta2 = betas_pair(betas)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
     return Plan(
         LionScalars(lr, beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - lr * weight_decay),
-        LionFlags(_flag("maximize", maximize), weight_decay != 0),
-        ("exp_avg",),
+        LionFlags(flag("maximize", maximize), weight_decay != 0),
+        (True,),
     )
 
 
@@ -430,13 +480,14 @@ class LambFlags(NamedTuple):
     weight_decay: bool
 
 
-def lamb_plan(step, lr, betas, eps, weight_decay, maximize, bias_correction):
-    lr = _at_least("lr", lr, 0.0)
-    beta1, beta2 = _betas(betas)
-    eps = _at_least("eps", eps, 0.0)
-    weight_decay = _at_least("weight_decay", weight_decay, 0.0)
-    step = _step(step)
-    if _flag("bias_correction", bias_correction):
+def lamb_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
+              bias_correction=True):
+    lr = at_least("lr", lr, 0.0)
+    beta1, beta2 = betas_pair(betas)
+    eps = at_least("eps", eps, 0.0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    step = step_number(step)
+    if flag("bias_correction", bias_correction):
         inv_bias_correction1 = 1.0 / (1.0 - beta1**step)
         inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
     else:
@@ -444,23 +495,74 @@ def lamb_plan(step, lr, betas, eps, weight_decay, maximize, bias_correction):
     return Plan(
         LambScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
                     weight_decay, lr),
-        LambFlags(_flag("maximize", maximize), weight_decay != 0),
-        ("exp_avg", "exp_avg_sq"),
+        LambFlags(flag("maximize", maximize), weight_decay != 0),
+        (True, True),
     )
 
 
-RULES = {
-    rule.name: rule
-    for rule in (
-        Rule("sgd", ("momentum_buffer",), sgd_plan),
-        Rule("adagrad", ("sum",), adagrad_plan, initial=MappingProxyType({"sum": "initial_accumulator_value"})),
-        Rule("rmsprop", ("square_avg", "momentum_buffer", "grad_avg"), rmsprop_plan),
-        Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_plan),
-        Rule("adamax", ("exp_avg", "exp_inf"), adamax_plan),
-        Rule("adadelta", ("square_avg", "acc_delta"), adadelta_plan),
-        Rule("radam", ("exp_avg", "exp_avg_sq"), radam_plan),
-        Rule("nadam", ("exp_avg", "exp_avg_sq"), nadam_plan, host_states=MappingProxyType({"mu_product": 1.0})),
-        Rule("lion", ("exp_avg",), lion_plan),
-        Rule("lamb", ("exp_avg", "exp_avg_sq"), lamb_plan),
-    )
-}
+# The order is the C++ dispatch tables' order (cpp/kernels/rules.hpp).
+RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
+    Rule("sgd", sgd_plan, [State("momentum_buffer", optional=True)]),
+    Rule("adagrad", adagrad_plan, [State("sum", "state_sums", initial="initial_accumulator_value")]),
+    Rule("rmsprop", rmsprop_plan,
+         [State("square_avg"), State("momentum_buffer", optional=True), State("grad_avg", optional=True)]),
+    Rule("adam", adam_plan, [State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", optional=True)]),
+    Rule("adamax", adamax_plan, [State("exp_avg"), State("exp_inf")]),
+    Rule("adadelta", adadelta_plan, [State("square_avg"), State("acc_delta")]),
+    Rule("radam", radam_plan, [State("exp_avg"), State("exp_avg_sq")]),
+    Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0}),
+    Rule("lion", lion_plan, [State("exp_avg")]),
+    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")]),
+)})
+
+_L2 = "weight_decay is L2 (added to the gradient)"
+_EITHER = _L2 + "; decoupled, as AdamW, with ``decoupled_weight_decay=True``"
+
+OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({spec.name: spec for spec in (
+    OptimizerSpec("SGD", RULES["sgd"], """SGD, heavy-ball momentum and Nesterov momentum (``torch.optim.SGD``).
+
+    With momentum != 0 the step count matters: on the first step the buffer is set to the
+    gradient (undamped), as torch does."""),
+    OptimizerSpec("Adagrad", RULES["adagrad"], f"""AdaGrad (Duchi et al., 2011; ``torch.optim.Adagrad``).
+
+    {_L2}. ``sum`` starts at ``initial_accumulator_value``."""),
+    OptimizerSpec("RMSprop", RULES["rmsprop"], f"""RMSProp (Hinton, 2012; ``torch.optim.RMSprop``), optionally centered
+    and with momentum.
+
+    {_L2}. ``momentum_buffer`` is used when momentum > 0, ``grad_avg`` when centered."""),
+    OptimizerSpec("Adam", RULES["adam"], f"""Adam (Kingma & Ba, 2015; ``torch.optim.Adam``), with AMSGrad (Reddi et
+    al., 2018).
+
+    {_EITHER}. ``max_exp_avg_sq`` is used with amsgrad. ``bias_correction=False`` is the
+    lecture's Adam without the 1 - beta^t factors."""),
+    OptimizerSpec("AdamW", RULES["adam"], """AdamW (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``): Adam with
+    decoupled weight decay, ``param *= 1 - lr * weight_decay`` before the Adam update.
+
+    ``max_exp_avg_sq`` is used with amsgrad.""",
+                  fixed={"decoupled_weight_decay": True}, defaults={"weight_decay": 1e-2}),
+    OptimizerSpec("Adamax", RULES["adamax"], f"""Adamax (Kingma & Ba, 2015, section 7.1; ``torch.optim.Adamax``), Adam
+    with the infinity norm.
+
+    {_L2}."""),
+    OptimizerSpec("Adadelta", RULES["adadelta"], f"""Adadelta (Zeiler, 2012; ``torch.optim.Adadelta``).
+
+    {_L2}."""),
+    OptimizerSpec("RAdam", RULES["radam"], f"""RAdam, rectified Adam (Liu et al., 2020; ``torch.optim.RAdam``).
+
+    {_EITHER}. While the variance estimate is intractable (rho_t <= 5, the first 5 steps with the
+    default betas) the step is SGD with momentum."""),
+    OptimizerSpec("NAdam", RULES["nadam"], f"""NAdam, Adam with Nesterov momentum (Dozat, 2016; ``torch.optim.NAdam``).
+
+    {_EITHER}. ``mu_product``, the product of the momentum schedule so far, is per-param state
+    kept on the host like the step count: 1.0 before the first step (torch keeps it as
+    ``state["mu_product"]``); the functional takes it and returns the next one."""),
+    OptimizerSpec("Lion", RULES["lion"], """Lion, EvoLved Sign Momentum (Chen et al., 2023, arXiv:2302.06675).
+
+    Defaults as in the paper's published implementation; weight_decay is decoupled. Every element
+    moves by exactly lr (plus the decay), so lr is typically 3-10x smaller than AdamW's and
+    weight_decay 3-10x larger.""", torch=False),
+    OptimizerSpec("Lamb", RULES["lamb"], """LAMB, layer-wise adaptive moments (You et al., 2019, arXiv:1904.00962).
+
+    Defaults as TensorFlow Addons' ``LAMB``; weight_decay is decoupled, inside the update. The
+    trust ratio is per tensor: each param is one layer.""", torch=False),
+)})

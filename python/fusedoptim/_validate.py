@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _native
+
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # moved in NumPy 2
 
-try:
-    from ._kernels import find_overlap as _find_overlap_native
-except ImportError:
-    _find_overlap_native = None
+_find_overlap_native = getattr(_native.module(), "find_overlap", None)
 
 
 def _find_overlap_python(arrays):
@@ -51,10 +50,10 @@ def _as_list(value, name, single):
 def operands(rule, plan, params, grads, states):
     """Checks a whole step; returns (params, grads, slots) as lists of arrays.
 
-    ``states`` maps the caller's argument name for each of ``rule.states``, in that (kernel
-    slot) order, to what it passed: a list, a single array, or None. ``slots`` has a list of
-    arrays for each state the step uses and None for the others. Raises TypeError /
-    ValueError naming the argument.
+    ``states`` holds what the caller passed for each of ``rule.states``, in that (kernel slot)
+    order: a list, a single array, or None. ``slots`` has a list of arrays for each state the
+    step uses and None for the others. Raises TypeError / ValueError naming the argument (the
+    functional's name for it: ``State.arg``).
     """
     single = not isinstance(params, (list, tuple))
     params = [_as_array(p, "params") for p in _as_list(params, "params", single)]
@@ -67,12 +66,13 @@ def operands(rule, plan, params, grads, states):
         return value
 
     grads = listed(grads, "grads")
+    args = [state.arg for state in rule.states]
     slots = []
-    for state, (arg, value) in zip(rule.states, states.items()):
-        if state not in plan.states:
+    for state, arg, value, used in zip(rule.states, args, states, plan.uses):
+        if not used:
             slots.append(None)
         elif value is None:
-            raise ValueError(f"{arg} is required: this step updates {state}")
+            raise ValueError(f"{arg} is required: this step updates {state.name}")
         else:
             slots.append(listed(value, arg))
 
@@ -90,7 +90,7 @@ def operands(rule, plan, params, grads, states):
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)  # read only, so a contiguous copy is as good
         checked_grads.append(grad)
-        for arg, given, slot in zip(states, slots, checked_slots):
+        for arg, given, slot in zip(args, slots, checked_slots):
             if slot is None:
                 continue
             arg += where
@@ -102,7 +102,7 @@ def operands(rule, plan, params, grads, states):
     everything = params + checked_grads + [b for slot in checked_slots if slot for b in slot]
     clash = find_overlap(everything) if len(everything) > 1 else None
     if clash is not None:
-        names = _operand_names(n, states, checked_slots, single)
+        names = _operand_names(n, args, checked_slots, single)
         raise ValueError(f"{names[clash[0]]} and {names[clash[1]]} overlap in memory; every operand must be distinct")
     return params, checked_grads, checked_slots
 
@@ -121,12 +121,12 @@ def _check_writable(array, name):
         raise ValueError(f"{name} is not C-contiguous; it is updated in place, so it cannot be copied")
 
 
-def _operand_names(n, states, slots, single):
+def _operand_names(n, args, slots, single):
     def at(i):
         return "" if single else f"[{i}]"
 
     names = [f"params{at(i)}" for i in range(n)] + [f"grads{at(i)}" for i in range(n)]
-    for arg, slot in zip(states, slots):
+    for arg, slot in zip(args, slots):
         if slot is not None:
             names += [f"{arg}{at(i)}" for i in range(n)]
     return names

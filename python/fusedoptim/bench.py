@@ -22,10 +22,10 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import _backends, optim
+from . import _backends, _native, optim
 from ._config import get_num_threads, isa_levels, set_isa, set_num_threads
 from ._memory import aligned_full
-from ._rules import RULES
+from ._rules import OPTIMIZERS, RULES
 
 # Hyperparameters a rule is benchmarked with, where its defaults are not the usual use.
 HYPER = {"sgd": dict(lr=1e-3, momentum=0.9)}
@@ -39,13 +39,8 @@ DEEPSPEED = ("DeepSpeed CPUAdam (not installable here; the issue's figures, same
 
 def optimizer_class(rule):
     """fusedoptim's stateful optimizer for a rule (None if it has none)."""
-    return next((c for c in _subclasses(optim.Optimizer) if getattr(c, "_rule", None) == rule), None)
-
-
-def _subclasses(cls):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _subclasses(sub)
+    spec = next((s for s in OPTIMIZERS.values() if s.rule.name == rule and not s.fixed), None)
+    return getattr(optim, spec.name) if spec else None
 
 
 def tensor_sizes(size):
@@ -152,27 +147,18 @@ def _fusedoptim_torch():
 
 def _roof():
     def prepare(problem):
-        if _backends._kernels is None:
+        if _native.module() is None:
             return None
         states = _states_used(problem.rule)
         arrays = [aligned_full(sum(p.size for p in problem.params), np.float32) for _ in range(2 + states)]
         reads, writes = arrays, arrays[:1] + arrays[2:]
-        return lambda: _backends._kernels.roof(reads, writes)
+        return lambda: _native.module().roof(reads, writes)
 
     def setup(problem):
         set_isa(_best_isa())
         set_num_threads(problem.threads)
 
     return Contender("roof (same traffic)", prepare, setup)
-
-
-def _plan_defaults(rule):
-    """The arguments of a rule's plan as its optimizer's defaults give them, at step 1."""
-    import inspect
-
-    wanted = inspect.signature(RULES[rule].plan).parameters
-    defaults = {k: p.default for k, p in inspect.signature(optimizer_class(rule)).parameters.items()}
-    return {k: v for k, v in {**defaults, "step": 1, **RULES[rule].host_states}.items() if k in wanted}
 
 
 def contenders():
@@ -219,7 +205,7 @@ def run(rules=None, sizes=SIZES, threads=None, min_time=0.3, repeat=7, progress=
     total = len(rules) * len(sizes) * len(counts) * len(field)
     rows, done = [], 0
     progress = sys.stderr.isatty() if progress is None else progress
-    saved = (_backends._kernels.isa(), get_num_threads()) if _backends._kernels else None
+    saved = (_native.module().isa(), get_num_threads()) if _native.module() else None
     try:
         for size in sizes:
             sizes_ = tensor_sizes(size)
@@ -258,7 +244,7 @@ def run(rules=None, sizes=SIZES, threads=None, min_time=0.3, repeat=7, progress=
 
 def _states_used(rule):
     """How many state buffers the benchmarked configuration of a rule reads and writes."""
-    return len(RULES[rule].plan(**{**_plan_defaults(rule), **HYPER.get(rule, {})}).states)
+    return sum(RULES[rule].first_plan(**HYPER.get(rule, {})).uses)
 
 
 def _traffic(rule):

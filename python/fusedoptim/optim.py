@@ -3,7 +3,10 @@
 An optimizer owns its state buffers (cache-line aligned) and the per-param step count.
 ``step(grads)`` takes the gradients in the order of the params across all groups (a single
 array when there is one param); a ``None`` gradient skips its param, as torch skips a param
-whose ``.grad`` is None. Each group is stepped in one multi-tensor call per dtype and step count.
+whose ``.grad`` is None. Each group is stepped in one multi-tensor call per dtype and step count,
+and the whole step is checked before any of it is taken.
+
+Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """
 
 from __future__ import annotations
@@ -13,23 +16,18 @@ import inspect
 
 import numpy as np
 
-from . import functional
+from . import _api
+from ._engine import Stateful
 from ._memory import aligned_full
-from ._rules import RULES
+from ._rules import OPTIMIZERS
 
 
-class Optimizer:
-    _rule: str  # the functional rule this optimizer steps
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if hasattr(cls, "_rule"):  # the rule's own description of the states that do not start at zero
-            cls._initial, cls._host_states = RULES[cls._rule].initial, RULES[cls._rule].host_states
+class Optimizer(Stateful):
+    """Base class: a stateful optimizer over one rule, on NumPy arrays."""
 
     def __init__(self, params, defaults, backend=None):
         self.defaults = defaults
         self.backend = backend
-        self._takes_step = "step" in inspect.signature(self._plan).parameters
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
         groups = list(params) if not isinstance(params, np.ndarray) else [params]
@@ -39,13 +37,6 @@ class Optimizer:
             groups = [{"params": groups}]
         for group in groups:
             self.add_param_group(group)
-
-    @property
-    def _plan(self):
-        return RULES[self._rule].plan
-
-    def _hyper(self, group):
-        return {k: group[k] for k in self.defaults if k not in self._initial.values()}
 
     def add_param_group(self, group):
         """Adds a dict with "params" (an array or a list of arrays) and overrides of the defaults."""
@@ -57,7 +48,7 @@ class Optimizer:
         if unknown:
             raise ValueError(f"param group has unknown hyperparameters: {sorted(unknown)}")
         group = {**self.defaults, **group, "params": params}
-        self._plan(**self._hyper(group), **self._step_args({}))  # rejects bad hyperparameters now
+        self._plan(self._hyper(group))  # rejects bad hyperparameters now
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         for p in params:
             if not isinstance(p, np.ndarray):
@@ -67,10 +58,8 @@ class Optimizer:
             seen.add(id(p))
         self.param_groups.append(group)
 
-    def _step_args(self, state):
-        """The caller-owned arguments of the next step of a param with this state."""
-        args = {"step": state.get("step", 0) + 1} if self._takes_step else {}
-        return {**args, **{name: state.get(name, start) for name, start in self._host_states.items()}}
+    def _new_state(self, param, fill):
+        return aligned_full(param.shape, param.dtype, fill)
 
     def _indexed(self):
         i = 0
@@ -84,67 +73,12 @@ class Optimizer:
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
-        for group, indices in self._indexed():
-            group_grads = grads[indices.start:indices.stop]
-            if not self._step_together(group, indices, group_grads):
-                self._step_buckets(group, indices, group_grads)
-
-    def _step_together(self, group, indices, grads):
-        """The usual step, in one call: every param has a gradient and a state, and all share a
-        dtype and the caller-owned step arguments. Returns False, touching nothing, otherwise."""
-        params = group["params"]
-        entries = list(map(self.state.get, indices))
-        if not params or type(None) in set(map(type, grads)) or None in entries:  # not `None in grads`: == on arrays
-            return False
-        if len({entry["step"] for entry in entries}) != 1 or len({p.dtype for p in params}) != 1:
-            return False
-        if self._host_states and len({tuple(entry.get(k) for k in self._host_states) for entry in entries}) != 1:
-            return False
-        plan = self._plan(**self._hyper(group), **self._step_args(entries[0]))
-        try:
-            states = {name: [entry[name] for entry in entries] if name in plan.states else None
-                      for name in RULES[self._rule].states}
-        except KeyError:  # a state this step needs first (e.g. amsgrad switched on)
-            return False
-        functional._step_rule(self._rule, plan, params, grads, states, self.backend)
-        self._advance(entries, plan)
-        return True
-
-    def _step_buckets(self, group, indices, grads):
-        """Any step: params bucketed by dtype and step arguments, one call per bucket."""
-        hyper = self._hyper(group)
-        buckets = {}
-        for i, param, grad in zip(indices, group["params"], grads):
-            if grad is not None:
-                args = tuple(self._step_args(self.state.get(i, {})).items())
-                buckets.setdefault((param.dtype, args), []).append((i, param, grad))
-        for (_, args), members in buckets.items():
-            plan = self._plan(**hyper, **dict(args))
-            for i, param, _ in members:
-                self._init_state(i, param, group, plan.states)
-            states = {name: [self.state[i][name] for i, _, _ in members] if name in plan.states else None
-                      for name in RULES[self._rule].states}
-            functional._step_rule(self._rule, plan, [p for _, p, _ in members], [g for _, _, g in members], states,
-                                  self.backend)
-            self._advance([self.state[i] for i, _, _ in members], plan)
-
-    @staticmethod
-    def _advance(entries, plan):
-        for entry in entries:
-            entry["step"] += 1
-        if plan.host_states:
-            for entry in entries:
-                entry.update(plan.host_states)
+        self._take_step([(self._hyper(group), [(i, p, grads[i]) for i, p in zip(indices, group["params"])
+                                               if grads[i] is not None])
+                         for group, indices in self._indexed()])
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
-
-    def _init_state(self, index, param, group, names):
-        state = self.state.setdefault(index, {"step": 0})
-        for name in names:
-            if name not in state:
-                fill = group[self._initial[name]] if name in self._initial else 0.0
-                state[name] = aligned_full(param.shape, param.dtype, fill)
 
     def state_dict(self):
         """{"state": {index: {"step": int, name: array copy}}, "param_groups": [{..., "params": [index]}]}."""
@@ -161,6 +95,7 @@ class Optimizer:
         for saved, (group, indices) in zip(groups, self._indexed()):
             if len(saved["params"]) != len(indices):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        host_states = self.spec.rule.host_states
         new_state = {}
         params = self._params()
         for saved, (group, indices) in zip(groups, self._indexed()):
@@ -171,7 +106,7 @@ class Optimizer:
                 param = params[i]
                 new_state[i] = {}
                 for k, v in entry.items():
-                    if k == "step" or k in self._host_states:
+                    if k == "step" or k in host_states:
                         new_state[i][k] = int(v) if k == "step" else float(v)
                         continue
                     v = np.asarray(v)
@@ -185,136 +120,27 @@ class Optimizer:
         self.state = new_state
 
 
-class SGD(Optimizer):
-    """Stateful :func:`fusedoptim.sgd_`. Defaults: lr=1e-3, momentum=0, dampening=0,
-    weight_decay=0, nesterov=False, maximize=False. State: ``momentum_buffer`` (with momentum)."""
-
-    _rule = "sgd"
-
-    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *,
-                 maximize=False, backend=None):
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                                      nesterov=nesterov, maximize=maximize), backend)
-
-
-class Adagrad(Optimizer):
-    """Stateful :func:`fusedoptim.adagrad_`. Defaults: lr=1e-2, lr_decay=0, weight_decay=0,
-    initial_accumulator_value=0, eps=1e-10, maximize=False. State: ``sum``."""
-
-    _rule = "adagrad"
-
-    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                 *, maximize=False, backend=None):
-        if not initial_accumulator_value >= 0.0:
-            raise ValueError(f"Invalid initial_accumulator_value: {initial_accumulator_value} (must be >= 0)")
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value, eps=eps,
-                                      maximize=maximize), backend)
+def stateful(spec, base=Optimizer):
+    """The NumPy optimizer class of an optimizer: its signature and defaults from the registry."""
+    signature = _api.class_signature(spec, [inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None)])
+    hyper = [name for name in signature.parameters if name in spec.rule.hyper]
+    defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    init = _api.compile_function("__init__", signature,
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend)\n",
+                                 {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
+                                 None)
+    doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")
+    return type(spec.name, (base,), {"__init__": init, "__doc__": doc, "spec": spec, "__module__": __name__})
 
 
-class RMSprop(Optimizer):
-    """Stateful :func:`fusedoptim.rmsprop_`. Defaults: lr=1e-2, alpha=0.99, eps=1e-8,
-    weight_decay=0, momentum=0, centered=False, maximize=False. State: ``square_avg``,
-    ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered)."""
-
-    _rule = "rmsprop"
-
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
-                 maximize=False, backend=None):
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-                                      centered=centered, maximize=maximize), backend)
-
-
-class Adam(Optimizer):
-    """Stateful :func:`fusedoptim.adam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, amsgrad=False, maximize=False, bias_correction=True,
-    decoupled_weight_decay=False. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
-
-    _rule = "adam"
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
-                 maximize=False, bias_correction=True, decoupled_weight_decay=False, backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, bias_correction=bias_correction,
-                                      decoupled_weight_decay=decoupled_weight_decay), backend)
-
-
-class AdamW(Adam):
-    """Stateful :func:`fusedoptim.adamw_`: :class:`Adam` with decoupled weight decay. Defaults:
-    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-    bias_correction=True. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad)."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
-                 maximize=False, bias_correction=True, backend=None):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         bias_correction=bias_correction, decoupled_weight_decay=True, backend=backend)
-
-
-class Adamax(Optimizer):
-    """Stateful :func:`fusedoptim.adamax_`. Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, maximize=False. State: ``exp_avg``, ``exp_inf``."""
-
-    _rule = "adamax"
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False,
-                 backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
-                         backend)
-
-
-class Adadelta(Optimizer):
-    """Stateful :func:`fusedoptim.adadelta_`. Defaults: lr=1.0, rho=0.9, eps=1e-6,
-    weight_decay=0, maximize=False. State: ``square_avg``, ``acc_delta``."""
-
-    _rule = "adadelta"
-
-    def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False, backend=None):
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize), backend)
-
-
-class RAdam(Optimizer):
-    """Stateful :func:`fusedoptim.radam_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, decoupled_weight_decay=False, maximize=False. State: ``exp_avg``, ``exp_avg_sq``."""
-
-    _rule = "radam"
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-                 *, maximize=False, backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize), backend)
-
-
-class NAdam(Optimizer):
-    """Stateful :func:`fusedoptim.nadam_`. Defaults: lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-    weight_decay=0, momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False. State:
-    ``mu_product`` (a float, 1.0 before the first step), ``exp_avg``, ``exp_avg_sq``."""
-
-    _rule = "nadam"
-
-    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
-                 decoupled_weight_decay=False, *, maximize=False, backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize), backend)
-
-
-class Lion(Optimizer):
-    """Stateful :func:`fusedoptim.lion_`. Defaults: lr=1e-4, betas=(0.9, 0.99), weight_decay=0,
-    maximize=False. State: ``exp_avg``."""
-
-    _rule = "lion"
-
-    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize), backend)
-
-
-class Lamb(Optimizer):
-    """Stateful :func:`fusedoptim.lamb_`. Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
-    weight_decay=0, maximize=False, bias_correction=True. State: ``exp_avg``, ``exp_avg_sq``."""
-
-    _rule = "lamb"
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
-                 bias_correction=True, backend=None):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                                      bias_correction=bias_correction), backend)
+SGD = stateful(OPTIMIZERS["SGD"])
+Adagrad = stateful(OPTIMIZERS["Adagrad"])
+RMSprop = stateful(OPTIMIZERS["RMSprop"])
+Adam = stateful(OPTIMIZERS["Adam"])
+AdamW = stateful(OPTIMIZERS["AdamW"], base=Adam)
+Adamax = stateful(OPTIMIZERS["Adamax"])
+Adadelta = stateful(OPTIMIZERS["Adadelta"])
+RAdam = stateful(OPTIMIZERS["RAdam"])
+NAdam = stateful(OPTIMIZERS["NAdam"])
+Lion = stateful(OPTIMIZERS["Lion"])
+Lamb = stateful(OPTIMIZERS["Lamb"])

@@ -3,12 +3,18 @@
 Every backend performs exactly these operations, in this order, each rounded to the compute
 dtype (the arrays' dtype; the scalars ``s`` arrive already rounded to it), so that all
 backends agree bit for bit. ``s`` and ``f`` are the rule's Scalars and Flags from
-``fusedoptim._rules``; states a step does not use arrive as ``None``.
+``fusedoptim._rules``; states a step does not use arrive as ``None``. Each function's docstring
+is the rule's formula, which every public function and class of the rule repeats (``formula``).
 """
 
 import math
 
 import numpy as np
+
+
+def formula(rule):
+    """The update of ``rule`` (a name in the registry) as its docstring here states it, without the summary line."""
+    return globals()[rule].__doc__.split("\n", 1)[1]
 
 
 def sgd(param, grad, momentum_buffer, s, f):
@@ -215,7 +221,7 @@ def lion(param, grad, exp_avg, s, f):
     exp_avg[...] = s.beta2 * exp_avg + s.one_minus_beta2 * g
 
 
-BLOCK, LANES = 1024, 16  # cpp/kernels/reduction.hpp: kBlock, kLanes
+BLOCK, LANES = 1024, 16  # cpp/reduction.hpp: kBlock, kLanes (checked against the extension at import)
 
 
 def _sum_of_squares(x):

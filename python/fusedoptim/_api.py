@@ -1,0 +1,79 @@
+"""Each public layer's signature of an optimizer, read from the rule registry, and the one way
+functions with those signatures are made.
+
+A signature is built from the rule's plan (hyperparameters, defaults, which ones torch takes
+positionally) and the optimizer's spec (pinned and re-defaulted hyperparameters), so a default
+is written once, in the plan. Functions are compiled from a short source text with the exact
+signature, as dataclasses does: a generic ``*args, **kwargs`` wrapper would cost a small step
+more than its kernel, and would hide the arguments from ``help`` and editors.
+"""
+
+from __future__ import annotations
+
+from inspect import Parameter, Signature
+
+from . import reference
+
+P = Parameter
+
+
+def hyper_parameters(spec, include_initial=True):
+    """The optimizer's hyperparameters as Parameters, in the plan's order and kinds."""
+    initial = set(spec.rule.initial.values())
+    return [p.replace(default=spec.defaults.get(name, p.default)) for name, p in spec.rule.hyper.items()
+            if name not in spec.fixed and (include_initial or name not in initial)]
+
+
+def functional_signature(spec):
+    """``(params, grads, <one list per state>, *, step, <host states>, <hyperparameters>, backend=None)``."""
+    rule = spec.rule
+    states = [P(s.arg, P.POSITIONAL_OR_KEYWORD, default=None if s.optional else P.empty) for s in rule.states]
+    counted = [P("step", P.KEYWORD_ONLY, default=rule.step.default)] if rule.step else []
+    host = [P(name, P.KEYWORD_ONLY) for name in rule.host_states]
+    hyper = [p.replace(kind=P.KEYWORD_ONLY) for p in hyper_parameters(spec, include_initial=False)]
+    return Signature([P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD), *states, *counted,
+                      *host, *hyper, P("backend", P.KEYWORD_ONLY, default=None)])
+
+
+def class_signature(spec, extra=()):
+    """``(self, params, <hyperparameters, torch's positional ones first>, *, <the rest>, <extra>)``."""
+    return Signature([P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD),
+                      *hyper_parameters(spec), *extra])
+
+
+def docstring(spec, signature, summary=None):
+    """The optimizer's description, its defaults and states as ``signature`` shows them, and the rule's formula."""
+    defaults = ", ".join(f"{p.name}={p.default!r}" for p in signature.parameters.values()
+                         if p.default is not P.empty and p.default is not None)
+    states = ", ".join(f"``{s.name}``" + (" (sometimes)" if s.optional else "") for s in spec.rule.states)
+    host = "".join(f", ``{name}`` (a float, {start!r} before the first step)"
+                   for name, start in spec.rule.host_states.items())
+    return (f"{summary or spec.doc}\n\n    Defaults: {defaults}.\n    State: {states}{host}.\n\n"
+            f"    Update, per element:\n{reference.formula(spec.rule.name)}")
+
+
+def compile_function(name, signature, body, namespace, doc):
+    """A function called ``name`` with exactly ``signature`` whose body is ``body`` (indented source
+    text that may use the parameters and ``namespace``). Defaults are bound by reference, not by repr."""
+    defaults, params = {}, []
+    for p in signature.parameters.values():
+        if p.default is not P.empty:
+            defaults[f"_default_{p.name}"] = p.default
+            p = p.replace(default=_Name(f"_default_{p.name}"))
+        params.append(p)
+    source = f"def {name}{signature.replace(parameters=params)}:\n{body}"
+    scope = {**namespace, **defaults}
+    exec(compile(source, f"<fusedoptim {name}>", "exec"), scope)
+    fn = scope[name]
+    fn.__doc__ = doc
+    return fn
+
+
+class _Name:
+    """A default shown in the generated source as a name from its scope."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
