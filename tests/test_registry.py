@@ -1,0 +1,109 @@
+"""The rule registry is the one place a rule's facts live: every layer's signature and defaults,
+the reference's and the kernels' state slots, and torch.optim's twins agree with it."""
+
+import inspect
+
+import numpy as np
+import pytest
+
+import fusedoptim as fo
+from fusedoptim import _api, _native, _numba, reference
+from fusedoptim._rules import OPTIMIZERS, RULES
+
+SPECS = list(OPTIMIZERS.values())
+# torch flags that are not hyperparameters of the math: how torch runs a step, not what it computes.
+TORCH_EXECUTION_FLAGS = {"foreach", "capturable", "differentiable", "fused"}
+
+
+def defaults(signature, names):
+    return {n: p.default for n, p in signature.parameters.items() if n in names}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_functional_signature_is_the_registrys(spec):
+    rule, sig = spec.rule, inspect.signature(getattr(fo, spec.functional))
+    initial = set(rule.initial.values())
+    expected = {k: v for k, v in spec.hyper_defaults().items() if k not in initial}
+    assert defaults(sig, rule.hyper) == expected
+    names = list(sig.parameters)
+    assert names[:2 + len(rule.states)] == ["params", "grads", *(s.arg for s in rule.states)]
+    for s in rule.states:
+        assert (sig.parameters[s.arg].default is None) == s.optional, s.name
+    assert ("step" in sig.parameters) == (rule.step is not None)
+    assert all(sig.parameters[h].default is inspect.Parameter.empty for h in rule.host_states)
+    assert names[-1] == "backend" and not set(spec.fixed) & set(names)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_numpy_class_signature_is_the_registrys(spec):
+    sig = inspect.signature(getattr(fo, spec.name))
+    assert defaults(sig, spec.rule.hyper) == spec.hyper_defaults()
+    assert list(sig.parameters)[0] == "params" and list(sig.parameters)[-1] == "backend"
+    opt = getattr(fo, spec.name)([np.zeros(3, np.float32)])
+    assert {k: v for k, v in opt.defaults.items()} == {**spec.hyper_defaults(), **spec.fixed}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_torch_class_agrees_with_the_registry_and_its_twin(spec):
+    torch = pytest.importorskip("torch")
+    ft = pytest.importorskip("fusedoptim.torch")
+    ours = inspect.signature(getattr(ft, spec.name))
+    hyper = spec.hyper_defaults()
+    shared = {k: v for k, v in defaults(ours, hyper).items()}
+    if not spec.torch:
+        assert shared == hyper
+        return
+    theirs = inspect.signature(getattr(torch.optim, spec.name))
+    # Every hyperparameter torch has is one of the rule's, with the same default; the rule's others
+    # (bias_correction) are fusedoptim's own, fixed at their default in the torch layer.
+    torch_hyper = {n: p.default for n, p in theirs.parameters.items() if n not in TORCH_EXECUTION_FLAGS | {"params"}}
+    assert set(torch_hyper) <= set(hyper), set(torch_hyper) - set(hyper)
+    assert torch_hyper == {k: hyper[k] for k in torch_hyper}
+    assert [(p.name, p.kind) for p in ours.parameters.values()] == [(p.name, p.kind) for p in theirs.parameters.values()]
+    params = [torch.zeros(3, requires_grad=True)]
+    assert getattr(ft, spec.name)(params).defaults == getattr(torch.optim, spec.name)(params).defaults
+
+
+@pytest.mark.parametrize("rule", RULES.values(), ids=repr)
+def test_state_slots_are_the_registrys_everywhere(rule):
+    """The reference, the numba kernel and the C++ table name or count the rule's states in its slot order."""
+    names = [s.name for s in rule.states]
+    assert list(inspect.signature(getattr(reference, rule.name)).parameters)[2:-2] == names
+    numba_kernel = getattr(_numba, rule.name)
+    numba_params = list(inspect.signature(getattr(numba_kernel, "py_func", numba_kernel)).parameters)
+    assert numba_params[2:-2] == names
+    plan = rule.first_plan()
+    assert len(plan.uses) == len(rule.states)
+    if _native.module() is not None:
+        native = next(r for r in _native.module().RULES if r["name"] == rule.name)
+        assert native["num_states"] == len(names) and native["num_planned"] == len(plan.scalars)
+        assert native["num_flags"] == len(plan.flags)
+
+
+def test_a_mismatched_extension_is_refused():
+    """The import-time check sees a rule whose layout the extension does not share."""
+    if _native.module() is None:
+        pytest.skip("needs the C++ extension")
+
+    class Stale:
+        RULES = [dict(r, num_flags=r["num_flags"] + 1) if r["name"] == "adam" else r for r in _native.module().RULES]
+        REDUCTION_BLOCK, REDUCTION_LANES = reference.BLOCK, reference.LANES
+
+    found = _native._mismatches(Stale)
+    assert len(found) == 1 and found[0].startswith("adam")
+    assert not _native._mismatches(_native.module())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_docstrings_show_the_formula_and_the_defaults(spec):
+    for obj in (getattr(fo, spec.functional), getattr(fo, spec.name)):
+        doc = inspect.getdoc(obj)
+        assert reference.formula(spec.rule.name).strip().splitlines()[0].strip() in doc
+        assert "Defaults: " in doc and f"lr={spec.hyper_defaults()['lr']!r}" in doc
+
+
+def test_signatures_are_compiled_not_wrapped():
+    """A generated function's own code takes the arguments (no *args wrapper)."""
+    code = fo.adam_.__code__
+    assert code.co_argcount == 5 and code.co_kwonlyargcount == len(inspect.signature(fo.adam_).parameters) - 5
+    assert _api.functional_signature(OPTIMIZERS["Adam"]) == inspect.signature(fo.adam_)
