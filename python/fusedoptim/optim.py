@@ -25,6 +25,8 @@ from ._rules import OPTIMIZERS
 class Optimizer(Stateful):
     """Base class: a stateful optimizer over one rule, on NumPy arrays."""
 
+    _viewed = False
+
     def __init__(self, params, defaults, backend=None):
         self.defaults = defaults
         self.backend = backend
@@ -62,6 +64,7 @@ class Optimizer(Stateful):
         return aligned_full(param.shape, param.dtype, fill)
 
     def _indexed(self):
+        """Each group with the range of its params' indices across all groups."""
         i = 0
         for group in self.param_groups:
             yield group, range(i, i + len(group["params"]))
@@ -69,13 +72,19 @@ class Optimizer(Stateful):
 
     def step(self, grads):
         """Takes one step for every param with a gradient."""
-        n = sum(len(g["params"]) for g in self.param_groups)
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
+        indexed = list(self._indexed())
+        n = indexed[-1][1].stop
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
-        self._take_step([(self._hyper(group), [(i, p, grads[i]) for i, p in zip(indices, group["params"])
-                                               if grads[i] is not None])
-                         for group, indices in self._indexed()])
+        work = []
+        for group, indices in indexed:
+            keys, params, group_grads = indices, group["params"], grads[indices.start:indices.stop]
+            if type(None) in map(type, group_grads):  # not `None in`: == on arrays
+                keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
+                                                            if g is not None]) or ([], [], []))
+            work.append((self._hyper(group), keys, params, group_grads))
+        self._take_step(work)
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]

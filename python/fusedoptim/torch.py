@@ -49,7 +49,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 for p in group["params"]:
                     new = {s.name: self._new_state(p, self._initial_fill(s.name, hyper))
                            for s, used in zip(self.spec.rule.states, uses) if used}
-                    self._record(p, new, 0, {})
+                    self._record([p], None, [new], 0, {})
 
     def add_param_group(self, param_group):
         """Adds a param group, as torch does, after checking its hyperparameters and params."""
@@ -95,7 +95,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 loss = closure()
         groups = []
         for index, group in enumerate(self.param_groups):
-            members = []
+            params, grads = [], []
             for j, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:
@@ -105,17 +105,18 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     where = group["param_names"][j] if "param_names" in group else f"param_groups[{index}]['params'][{j}]"
                     _check_tensor(p, where, "param")
                     _check_tensor(grad, f"the gradient of {where}", "gradient", like=p)
-                members.append((p, p, grad))
-            groups.append((self._hyper(group), members))
+                params.append(p)
+                grads.append(grad)
+            groups.append((self._hyper(group), params, params, grads))
         self._take_step(groups)
         return loss
 
     # --- How torch's tensors are stored and viewed (see Stateful) ---
 
-    def _steps_taken(self, state):
+    def _steps_taken(self, entries):
         if self._stepless:
-            return 1 if any(v is not None for v in state.values()) else 0
-        return int(state["step"])
+            return [1 if entry and any(v is not None for v in entry.values()) else 0 for entry in entries]
+        return [int(entry["step"]) if entry else 0 for entry in entries]
 
     def _new_state(self, param, fill):
         return torch.full_like(param, fill, memory_format=torch.preserve_format)
@@ -134,21 +135,23 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _readable(self, grad, order):
         return _in_order(grad, order).numpy()
 
-    def _record(self, key, new_states, count, host_states):
-        if self._stepless and not new_states:
-            return
-        state = self.state[key]
-        state.update(new_states)
-        if not self._stepless:
-            if "step" in state:
-                state["step"].fill_(count)  # cheaper than += 1
-            else:
-                state["step"] = torch.tensor(float(count))  # torch's default dtype, on the CPU, as torch keeps it
-        for name, value in host_states.items():
-            if name in state:
-                state[name].fill_(value)
-            else:
-                state[name] = torch.tensor(value)
+    def _record(self, keys, entries, created, count, host_states):
+        for key, new in zip(keys, created or [None] * len(keys)):
+            if self._stepless and not new:
+                continue
+            state = self.state[key]
+            if new:
+                state.update(new)
+            if not self._stepless:
+                if "step" in state:
+                    state["step"].fill_(count)  # cheaper than += 1
+                else:
+                    state["step"] = torch.tensor(float(count))  # torch's default dtype, on the CPU, as torch keeps it
+            for name, value in host_states.items():
+                if name in state:
+                    state[name].fill_(value)
+                else:
+                    state[name] = torch.tensor(value)
 
 
 def _check_tensor(t, where, what, like=None):
