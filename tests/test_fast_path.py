@@ -49,6 +49,11 @@ def bad_steps():
     yield "not an array", [1.0] * 33, g, m, v
     yield "missing state", p, g, m, None
     yield "None param", [None], [g], [m], [v]
+    yield "None grad", [p], [None], [m], [v]
+    yield "list state", p, g, [0.0] * 33, v
+    yield "list of floats params", [1.0, 2.0], [0.5, 0.5], [0.0, 0.0], [0.0, 0.0]
+    yield "NumPy scalar param", np.abs(np.float32(1.0)), g[:1].reshape(()), m[:1].reshape(()), v[:1].reshape(())
+    yield "read-only buffer state", p, g, m, memoryview(v.tobytes()).cast("f")
 
 
 @pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(bad_steps()),
@@ -83,6 +88,7 @@ def accepted_steps():
     yield "size 0", p[:0].copy(), g[:0].copy(), m[:0].copy(), v[:0].copy()
     yield "float64", *arrays(77, dtype=np.float64)
     yield "buffer protocol grad", p, memoryview(g.copy()), m, v
+    yield "writeable buffer state", p, g, memoryview(m.copy()), v  # declined, then stepped by the validated path
 
 
 @pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(accepted_steps()),
@@ -91,6 +97,8 @@ def test_accepted_steps_match_the_reference(label, params, grads, exp_avgs, exp_
     def copied(x):
         if isinstance(x, (list, tuple)):
             return type(x)(copied(a) for a in x)
+        if isinstance(x, memoryview):
+            return memoryview(np.array(x))
         return x.copy() if isinstance(x, np.ndarray) else x
 
     results = []
