@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <tuple>
@@ -80,9 +81,10 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 // author of its error messages. This function only recognizes the common case, checked in
 // microseconds for hundreds of tensors: plain C-contiguous ndarrays of one native float
 // dtype, grads and states shaped like their params, params and states writeable, no two
-// operands sharing a byte. It steps that case and returns True; for anything else it returns
-// False having touched nothing, and the caller hands the step to the validator. Everything
-// accepted here, the validator accepts too (tests/test_threads_and_fastpath.py checks it).
+// operands sharing a byte, every scalar finite once rounded to the compute dtype. It steps
+// that case and returns True; for anything else it returns False having touched nothing, and
+// the caller hands the step to the validator. Everything accepted here, the validator accepts
+// too (tests/test_fast_path.py checks it).
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
 // step updates slot k, whose entry then must be operands like `grads`.
@@ -141,6 +143,10 @@ bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned
       if (state) spans.emplace_back(reinterpret_cast<std::uintptr_t>(state), reinterpret_cast<std::uintptr_t>(state) + bytes);
   }
   if (any_overlap(spans)) return false;
+  // A scalar finite in double but not in the compute dtype (lr=1e300 on float32): decline, so
+  // that Python names the hyperparameter. The kernels round each scalar exactly like this.
+  for (int k = 0; k < planned_scalars<Rule>(); ++k)
+    if (!std::isfinite(itemsize == 8 ? s[k] : static_cast<double>(static_cast<float>(s[k])))) return false;
 
   const int dtype = itemsize == 8 ? 1 : 0;
   const KernelFn kernel = active_isa().kernels[R][dtype];

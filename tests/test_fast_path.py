@@ -126,3 +126,19 @@ def test_every_rule_declines_a_bad_step():
             assert kernel(p, g, tuple(states), used, plan.scalars, 0) is False, (name, rule.states[bad])
             p, g, *states = arrays(count=2 + len(rule.states))
             assert kernel(p, g, tuple(states), used, plan.scalars, 0) is True
+
+
+def test_declines_scalars_the_compute_dtype_cannot_hold():
+    """lr=1e38 is finite in float32, the step_size lr / (1 - 0.9) is not: declined untouched, for
+    Python to name it; the same scalars in float64 are stepped."""
+    plan = adam_plan(1, 1e38, (0.9, 0.999), 1e-8, 0.0, False, False, True, False)
+    kernel = _backends._kernels.adam
+    p, g, m, v = arrays()
+    before = [a.copy() for a in (p, m, v)]
+    assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0) is False
+    for a, b in zip((p, m, v), before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="Invalid step_size"):
+        fo.adam_(p, g, m, v, step=1, lr=1e38, backend="cpp")
+    p, g, m, v = arrays(dtype=np.float64)
+    assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0) is True

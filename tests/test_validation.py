@@ -303,3 +303,30 @@ def test_one_gradient_may_serve_several_params(backend):
     ops["grads"][2] = ops["exp_avgs"][0]
     with pytest.raises(ValueError, match=re.escape("exp_avgs[0] and grads[2] overlap in memory")):
         call_adam(ops, backend)
+
+
+def scalar_overflows():
+    """(label, functional, dtype, array count, hyperparameters, message): hyperparameters finite
+    in double whose step scalars are not, in the compute dtype."""
+    return [
+        ("sgd lr", fo.sgd_, np.float32, 2, dict(lr=1e300),
+         "Invalid lr: 1e+300 is not finite in float32, the compute dtype of float32 params"),
+        ("adam lr", fo.adam_, np.float32, 4, dict(step=1, lr=1e300), "Invalid step_size: 1e+301 is not finite in float32"),
+        ("adam step_size", fo.adam_, np.float32, 4, dict(step=1, lr=1e38),  # lr fits in float32, lr / (1 - 0.9) does not
+         "Invalid step_size: 1e+39 is not finite in float32"),
+        ("adam float64", fo.adam_, np.float64, 4, dict(step=1, lr=1e308), "Invalid step_size: inf is not finite in float64"),
+        ("adagrad eps", fo.adagrad_, np.float32, 3, dict(step=1, eps=1e39), "Invalid eps: 1e+39"),
+        ("lion decay", fo.lion_, np.float32, 3, dict(lr=1e20, weight_decay=1e20),
+         "Invalid decay_factor: -1e+40 is not finite in float32"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label,functional,dtype,count,hyper,message", scalar_overflows(),
+                         ids=[c[0] for c in scalar_overflows()])
+def test_scalars_must_be_finite_in_the_compute_dtype(backend, label, functional, dtype, count, hyper, message):
+    """Rounded once to the compute dtype, an lr of 1e300 is Inf: every param would become NaN or Inf."""
+    arrays = [np.full(5, 0.5, dtype) for _ in range(count)]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        functional(*arrays, **hyper, backend=backend)
+    assert all(np.all(a == 0.5) for a in arrays)
