@@ -84,13 +84,14 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 // operands sharing a byte, every scalar finite once rounded to the compute dtype. It steps
 // that case and returns True; for anything else it returns False having touched nothing, and
 // the caller hands the step to the validator. Everything accepted here, the validator accepts
-// too (tests/test_fast_path.py checks it).
+// too (tests/test_fast_path.py checks it). With `check_only`, it returns whether it would step
+// and steps nothing: a step of several calls (param groups) checks them all before running any.
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
 // step updates slot k, whose entry then must be operands like `grads`.
 template <class Rule, int R>
 bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags) {
+          unsigned flags, bool check_only) {
   if (scalars.size() != static_cast<std::size_t>(planned_scalars<Rule>()))
     throw std::invalid_argument(std::string(Rule::name) + ": expected " + std::to_string(planned_scalars<Rule>()) +
                                 " scalars");
@@ -147,6 +148,7 @@ bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned
   // that Python names the hyperparameter. The kernels round each scalar exactly like this.
   for (int k = 0; k < planned_scalars<Rule>(); ++k)
     if (!std::isfinite(itemsize == 8 ? s[k] : static_cast<double>(static_cast<float>(s[k])))) return false;
+  if (check_only) return true;
 
   const int dtype = itemsize == 8 ? 1 : 0;
   const KernelFn kernel = active_isa().kernels[R][dtype];
@@ -234,7 +236,7 @@ py::object find_overlap(const py::list& arrays) {
 template <class... R, int... I>
 void def_rules(py::module_& m, std::tuple<R...>*, std::integer_sequence<int, I...>) {
   (m.def(R::name, &step<R, I>, py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"),
-         py::arg("scalars"), py::arg("flags")),
+         py::arg("scalars"), py::arg("flags"), py::arg("check_only") = false),
    ...);
 }
 

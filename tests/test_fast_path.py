@@ -136,9 +136,22 @@ def test_declines_scalars_the_compute_dtype_cannot_hold():
     p, g, m, v = arrays()
     before = [a.copy() for a in (p, m, v)]
     assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0) is False
+    assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0, check_only=True) is False
     for a, b in zip((p, m, v), before):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="Invalid step_size"):
         fo.adam_(p, g, m, v, step=1, lr=1e38, backend="cpp")
     p, g, m, v = arrays(dtype=np.float64)
     assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0) is True
+
+
+@pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(bad_steps()), ids=[b[0] for b in bad_steps()])
+def test_check_only_says_what_a_step_would_do_and_touches_nothing(label, params, grads, exp_avgs, exp_avg_sqs):
+    """What a step of several calls (param groups) asks of each call before running any."""
+    kernel = _backends._kernels.adam
+    assert kernel(params, grads, (exp_avgs, exp_avg_sqs, None), 0b011, PLAN.scalars, 0, check_only=True) is False
+    p, g, m, v = arrays()
+    before = [a.copy() for a in (p, m, v)]
+    assert kernel(p, g, (m, v, None), 0b011, PLAN.scalars, 0, check_only=True) is True
+    for a, b in zip((p, m, v), before):
+        np.testing.assert_array_equal(a, b)

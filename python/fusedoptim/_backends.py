@@ -7,6 +7,7 @@ import inspect
 import os
 import threading
 import warnings
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -15,7 +16,8 @@ import numpy as np
 import _signal
 
 from . import reference
-from ._validate import operands
+from ._rules import Plan
+from ._validate import _default_name, distinct, operands
 
 BACKENDS = ("cpp", "numba", "numpy")
 
@@ -77,6 +79,67 @@ def step(backend, rule, plan, params, grads, states, name=None):
             return
     params, grads, slots = operands(rule, plan, params, grads, states, name)
     run(backend, rule, plan, params, grads, slots)
+
+
+class Call(NamedTuple):
+    """One multi-tensor kernel call of a step of several (param groups, dtypes): ``step``'s
+    arguments, with lists of operands."""
+
+    plan: Plan
+    params: list
+    grads: list
+    states: dict
+    name: Callable | None = None
+
+
+def step_all(backend, rule, calls):
+    """Steps several calls as one step: every call is checked, and no call may write memory that
+    another one uses, before any of them runs. Bad input modifies nothing."""
+    if len(calls) == 1:
+        step(backend, rule, *calls[0])  # one native call checks and steps it as a whole
+        return
+    for args in check(backend, rule, calls):
+        run(backend, rule, *args)
+
+
+def check(backend, rule, calls, across=True):
+    """Checks every call of a step, and with ``across`` the overlaps between calls, stepping
+    nothing; returns each call as ``run``'s arguments (plan, params, grads, slots)."""
+    ready = []
+    for plan, params, grads, states, name in calls:
+        if backend == "cpp" and getattr(_kernels, rule.name)(params, grads, tuple(states.values()), _used(rule, plan),
+                                                             plan.scalars, _bits(plan.flags), check_only=True):
+            slots = [value if state in plan.states else None for state, value in zip(rule.states, states.values())]
+            ready.append((plan, list(params), list(grads), slots))  # as the fast path would step them
+            continue
+        params, grads, slots = operands(rule, plan, params, grads, states, name)
+        if params:
+            compute_scalars(rule, plan, params[0].dtype)  # raises for a scalar the dtype cannot hold
+        ready.append((plan, params, grads, slots))
+    if across and len(ready) > 1:
+        _distinct_calls(calls, ready)
+    return ready
+
+
+def _distinct_calls(calls, ready):
+    """``_validate.distinct`` over the operands of every call, read-only grads last."""
+    written, read, blocks = [], [], []  # blocks: (first index in written + read, call, argument)
+    for c, (call, (_, params, grads, slots)) in enumerate(zip(calls, ready)):
+        used = [(arg, slot) for arg, slot in zip(call.states, slots) if slot is not None]
+        for arg, arrays in [("params", params), *used]:
+            blocks.append((len(written), c, arg))
+            written += arrays
+    for c, (_, _, grads, _) in enumerate(ready):
+        blocks.append((len(written) + len(read), c, "grads"))
+        read += grads
+
+    def name(k):
+        start, c, arg = max(block for block in blocks if block[0] <= k)
+        return (calls[c].name or _default_name(False))(arg, k - start)
+
+    read = iter(distinct(written, read, name))
+    for _, _, grads, _ in ready:
+        grads[:] = [next(read) for _ in grads]  # with any copies distinct() made
 
 
 def run(backend, rule, plan, params, grads, slots):

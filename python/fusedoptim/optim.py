@@ -4,6 +4,13 @@ An optimizer owns its state buffers (cache-line aligned) and the per-param step 
 ``step(grads)`` takes the gradients in the order of the params across all groups (a single
 array when there is one param); a ``None`` gradient skips its param, as torch skips a param
 whose ``.grad`` is None. Each group is stepped in one multi-tensor call per dtype and step count.
+
+A step is all or nothing. Every group and bucket is checked (hyperparameters, shapes, dtypes,
+overlaps across the whole step) before any param, state or step count changes, and bad input
+raises TypeError / ValueError naming the param by its position across all groups, as
+``step(grads)`` takes it. A Ctrl-C during a step takes effect once the step is complete.
+Params are checked when they are added: each must be a writeable, C-contiguous float32 or
+float64 ndarray with memory of its own.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import inspect
 
 import numpy as np
 
-from . import functional
+from ._backends import Call, compute_scalars, deferred_interrupts, resolve, step_all
 from ._memory import aligned_full
 from ._rules import RULES
+from ._validate import check_param, find_overlap
 
 
 class Optimizer:
@@ -32,7 +40,7 @@ class Optimizer:
         self._takes_step = "step" in inspect.signature(self._plan).parameters
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
-        groups = list(params) if not isinstance(params, np.ndarray) else [params]
+        groups = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -52,19 +60,25 @@ class Optimizer:
         if not isinstance(group, dict):
             raise TypeError(f"param group must be a dict, got {type(group).__name__}")
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        params = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
         unknown = set(group) - set(self.defaults) - {"params"}
         if unknown:
             raise ValueError(f"param group has unknown hyperparameters: {sorted(unknown)}")
         group = {**self.defaults, **group, "params": params}
-        self._plan(**self._hyper(group), **self._step_args({}))  # rejects bad hyperparameters now
-        seen = {id(p) for g in self.param_groups for p in g["params"]}
-        for p in params:
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"params must be NumPy arrays, got {type(p).__name__}")
+        plan = self._plan(**self._hyper(group), **self._step_args({}))  # rejects bad hyperparameters now
+        existing = self._params()
+        seen = {id(p) for p in existing}
+        for j, p in enumerate(params):
+            check_param(p, f"params[{len(existing) + j}]")  # one that no step could update fails now
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
+        clash = find_overlap(existing + params)
+        if clash is not None:  # each would be stepped as if the other did not exist
+            raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] overlap in memory; each param must have "
+                             f"memory of its own")
+        for dtype in {p.dtype for p in params}:
+            compute_scalars(RULES[self._rule], plan, dtype)  # lr=1e300 cannot step float32 params
         self.param_groups.append(group)
 
     def _step_args(self, state):
@@ -84,49 +98,77 @@ class Optimizer:
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
+        calls, fresh = [], {}  # (Call, param indices); param index -> the states this step creates
         for group, indices in self._indexed():
             group_grads = grads[indices.start:indices.stop]
-            if not self._step_together(group, indices, group_grads):
-                self._step_buckets(group, indices, group_grads)
+            together = self._together(group, indices, group_grads)
+            calls += [together] if together else self._buckets(group, indices, group_grads, fresh)
+        backend = resolve(self.backend)
+        with deferred_interrupts():  # a Ctrl-C cannot come between the kernels and the step counts
+            step_all(backend, RULES[self._rule], [call for call, _ in calls])  # checks every call first
+            for i, states in fresh.items():
+                self.state.setdefault(i, {"step": 0}).update(states)
+            for call, members in calls:
+                self._advance([self.state[i] for i in members], call.plan)
 
-    def _step_together(self, group, indices, grads):
+    def _together(self, group, indices, grads):
         """The usual step, in one call: every param has a gradient and a state, and all share a
-        dtype and the caller-owned step arguments. Returns False, touching nothing, otherwise."""
+        dtype and the caller-owned step arguments. Returns (Call, indices), or None."""
         params = group["params"]
         entries = list(map(self.state.get, indices))
         if not params or type(None) in set(map(type, grads)) or None in entries:  # not `None in grads`: == on arrays
-            return False
+            return None
         if len({entry["step"] for entry in entries}) != 1 or len({p.dtype for p in params}) != 1:
-            return False
+            return None
         if self._host_states and len({tuple(entry.get(k) for k in self._host_states) for entry in entries}) != 1:
-            return False
+            return None
         plan = self._plan(**self._hyper(group), **self._step_args(entries[0]))
         try:
             states = {name: [entry[name] for entry in entries] if name in plan.states else None
                       for name in RULES[self._rule].states}
         except KeyError:  # a state this step needs first (e.g. amsgrad switched on)
-            return False
-        functional._step_rule(self._rule, plan, params, grads, states, self.backend)
-        self._advance(entries, plan)
-        return True
+            return None
+        return Call(plan, params, grads, states, self._namer(indices)), indices
 
-    def _step_buckets(self, group, indices, grads):
-        """Any step: params bucketed by dtype and step arguments, one call per bucket."""
+    def _buckets(self, group, indices, grads, fresh):
+        """Any step: params bucketed by dtype and step arguments, one call per bucket. States a
+        param lacks are made in ``fresh`` (an entry for each param stepped), for step() to keep
+        once the step has succeeded."""
         hyper = self._hyper(group)
         buckets = {}
         for i, param, grad in zip(indices, group["params"], grads):
             if grad is not None:
                 args = tuple(self._step_args(self.state.get(i, {})).items())
                 buckets.setdefault((param.dtype, args), []).append((i, param, grad))
+        calls = []
         for (_, args), members in buckets.items():
             plan = self._plan(**hyper, **dict(args))
+            states = {name: [] if name in plan.states else None for name in RULES[self._rule].states}
             for i, param, _ in members:
-                self._init_state(i, param, group, plan.states)
-            states = {name: [self.state[i][name] for i, _, _ in members] if name in plan.states else None
-                      for name in RULES[self._rule].states}
-            functional._step_rule(self._rule, plan, [p for _, p, _ in members], [g for _, _, g in members], states,
-                                  self.backend)
-            self._advance([self.state[i] for i, _, _ in members], plan)
+                held, made = self.state.get(i, {}), fresh.setdefault(i, {})
+                for name in plan.states:
+                    if name not in held:
+                        fill = group[self._initial[name]] if name in self._initial else 0.0
+                        made[name] = aligned_full(param.shape, param.dtype, fill)
+                    states[name].append(held[name] if name in held else made[name])
+            members_indices = [i for i, _, _ in members]
+            calls.append((Call(plan, [p for _, p, _ in members], [g for _, _, g in members], states,
+                               self._namer(members_indices)), members_indices))
+        return calls
+
+    def _namer(self, indices):
+        """Names operand k of a call over the params at ``indices`` as step()'s user knows it:
+        by its position across all groups (``grads[3]``, ``state[3]['exp_avg']``)."""
+
+        def name(arg, k):
+            i = indices[k]
+            label = f"{arg}[{i}]" if arg in ("params", "grads") else f"state[{i}][{arg!r}]"
+            if len(self.param_groups) > 1:
+                g, j = next((g, i - ix.start) for g, (_, ix) in enumerate(self._indexed()) if i in ix)
+                label += f" (param {j} of group {g})"
+            return label
+
+        return name
 
     @staticmethod
     def _advance(entries, plan):
@@ -138,13 +180,6 @@ class Optimizer:
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
-
-    def _init_state(self, index, param, group, names):
-        state = self.state.setdefault(index, {"step": 0})
-        for name in names:
-            if name not in state:
-                fill = group[self._initial[name]] if name in self._initial else 0.0
-                state[name] = aligned_full(param.shape, param.dtype, fill)
 
     def state_dict(self):
         """{"state": {index: {"step": int, name: array copy}}, "param_groups": [{..., "params": [index]}]}."""
