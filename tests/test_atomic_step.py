@@ -157,3 +157,23 @@ def test_deferred_interrupts_in_another_thread_change_no_handler():
     thread.start()
     thread.join()
     assert handlers == [signal.getsignal(signal.SIGINT)]
+
+
+@pytest.mark.parametrize("backend", fo.available_backends())
+def test_stateful_step_interrupted_after_the_kernels_still_counts_the_step(monkeypatch, backend):
+    """Ctrl-C during a long native step is handled when the kernel returns: the step counts
+    (and new states) must still be recorded, or the next step would repeat step 1's scalars."""
+    from fusedoptim import optim
+
+    ops = operands()
+    opt = fo.Adam([{"params": ops["params"][:20]}, {"params": ops["params"][20:], "lr": 0.5}], lr=0.1, backend=backend)
+    real = optim.step_all
+
+    def then_interrupt(*args):
+        real(*args)
+        interrupt()
+
+    monkeypatch.setattr(optim, "step_all", then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(ops["grads"])
+    assert [opt.state[i]["step"] for i in range(N)] == [1] * N
