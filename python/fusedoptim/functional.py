@@ -16,11 +16,12 @@ from ._rules import (RULES, adadelta_plan, adagrad_plan, adam_plan, adamax_plan,
                      radam_plan, rmsprop_plan, sgd_plan)
 
 
-def _step_rule(name, plan, params, grads, states, backend):
+def _step_rule(name, plan, params, grads, states, backend, operand_name=None):
     """One step of rule ``name``: ``plan`` is its plan function's result for this step's
     hyperparameters (called by each public function with positional arguments: forwarding
-    ``**kwargs`` would cost more than a small step's kernel). Returns the plan."""
-    step(resolve(backend), RULES[name], plan, params, grads, states)
+    ``**kwargs`` would cost more than a small step's kernel). ``operand_name(arg, i)`` names
+    operands in errors, for callers stepping params of their own. Returns the plan."""
+    step(resolve(backend), RULES[name], plan, params, grads, states, operand_name)
     return plan
 
 

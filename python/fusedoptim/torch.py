@@ -16,6 +16,15 @@ raises TypeError / ValueError naming the param before anything is modified. ``ca
 ``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
 accepted and ignored.
 
+A step is all or nothing: every group is checked before any param, state or ``step`` changes,
+and a Ctrl-C during a step takes effect once it is complete. Where torch.optim accepts odd
+input, so do we, with its results: one gradient tensor shared by several params is read by
+each; params that share memory (overlapping views, in one group or several) are stepped one
+after another in torch's order, each seeing the updates of those before it, as torch's
+for-loop steps them. An expanded param (a dimension of stride 0, so that elements share
+memory) is rejected, when it is added and before any step: torch.optim raises on it too, but
+only after updating its state and ``step``.
+
 Adding a rule: write its kernel and its ``_rules`` entry (which also says which states do not
 start at zero and which per-param state lives on the host), then a subclass of
 :class:`Optimizer` here whose ``__init__`` has exactly torch's signature and defaults and passes
@@ -34,8 +43,10 @@ import inspect
 import torch
 
 from . import functional, reference
-from .functional import _with_formula
+from ._backends import Call, check, deferred_interrupts, resolve, run
 from ._rules import RULES
+from ._validate import find_overlap
+from .functional import _with_formula
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -80,6 +91,7 @@ class Optimizer(torch.optim.Optimizer):
                 p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
                 if isinstance(p, torch.Tensor):
                     _check_tensor(p, f"param {j} of the new group", "param")
+                    _check_not_expanded(p, f"param {j} of the new group")
         super().add_param_group(param_group)
 
     def __setstate__(self, state):
@@ -119,15 +131,21 @@ class Optimizer(torch.optim.Optimizer):
                                   for name, start in self._host_states.items()}}
 
     def _init_state(self, p, names):
-        state = self.state[p]
+        self.state[p].update(self._new_state(p, names, self.state[p]))
+
+    def _new_state(self, p, names, state):
+        """The entries ``state`` lacks for a step that updates ``names``: ``step``, host states, buffers."""
+        new = {}
         if self._step_count and "step" not in state:
-            state["step"] = torch.tensor(0.0)  # float32, on the CPU, as torch keeps it
+            new["step"] = torch.tensor(0.0)  # float32, on the CPU, as torch keeps it
         for name, start in self._host_states.items():
-            state.setdefault(name, torch.tensor(start))
+            if name not in state:
+                new[name] = torch.tensor(start)
         for name in names:
             if state.get(name) is None:
                 fill = self.defaults[self._initial[name]] if name in self._initial else 0.0
-                state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+                new[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+        return new
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -137,15 +155,18 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # Check every group before stepping any, so that bad input modifies nothing.
-        work = [self._gather(i) for i in range(len(self.param_groups))]
-        for buckets in work:
-            for count, plan, params in buckets:
-                self._step_bucket(count, plan, params)
+        buckets = [bucket for i in range(len(self.param_groups)) for bucket in self._gather(i)]
+        if buckets:
+            self._step(buckets)
         return loss
+
+    def _where(self, g, j):
+        group = self.param_groups[g]
+        return group["param_names"][j] if "param_names" in group else f"param_groups[{g}]['params'][{j}]"
 
     def _gather(self, index):
         """A group's params with a gradient, in buckets of one dtype and the same step arguments:
-        (step number, the step's plan, params)."""
+        (step number, the step's plan, [(param, group index, position in the group)])."""
         group = self.param_groups[index]
         hyper = self._hyper(group)
         buckets = {}
@@ -155,37 +176,82 @@ class Optimizer(torch.optim.Optimizer):
                 continue
             if not (p.dtype in _DTYPES and p.is_cpu and grad.dtype == p.dtype and grad.is_cpu
                     and grad.layout == torch.strided and grad.shape == p.shape):
-                where = group["param_names"][j] if "param_names" in group else f"param_groups[{index}]['params'][{j}]"
-                _check_tensor(p, where, "param")
-                _check_tensor(grad, f"the gradient of {where}", "gradient", like=p)
+                _check_tensor(p, self._where(index, j), "param")
+                _check_tensor(grad, f"the gradient of {self._where(index, j)}", "gradient", like=p)
             count, args = self._step_args(self.state.get(p, {}))
-            buckets.setdefault((p.dtype, count, *args.items()), (count, args, []))[2].append(p)
+            buckets.setdefault((p.dtype, count, *args.items()), (count, args, []))[2].append((p, index, j))
         if not buckets:
             self._plan(hyper)  # still reject bad hyperparameters
         return [(count, self._plan(hyper, args), members) for count, args, members in buckets.values()]
 
-    def _step_bucket(self, count, plan, params):
-        names = plan.states
-        arrays, grads, write_back, stepped = [], [], [], []
-        states = {name: [] if name in names else None for name in RULES[self._rule].states}
-        for p in params:
-            state = self.state[p]
-            stepped.append(state)
-            if any(state.get(name) is None for name in names):
-                self._init_state(p, names)
-            order = None if p.is_contiguous() else _memory_order(p)
-            arrays.append(_writable(p, order, write_back))
-            grads.append(_in_order(p.grad, order).numpy())
-            for name in names:
-                states[name].append(_writable(state[name], order, write_back))
-        functional._step_rule(self._rule, plan, arrays, grads, states, None)
-        for tensor, copy in write_back:
-            tensor.copy_(copy)
-        for state in stepped:
-            if self._step_count:
-                state["step"].fill_(count)  # the old step + 1; fill_ is cheaper than += 1
-            for name, value in plan.host_states.items():
-                state[name].fill_(value)
+    def _step(self, buckets):
+        """Steps the gathered buckets as one step: all checked, then all run, then the states kept."""
+        rule = RULES[self._rule]
+        fresh, memory, calls = {}, [], []  # param -> entries this step creates; each param's memory
+        for count, plan, members in buckets:
+            operands = [self._operands(p, g, j, plan.states, fresh, memory) for p, g, j in members]
+            calls.append((count, plan, members, operands))
+        # Params sharing memory: torch's for-loop steps them one after another, and so do we.
+        sequential = len(memory) > 1 and find_overlap(memory) is not None
+        if sequential:
+            calls = sorted(((count, plan, [member], [ops]) for count, plan, members, operands in calls
+                            for member, ops in zip(members, operands)), key=lambda call: call[2][0][1:])
+        steps = [Call(plan, [ops[0] for ops in operands], [ops[1] for ops in operands],
+                      {name: [ops[2][name] for ops in operands] if name in plan.states else None
+                       for name in rule.states}, self._namer(members))
+                 for _, plan, members, operands in calls]
+        copies = [[pair for ops in operands for pair in ops[3]] for _, _, _, operands in calls]
+        with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the counts
+            if len(steps) == 1:  # the usual step: one native call checks it and steps it
+                call = steps[0]
+                _fill(copies[0])
+                functional._step_rule(self._rule, call.plan, call.params, call.grads, call.states, None, call.name)
+                _write_back(copies[0])
+            else:
+                backend = resolve(None)
+                ready = check(backend, rule, steps, across=not sequential)
+                for args, pairs in zip(ready, copies):
+                    _fill(pairs)
+                    run(backend, rule, *args)
+                    _write_back(pairs)
+            for p, new in fresh.items():
+                self.state[p].update(new)
+            for count, plan, members, _ in calls:
+                for p, _, _ in members:
+                    state = self.state[p]
+                    if self._step_count:
+                        state["step"].fill_(count)  # the old step + 1; fill_ is cheaper than += 1
+                    for name, value in plan.host_states.items():
+                        state[name].fill_(value)
+
+    def _operands(self, p, g, j, names, fresh, memory):
+        """A param's operands as NumPy arrays: (param, grad, {state name: array}, copies), where
+        copies are (tensor, contiguous copy) pairs the kernel steps through. Appends the param's
+        own memory to ``memory``; new state entries go to ``fresh``, kept once the step succeeds."""
+        state = self.state.get(p, {})
+        new = self._new_state(p, names, state)
+        if new:
+            fresh[p] = new
+            state = {**state, **new}
+        order = None
+        if not p.is_contiguous():
+            _check_not_expanded(p, self._where(g, j))
+            order = _memory_order(p)
+        copies = []
+        array = _writable(p, order, copies)
+        memory.append(array if order is None else _in_order(p, order).numpy())
+        states = {name: _writable(state[name], order, copies) for name in names}
+        return array, _in_order(p.grad, order).numpy(), states, copies
+
+    def _namer(self, members):
+        """Names operand k of a call over ``members`` (param, group, position) as torch users know it."""
+
+        def name(arg, k):
+            where = self._where(*members[k][1:])
+            return where if arg == "params" else f"the gradient of {where}" if arg == "grads" else \
+                f"state[{arg!r}] of {where}"
+
+        return name
 
 
 def _check_tensor(t, where, what, like=None):
@@ -214,14 +280,31 @@ def _in_order(t, order):
     return t if order is None else t.permute(order)
 
 
-def _writable(t, order, write_back):
-    """A NumPy view of ``t``'s memory in ``order``, or of a contiguous copy to be written back after the step."""
+def _check_not_expanded(p, where):
+    if any(stride == 0 and size > 1 for size, stride in zip(p.shape, p.stride())):
+        raise ValueError(f"{where}: param is expanded (a dimension of stride 0), so its elements share memory and "
+                         f"cannot be updated one by one (torch.optim fails on it too); step a copy (tensor.clone())")
+
+
+def _writable(t, order, copies):
+    """A NumPy view of ``t``'s memory in ``order``; or, where ``t`` is not dense, one of a
+    contiguous copy, listed in ``copies`` to be filled before the kernel runs and written back after."""
     view = _in_order(t, order)
     if view.is_contiguous():
         return view.numpy()
-    copy = view.contiguous()
-    write_back.append((view, copy))
+    copy = torch.empty_like(view, memory_format=torch.contiguous_format)
+    copies.append((view, copy))
     return copy.numpy()
+
+
+def _fill(copies):
+    for tensor, copy in copies:
+        copy.copy_(tensor)
+
+
+def _write_back(copies):
+    for tensor, copy in copies:
+        tensor.copy_(copy)
 
 
 @_with_formula(reference.sgd)
