@@ -300,3 +300,18 @@ def test_hyperparameters_the_params_dtype_cannot_hold_are_rejected_when_added():
     with pytest.raises(ValueError, match=re.escape("Invalid lr: 1e+300 is not finite in float32")):
         fo.SGD([np.zeros(3, np.float32)], lr=1e300)
     fo.SGD([np.zeros(3, np.float64)], lr=1e300)  # fits in float64
+
+
+@pytest.mark.parametrize("value,error,message", [
+    (-1.0, ValueError, "Invalid initial_accumulator_value: -1.0 (must be >= 0.0)"),
+    (float("inf"), ValueError, "Invalid initial_accumulator_value: inf (must be finite)"),
+    (1e39, ValueError, "Invalid initial_accumulator_value: 1e+39 is not finite in float32"),
+    ("1", TypeError, "Invalid initial_accumulator_value: expected a real number, got str"),
+])
+def test_a_state_start_value_is_checked_in_every_group(value, error, message):
+    """A sum starting at Inf (or NaN from a negative one) would stall or poison every step."""
+    p, q = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    with pytest.raises(error, match=re.escape(message)):
+        fo.Adagrad([p], initial_accumulator_value=value)
+    with pytest.raises(error, match=re.escape(message)):
+        fo.Adagrad([{"params": [p]}, {"params": [q], "initial_accumulator_value": value}])

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._backends import Call, compute_scalars, deferred_interrupts, resolve, step_all
 from ._memory import aligned_full
-from ._rules import RULES
+from ._rules import RULES, _at_least
 from ._validate import check_param, find_overlap
 
 
@@ -79,6 +79,12 @@ class Optimizer:
                              f"memory of its own")
         for dtype in {p.dtype for p in params}:
             compute_scalars(RULES[self._rule], plan, dtype)  # lr=1e300 cannot step float32 params
+            for name in self._initial.values():  # a state's starting value (Adagrad's sum: >= 0, as torch asks)
+                start = _at_least(name, group[name], 0.0)
+                with np.errstate(over="ignore"):
+                    if not np.isfinite(dtype.type(start)):
+                        raise ValueError(f"Invalid {name}: {start:g} is not finite in {dtype.name}, the dtype of "
+                                         f"the state it starts")
         self.param_groups.append(group)
 
     def _step_args(self, state):
@@ -240,8 +246,6 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
                  *, maximize=False, backend=None):
-        if not initial_accumulator_value >= 0.0:
-            raise ValueError(f"Invalid initial_accumulator_value: {initial_accumulator_value} (must be >= 0)")
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize), backend)
