@@ -17,7 +17,7 @@ import _signal
 
 from . import reference
 from ._rules import Plan
-from ._validate import _default_name, distinct, operands
+from ._validate import default_name, distinct, operands
 
 BACKENDS = ("cpp", "numba", "numpy")
 
@@ -134,8 +134,8 @@ def _distinct_calls(calls, ready):
         read += grads
 
     def name(k):
-        start, c, arg = max(block for block in blocks if block[0] <= k)
-        return (calls[c].name or _default_name(False))(arg, k - start)
+        start, c, arg = [block for block in blocks if block[0] <= k][-1]
+        return (calls[c].name or default_name(False))(arg, k - start)
 
     read = iter(distinct(written, read, name))
     for _, _, grads, _ in ready:

@@ -72,7 +72,7 @@ def _as_list(value, name, single):
     return value
 
 
-def _default_name(single):
+def default_name(single):
     """How the validator names operand i of argument ``arg``: as the caller passed it."""
     return (lambda arg, i: arg) if single else (lambda arg, i: f"{arg}[{i}]")
 
@@ -87,7 +87,7 @@ def operands(rule, plan, params, grads, states, name=None):
     ``arg`` ("params", "grads" or a key of ``states``), by default ``arg[i]`` as passed.
     """
     single = not isinstance(params, (list, tuple))
-    name = name or _default_name(single)
+    name = name or default_name(single)
     params = _as_list(params, "params", single)
     n = len(params)
 
