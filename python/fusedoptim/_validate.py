@@ -33,20 +33,24 @@ def _find_overlap_python(arrays):
 find_overlap = _find_overlap_native or _find_overlap_python
 
 
-def _as_array(value, name):
+# The checks below take the operand's name as name(arg, i), and call it only to raise: a
+# caller's names (the stateful optimizers') can cost more to make than the check itself.
+
+def _as_array(value, name, arg, i):
     """What a step only reads (a grad): any array-like, as an ndarray (a copy if need be)."""
     if type(value) is np.ndarray:
         return value
     try:
         array = np.asarray(value)  # anything exposing the buffer or array protocol, without a copy
     except Exception as e:
-        raise TypeError(f"{name} must be a NumPy array or expose the buffer protocol, got {type_name(value)}") from e
+        raise TypeError(f"{name(arg, i)} must be a NumPy array or expose the buffer protocol, "
+                        f"got {type_name(value)}") from e
     if array.dtype == object:  # None, or a ragged list: np.asarray wraps the objects themselves
-        raise TypeError(f"{name} must be a NumPy array or expose the buffer protocol, got {type_name(value)}")
+        raise TypeError(f"{name(arg, i)} must be a NumPy array or expose the buffer protocol, got {type_name(value)}")
     return array
 
 
-def _in_place(value, name):
+def _in_place(value, name, arg, i):
     """What a step writes (a param, a state): the ndarray itself, or a view of the object's own
     memory (a writeable buffer such as array.array). np.asarray copies anything else (a list, a
     float, a NumPy scalar such as ``np.abs(x_0d)``), and the update would land in the copy."""
@@ -60,7 +64,8 @@ def _in_place(value, name):
     # (An empty view has no memory to share: it is still a view if it does not own its data.)
     if array is None or array.dtype == object or not array.flags.writeable or not (
             np.shares_memory(array, value) if array.size else not array.flags.owndata):
-        raise TypeError(f"{name} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
+        raise TypeError(f"{name(arg, i)} must be a writeable NumPy array (it is updated in place), "
+                        f"got {type_name(value)}")
     return array
 
 
@@ -109,22 +114,22 @@ def operands(rule, plan, params, grads, states, name=None):
 
     checked_params, checked_grads, checked_slots = [], [], [[] if s is not None else None for s in slots]
     for i in range(n):
-        param = _in_place(params[i], name("params", i))
-        _check_param(param, name("params", i))
+        param = _in_place(params[i], name, "params", i)
+        _check_param(param, name, "params", i)
         if i and param.dtype != checked_params[0].dtype:
             raise TypeError(f"{name('params', i)} is {param.dtype} but {name('params', 0)} is "
                             f"{checked_params[0].dtype}: one call steps one dtype")
         checked_params.append(param)
-        grad = _as_array(grads[i], name("grads", i))
+        grad = _as_array(grads[i], name, "grads", i)
         _check_like(grad, param, name, "grads", i)
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)  # read only, so a contiguous copy is as good
         checked_grads.append(grad)
         for arg, given, slot in zip(states, slots, checked_slots):
             if slot is not None:
-                buf = _in_place(given[i], name(arg, i))
+                buf = _in_place(given[i], name, arg, i)
                 _check_like(buf, param, name, arg, i)
-                _check_writable(buf, name(arg, i))
+                _check_writable(buf, name, arg, i)
                 slot.append(buf)
 
     written = checked_params + [b for slot in checked_slots if slot for b in slot]
@@ -147,17 +152,17 @@ def distinct(written, read, name):
     return arrays[len(written):]
 
 
-def check_param(value, name):
+def check_param(value, label):
     """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update."""
     if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
-    _check_param(value, name)
+        raise TypeError(f"{label} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
+    _check_param(value, lambda arg, i: label, "params", 0)
 
 
-def _check_param(param, name):
+def _check_param(param, name, arg, i):
     if param.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has dtype {param.dtype}; supported: float32, float64")
-    _check_writable(param, name)
+        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: float32, float64")
+    _check_writable(param, name, arg, i)
 
 
 def _check_like(array, param, name, arg, i):
@@ -167,8 +172,8 @@ def _check_like(array, param, name, arg, i):
         raise TypeError(f"{name(arg, i)} is {array.dtype} but {name('params', i)} is {param.dtype}")
 
 
-def _check_writable(array, name):
+def _check_writable(array, name, arg, i):
     if not array.flags.writeable:
-        raise ValueError(f"{name} is read-only; it is updated in place")
+        raise ValueError(f"{name(arg, i)} is read-only; it is updated in place")
     if not array.flags.c_contiguous:
-        raise ValueError(f"{name} is not C-contiguous; it is updated in place, so it cannot be copied")
+        raise ValueError(f"{name(arg, i)} is not C-contiguous; it is updated in place, so it cannot be copied")
