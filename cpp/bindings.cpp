@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <tuple>
@@ -81,15 +82,16 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 // author of its error messages. This function only recognizes the common case, checked in
 // microseconds for hundreds of tensors: plain C-contiguous ndarrays of one native float
 // dtype, grads and states shaped like their params, params and states writeable, no two
-// operands sharing a byte. It steps that case and returns True; for anything else it returns
-// False having touched nothing, and the caller hands the step to the validator. Everything
-// accepted here, the validator accepts too (tests/test_fast_path.py checks it).
+// operands sharing a byte, every scalar finite once rounded to the compute dtype. It steps
+// that case and returns True; for anything else it returns False having touched nothing, and
+// the caller hands the step to the validator. Everything accepted here, the validator accepts
+// too (tests/test_fast_path.py checks it). With `check_only`, it returns whether it would step
+// and steps nothing: a step of several calls (param groups) checks them all before running any.
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
-// step updates slot k, whose entry then must be operands like `grads`. With `run` false, only
-// says whether it would step (so that a step of several calls is checked whole before any runs).
+// step updates slot k, whose entry then must be operands like `grads`.
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool run) {
+          unsigned flags, bool check_only) {
   const RuleKernels& rule = active_isa().rules[r];
   if (scalars.size() != static_cast<std::size_t>(rule.num_planned))
     throw std::invalid_argument(std::string(rule.name) + ": expected " + std::to_string(rule.num_planned) + " scalars");
@@ -142,7 +144,11 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
       if (state) spans.emplace_back(reinterpret_cast<std::uintptr_t>(state), reinterpret_cast<std::uintptr_t>(state) + bytes);
   }
   if (any_overlap(spans)) return false;
-  if (!run) return true;
+  // A scalar finite in double but not in the compute dtype (lr=1e300 on float32): decline, so
+  // that Python names the hyperparameter. The kernels round each scalar exactly like this.
+  for (int k = 0; k < rule.num_planned; ++k)
+    if (!std::isfinite(itemsize == 8 ? s[k] : static_cast<double>(static_cast<float>(s[k])))) return false;
+  if (check_only) return true;
 
   const int dtype = itemsize == 8 ? 1 : 0;
   if (total < kKeepGilElements) {
@@ -226,9 +232,9 @@ PYBIND11_MODULE(_kernels, m) {
     const RuleKernels& rule = compiled_isas().front()->rules[r];
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-              unsigned flags, bool run) { return step(r, params, grads, states, used, scalars, flags, run); },
+              unsigned flags, bool check_only) { return step(r, params, grads, states, used, scalars, flags, check_only); },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
-          py::arg("run") = true);
+          py::arg("check_only") = false);
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));

@@ -49,6 +49,11 @@ def bad_steps():
     yield "not an array", [1.0] * 33, g, m, v
     yield "missing state", p, g, m, None
     yield "None param", [None], [g], [m], [v]
+    yield "None grad", [p], [None], [m], [v]
+    yield "list state", p, g, [0.0] * 33, v
+    yield "list of floats params", [1.0, 2.0], [0.5, 0.5], [0.0, 0.0], [0.0, 0.0]
+    yield "NumPy scalar param", np.abs(np.float32(1.0)), g[:1].reshape(()), m[:1].reshape(()), v[:1].reshape(())
+    yield "read-only buffer state", p, g, m, memoryview(v.tobytes()).cast("f")
 
 
 @pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(bad_steps()),
@@ -83,6 +88,7 @@ def accepted_steps():
     yield "size 0", p[:0].copy(), g[:0].copy(), m[:0].copy(), v[:0].copy()
     yield "float64", *arrays(77, dtype=np.float64)
     yield "buffer protocol grad", p, memoryview(g.copy()), m, v
+    yield "writeable buffer state", p, g, memoryview(m.copy()), v  # declined, then stepped by the validated path
 
 
 @pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(accepted_steps()),
@@ -91,6 +97,8 @@ def test_accepted_steps_match_the_reference(label, params, grads, exp_avgs, exp_
     def copied(x):
         if isinstance(x, (list, tuple)):
             return type(x)(copied(a) for a in x)
+        if isinstance(x, memoryview):
+            return memoryview(np.array(x))
         return x.copy() if isinstance(x, np.ndarray) else x
 
     results = []
@@ -118,3 +126,32 @@ def test_every_rule_declines_a_bad_step():
             assert kernel(p, g, tuple(states), used, plan.scalars, 0) is False, (name, rule.states[bad])
             p, g, *states = arrays(count=2 + len(rule.states))
             assert kernel(p, g, tuple(states), used, plan.scalars, 0) is True
+
+
+def test_declines_scalars_the_compute_dtype_cannot_hold():
+    """lr=1e38 is finite in float32, the step_size lr / (1 - 0.9) is not: declined untouched, for
+    Python to name it; the same scalars in float64 are stepped."""
+    plan = adam_plan(1, lr=1e38)
+    kernel = _backends._kernels.adam
+    p, g, m, v = arrays()
+    before = [a.copy() for a in (p, m, v)]
+    assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0) is False
+    assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0, check_only=True) is False
+    for a, b in zip((p, m, v), before):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="Invalid step_size"):
+        fo.adam_(p, g, m, v, step=1, lr=1e38, backend="cpp")
+    p, g, m, v = arrays(dtype=np.float64)
+    assert kernel(p, g, (m, v, None), 0b011, plan.scalars, 0) is True
+
+
+@pytest.mark.parametrize("label,params,grads,exp_avgs,exp_avg_sqs", list(bad_steps()), ids=[b[0] for b in bad_steps()])
+def test_check_only_says_what_a_step_would_do_and_touches_nothing(label, params, grads, exp_avgs, exp_avg_sqs):
+    """What a step of several calls (param groups) asks of each call before running any."""
+    kernel = _backends._kernels.adam
+    assert kernel(params, grads, (exp_avgs, exp_avg_sqs, None), 0b011, PLAN.scalars, 0, check_only=True) is False
+    p, g, m, v = arrays()
+    before = [a.copy() for a in (p, m, v)]
+    assert kernel(p, g, (m, v, None), 0b011, PLAN.scalars, 0, check_only=True) is True
+    for a, b in zip((p, m, v), before):
+        np.testing.assert_array_equal(a, b)

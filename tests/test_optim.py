@@ -1,5 +1,7 @@
 """Stateful NumPy optimizers: the same bits as the functional calls, param groups, state_dict."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -154,3 +156,162 @@ def test_bad_construction_and_steps(bad, error, message):
         bad(params)
     for p, b in zip(params, before):
         assert_bitwise_equal(p, b)
+
+
+BACKENDS = fo.available_backends()
+
+
+def two_group_adam(backend, dtypes=(np.float32, np.float32, np.float32)):
+    """An Adam over two groups: params 0, 1 in group 0 and param 2 in group 1 (its own lr)."""
+    rng = np.random.default_rng(5)
+    params = [rng.standard_normal(n).astype(d) for n, d in zip((5, 13, 7), dtypes)]
+    return params, fo.Adam([{"params": params[:2]}, {"params": params[2:], "lr": 0.5}], lr=0.1, backend=backend)
+
+
+def good_grads(params):
+    return [np.full_like(p, 0.25) for p in params]
+
+
+def everything(params, opt):
+    """The params, every state entry and step count, as bytes and numbers."""
+    state = {i: {k: (v.tobytes() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+             for i, s in opt.state.items()}
+    return [p.tobytes() for p in params], state
+
+
+def spoilers():
+    """(label, how to spoil the step of two_group_adam, error, the message or all its parts): each
+    fails in group 1, after group 0 would have been stepped."""
+    def grad(i, value):
+        def spoil(params, opt, grads):
+            grads[i] = value(params, grads)
+        return spoil
+
+    def group_lr(value):
+        def spoil(params, opt, grads):
+            opt.param_groups[1]["lr"] = value
+        return spoil
+
+    def read_only(params, opt, grads):
+        params[2].flags.writeable = False
+
+    return [
+        ("grad shape", grad(2, lambda p, g: g[2][:-1].copy()), ValueError,
+         "grads[2] (param 0 of group 1) has shape (6,) but params[2] (param 0 of group 1) has shape (7,)"),
+        ("grad dtype", grad(2, lambda p, g: g[2].astype(np.float64)), TypeError, "grads[2] (param 0 of group 1) is float64"),
+        ("grad is a list", grad(2, lambda p, g: [1.0] * 7), TypeError, "grads[2] (param 0 of group 1) is float64"),
+        ("grad is another group's param", grad(2, lambda p, g: p[1][:7]), ValueError,
+         ("params[1] (param 1 of group 0)", "grads[2] (param 0 of group 1)", "overlap in memory")),
+        ("later group's lr", group_lr(-1.0), ValueError, "Invalid lr"),
+        ("later group's lr overflows float32", group_lr(1e300), ValueError,
+         ("Invalid step_size: ", "is not finite in float32")),
+        ("param made read-only", read_only, ValueError, "params[2] (param 0 of group 1) is read-only"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("first", [True, False], ids=["first step", "later step"])
+@pytest.mark.parametrize("label,spoil,error,message", spoilers(), ids=[s[0] for s in spoilers()])
+def test_a_failing_group_leaves_every_group_untouched(backend, first, label, spoil, error, message):
+    """Group 0 is fine, group 1 is not: nothing is stepped, no state is made, no count moves."""
+    params, opt = two_group_adam(backend)
+    if not first:
+        opt.step(good_grads(params))
+    grads = good_grads(params)
+    grads[0] = None  # a skipped param in the failing step: its (missing) state must stay missing too
+    spoil(params, opt, grads)
+    before = everything(params, opt)
+    with pytest.raises(error) as raised:
+        opt.step(grads)
+    for part in (message,) if isinstance(message, str) else message:
+        assert part in str(raised.value)
+    assert everything(params, opt) == before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failing_dtype_bucket_leaves_the_others_untouched(backend):
+    params, opt = two_group_adam(backend, dtypes=(np.float32, np.float64, np.float32))
+    grads = good_grads(params)
+    grads[1] = grads[1][:3].copy()  # the float64 bucket of group 0
+    before = everything(params, opt)
+    with pytest.raises(ValueError, match=re.escape("grads[1] (param 1 of group 0) has shape (3,)")):
+        opt.step(grads)
+    assert everything(params, opt) == before
+    opt.step(good_grads(params))
+    assert all(opt.state[i]["step"] == 1 for i in range(3))
+
+
+def test_errors_name_the_param_as_step_takes_it():
+    """One group: grads[i] is what the user passed to step() as grads[i]."""
+    params = make_params()
+    opt = fo.Adam(params, lr=0.1)
+    grads = grads_for(params, 1)
+    grads[2] = np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match=re.escape("grads[2] has shape (2,) but params[2] has shape (1,)")):
+        opt.step(grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_grad_for_two_params_and_groups(backend):
+    """torch.optim takes one grad for several params; so do the stateful optimizers, across groups too."""
+    params, opt = two_group_adam(backend)
+    shared = np.full(7, 0.25, np.float32)
+    expected_params, expected = two_group_adam("numpy")
+    expected.step([np.full(5, 0.25, np.float32), np.full(13, 0.25, np.float32), shared.copy()])
+    opt.step([shared[:5], np.full(13, 0.25, np.float32), shared])
+    for p, e in zip(params, expected_params):
+        assert_bitwise_equal(p, e)
+
+
+def unsteppable():
+    """(label, param, error, message): params no step could update."""
+    a = np.ones(6, np.float32)
+    read_only = a.copy()
+    read_only.flags.writeable = False
+    return [
+        ("read-only", read_only, ValueError, "params[1] is read-only"),
+        ("int32", np.ones(3, np.int32), TypeError, "params[1] has dtype int32"),
+        ("non-contiguous", a[::2], ValueError, "params[1] is not C-contiguous"),
+        ("NumPy scalar", np.float32(1.0), TypeError,
+         "params[1] must be a writeable NumPy array (it is updated in place), got numpy.float32"),
+        ("float", 1.0, TypeError, "params[1] must be a writeable NumPy array (it is updated in place), got float"),
+        ("view of params[0]", "overlap", ValueError, "params[0] and params[1] overlap in memory"),
+    ]
+
+
+@pytest.mark.parametrize("label,param,error,message", unsteppable(), ids=[u[0] for u in unsteppable()])
+def test_params_no_step_could_update_are_rejected_when_added(label, param, error, message):
+    first = np.zeros(6, np.float32)
+    param = first[2:] if isinstance(param, str) else param
+    with pytest.raises(error, match=re.escape(message)):
+        fo.SGD([first, param], lr=0.1)
+    opt = fo.SGD([first], lr=0.1)
+    with pytest.raises(error, match=re.escape(message)):
+        opt.add_param_group({"params": [param]})
+    assert len(opt.param_groups) == 1
+
+
+def test_a_lone_numpy_scalar_is_named():
+    with pytest.raises(TypeError, match=re.escape("params[0] must be a writeable NumPy array")):
+        fo.Adam(np.abs(np.array(1.0, np.float32)))
+
+
+def test_hyperparameters_the_params_dtype_cannot_hold_are_rejected_when_added():
+    with pytest.raises(ValueError, match=re.escape("Invalid lr: 1e+300 is not finite in float32")):
+        fo.SGD([np.zeros(3, np.float32)], lr=1e300)
+    fo.SGD([np.zeros(3, np.float64)], lr=1e300)  # fits in float64
+
+
+@pytest.mark.parametrize("value,error,message", [
+    (-1.0, ValueError, "Invalid initial_accumulator_value: -1.0 (must be >= 0.0)"),
+    (float("inf"), ValueError, "Invalid initial_accumulator_value: inf (must be finite)"),
+    (1e39, ValueError, "Invalid initial_accumulator_value: 1e+39 is not finite in float32"),
+    ("1", TypeError, "Invalid initial_accumulator_value: expected a real number, got str"),
+])
+def test_a_state_start_value_is_checked_in_every_group(value, error, message):
+    """A sum starting at Inf (or NaN from a negative one) would stall or poison every step."""
+    p, q = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    with pytest.raises(error, match=re.escape(message)):
+        fo.Adagrad([p], initial_accumulator_value=value)
+    with pytest.raises(error, match=re.escape(message)):
+        fo.Adagrad([{"params": [p]}, {"params": [q], "initial_accumulator_value": value}])

@@ -171,3 +171,162 @@ def test_native_and_python_overlap_checks_agree():
             step = int(rng.choice([1, 1, 2, -1]))
             views.append(base[lo:hi][::step])
         assert fo._validate._find_overlap_native(views) == fo._validate._find_overlap_python(views)
+
+
+def not_in_place():
+    """(label, value factory): objects np.asarray would copy, or that cannot be written."""
+    x0 = np.array(0.5, np.float32)
+    return [
+        ("list", lambda n: [0.0] * n),
+        ("tuple", lambda n: (0.0,) * n),
+        ("numpy scalar", lambda n: np.abs(x0)),  # a 0-d operation returns a NumPy scalar, not an array
+        ("0-d item", lambda n: x0[()]),
+        ("float", lambda n: 0.0),
+        ("None", lambda n: None),
+        ("read-only buffer", lambda n: memoryview(bytes(4 * n)).cast("f")),
+        ("bytes", lambda n: bytes(4 * n)),
+    ]
+
+
+IN_PLACE_MESSAGE = "must be a writeable NumPy array (it is updated in place), got "
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label,make", not_in_place(), ids=[c[0] for c in not_in_place()])
+@pytest.mark.parametrize("where", ["params", "exp_avgs", "exp_avg_sqs"])
+def test_written_operands_must_be_arrays_updated_in_place(backend, label, make, where):
+    """A copy would take the update and drop it: a TypeError naming the operand, nothing modified."""
+    ops = adam_operands(n=1 if label in ("numpy scalar", "0-d item", "float") else 33)
+    n = ops["params"][0].size
+    if label in ("numpy scalar", "0-d item", "float"):  # 0-d operands: give every operand shape ()
+        ops = {k: [a.reshape(()) for a in v] for k, v in ops.items()}
+    ops[where][1] = make(n)
+    before = snapshot({k: v for k, v in ops.items()})
+    with pytest.raises(TypeError, match=re.escape(f"{where}[1] {IN_PLACE_MESSAGE}")):
+        call_adam(ops, backend)
+    for k, arrays in before.items():
+        for a, b in zip(ops[k], arrays):
+            if isinstance(a, np.ndarray):
+                assert a.tobytes() == b.tobytes(), f"{k} was modified"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lists_of_floats_are_not_params(backend):
+    """The issue's two calls: a list of floats as params, and lists as states."""
+    with pytest.raises(TypeError, match=re.escape(f"params[0] {IN_PLACE_MESSAGE}float")):
+        fo.sgd_([1.0, 2.0], [0.5, 0.5], lr=0.1, backend=backend)
+    p, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    with pytest.raises(TypeError, match=re.escape(f"exp_avgs {IN_PLACE_MESSAGE}list")):
+        fo.adam_(p, g, [0.0] * 4, [0.0] * 4, step=1, lr=0.1, backend=backend)
+    assert np.all(p == 1)
+    with pytest.raises(TypeError, match=re.escape(f"params {IN_PLACE_MESSAGE}numpy.float32")):
+        fo.sgd_(np.abs(np.array(1.0, np.float32)), np.array(0.5, np.float32), lr=0.1, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_writeable_buffers_are_stepped_in_place(backend):
+    """array.array and writeable memoryviews expose their memory: stepped there, as arrays are."""
+    import array
+
+    rng = np.random.default_rng(3)
+    p, g, m, v = (rng.standard_normal(37).astype(np.float32) for _ in range(4))
+    v = np.abs(v)
+    expected = [p.copy(), m.copy(), v.copy()]
+    fo.adam_(expected[0], g, expected[1], expected[2], step=1, lr=0.1, backend="numpy")
+    buffers = [array.array("f", p.tobytes()), memoryview(m.copy()), memoryview(bytearray(v.tobytes())).cast("f")]
+    fo.adam_(buffers[0], g, buffers[1], buffers[2], step=1, lr=0.1, backend=backend)
+    for got, want in zip(buffers, expected):
+        assert np.frombuffer(got, np.float32).tobytes() == want.tobytes()
+    empty = array.array("f")
+    fo.sgd_(empty, np.zeros(0, np.float32), lr=0.1, backend=backend)  # an empty view is still a view
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_read_only_operands_may_be_any_array_like(backend):
+    p = np.ones(3, np.float64)
+    fo.sgd_(p, [0.5, 1.0, 2.0], lr=0.5, backend=backend)  # a list of (float64) floats as the gradient
+    assert p.tolist() == [0.75, 0.5, 0.0]
+    q = np.ones(3, np.float32)
+    fo.sgd_(q, memoryview(np.float32([0.5, 1.0, 2.0]).tobytes()).cast("f"), lr=0.5, backend=backend)  # read-only
+    assert q.tolist() == [0.75, 0.5, 0.0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_none_operands_are_named(backend):
+    p, g = np.ones(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(TypeError, match=re.escape(f"params[0] {IN_PLACE_MESSAGE}NoneType")):
+        fo.sgd_([None], [g], lr=0.1, backend=backend)
+    with pytest.raises(TypeError, match=re.escape("grads[1] must be a NumPy array or expose the buffer protocol, "
+                                                  "got NoneType")):
+        fo.sgd_([p, p.copy()], [g, None], lr=0.1, backend=backend)
+    assert np.all(p == 1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flags_take_numpy_bools_and_name_other_types(backend):
+    p, g = np.ones(3, np.float32), np.ones(3, np.float32)
+    fo.sgd_(p, g, lr=0.5, maximize=np.True_, backend=backend)  # e.g. a flag read from a NumPy array
+    assert np.all(p == 1.5)
+    for value, shown in [(np.float64(1.0), "numpy.float64"), ("yes", "str"), (None, "NoneType")]:
+        with pytest.raises(TypeError, match=re.escape(f"Invalid maximize: expected a bool, got {shown}")):
+            fo.sgd_(p, g, lr=0.5, maximize=value, backend=backend)
+    with pytest.raises(TypeError, match=re.escape("Invalid lr: expected a real number, got numpy.bool")):
+        fo.sgd_(p, g, lr=np.True_, backend=backend)
+    assert np.all(p == 1.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_beyond_double_is_a_value_error(backend):
+    ops = adam_operands()
+    before = snapshot(ops)
+    for step in (10**400, 2**53 + 1, np.uint64(2**63)):
+        with pytest.raises(ValueError, match=r"Invalid step: .* \(must be <= 2\*\*53"):
+            call_adam(ops, backend, step=step)
+    assert_unchanged(ops, before)
+    call_adam(ops, backend, step=2**53)  # the largest exact count is a valid step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_gradient_may_serve_several_params(backend):
+    """Grads are only read, so one array for two params is fine (torch.optim allows one grad
+    tensor for two params); a grad that overlaps anything written is still an error."""
+    ops = adam_operands(count=3)
+    shared = ops["grads"][0]
+    ops["grads"] = [shared, shared, shared[:]]
+    expected = {k: [a.copy() for a in v] for k, v in ops.items()}
+    expected["grads"] = [shared.copy()] * 3
+    call_adam(expected, "numpy")
+    call_adam(ops, backend)
+    for k in ("params", "exp_avgs", "exp_avg_sqs"):
+        for a, b in zip(ops[k], expected[k]):
+            assert a.tobytes() == b.tobytes(), k
+    ops["grads"][2] = ops["exp_avgs"][0]
+    with pytest.raises(ValueError, match=re.escape("exp_avgs[0] and grads[2] overlap in memory")):
+        call_adam(ops, backend)
+
+
+def scalar_overflows():
+    """(label, functional, dtype, array count, hyperparameters, message): hyperparameters finite
+    in double whose step scalars are not, in the compute dtype."""
+    return [
+        ("sgd lr", fo.sgd_, np.float32, 2, dict(lr=1e300),
+         "Invalid lr: 1e+300 is not finite in float32, the compute dtype of float32 params"),
+        ("adam lr", fo.adam_, np.float32, 4, dict(step=1, lr=1e300), "Invalid step_size: 1e+301 is not finite in float32"),
+        ("adam step_size", fo.adam_, np.float32, 4, dict(step=1, lr=1e38),  # lr fits in float32, lr / (1 - 0.9) does not
+         "Invalid step_size: 1e+39 is not finite in float32"),
+        ("adam float64", fo.adam_, np.float64, 4, dict(step=1, lr=1e308), "Invalid step_size: inf is not finite in float64"),
+        ("adagrad eps", fo.adagrad_, np.float32, 3, dict(step=1, eps=1e39), "Invalid eps: 1e+39"),
+        ("lion decay", fo.lion_, np.float32, 3, dict(lr=1e20, weight_decay=1e20),
+         "Invalid decay_factor: -1e+40 is not finite in float32"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("label,functional,dtype,count,hyper,message", scalar_overflows(),
+                         ids=[c[0] for c in scalar_overflows()])
+def test_scalars_must_be_finite_in_the_compute_dtype(backend, label, functional, dtype, count, hyper, message):
+    """Rounded once to the compute dtype, an lr of 1e300 is Inf: every param would become NaN or Inf."""
+    arrays = [np.full(5, 0.5, dtype) for _ in range(count)]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        functional(*arrays, **hyper, backend=backend)
+    assert all(np.all(a == 0.5) for a in arrays)

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+import inspect
 import os
+import threading
 import warnings
+from typing import Callable, NamedTuple
 
 import numpy as np
 
+# The signal module's own functions wrap every handler in an enum, at about 3 us a call: more
+# than a small step costs. Its C half takes and returns the handlers as they are.
+import _signal
+
 from . import _native, reference
-from ._validate import operands
+from ._rules import Plan
+from ._validate import default_name, distinct, operands
 
 BACKENDS = ("cpp", "numba", "numpy")
 
 _kernels = _native.module()
+
 _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _AVAILABLE = tuple(b for b, ok in zip(BACKENDS, (_kernels is not None, _HAVE_NUMBA, True)) if ok)
 _warned_fallback = False
@@ -53,10 +61,10 @@ def resolve(backend):
     return name
 
 
-def step(backend, rule, plan, params, grads, states):
+def step(backend, rule, plan, params, grads, states, name=None):
     """Validates and runs one step of ``rule`` on ``backend`` (a name, or None for the default).
-    ``states`` holds the caller's argument for each of ``rule.states``, in that order (see
-    ``_validate.operands``)."""
+    ``states`` holds the caller's argument for each of ``rule.states``, in that order; ``name``
+    names operands in errors (see ``_validate.operands``)."""
     backend = resolve(backend)
     if backend == "cpp":
         # The extension recognizes the common case itself, in microseconds for hundreds of
@@ -64,45 +72,152 @@ def step(backend, rule, plan, params, grads, states):
         # judge (and word the error) below.
         if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags)):
             return
-    params, grads, slots = operands(rule, plan, params, grads, states)
+    params, grads, slots = operands(rule, plan, params, grads, states, name)
     run(backend, rule, plan, params, grads, slots)
 
 
-def prepare(backend, rule, plan, params, grads, states):
-    """Checks one step as ``step`` does, without taking it; returns the function that takes it."""
+class Call(NamedTuple):
+    """One multi-tensor kernel call of a step of several (param groups, dtypes): ``step``'s
+    arguments, with lists of operands."""
+
+    plan: Plan
+    params: list
+    grads: list
+    states: tuple
+    name: Callable | None = None
+
+
+def step_all(backend, rule, calls):
+    """Steps several calls as one step: every call is checked, and no call may write memory that
+    another one uses, before any of them runs. Bad input modifies nothing."""
+    if len(calls) == 1:
+        step(backend, rule, *calls[0])  # one native call checks and steps it as a whole
+        return
     backend = resolve(backend)
-    if backend == "cpp":
-        kernel = getattr(_kernels, rule.name)
-        args = (params, grads, states, _used(plan), plan.scalars, _bits(plan.flags))
-        if kernel(*args, run=False):
-            return functools.partial(kernel, *args)
-    return functools.partial(run, backend, rule, plan, *operands(rule, plan, params, grads, states))
+    for args in check(backend, rule, calls):
+        run(backend, rule, *args)
+
+
+def check(backend, rule, calls, across=True):
+    """Checks every call of a step, and with ``across`` the overlaps between calls, stepping
+    nothing; returns each call as ``run``'s arguments (plan, params, grads, slots)."""
+    ready = []
+    for plan, params, grads, states, name in calls:
+        if backend == "cpp" and getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars,
+                                                             _bits(plan.flags), check_only=True):
+            slots = [value if used else None for value, used in zip(states, plan.uses)]
+            ready.append((plan, list(params), list(grads), slots))  # as the fast path would step them
+            continue
+        params, grads, slots = operands(rule, plan, params, grads, states, name)
+        if params:
+            compute_scalars(rule, plan, params[0].dtype)  # raises for a scalar the dtype cannot hold
+        ready.append((plan, params, grads, slots))
+    if across and len(ready) > 1:
+        _distinct_calls(rule, calls, ready)
+    return ready
+
+
+def _distinct_calls(rule, calls, ready):
+    """``_validate.distinct`` over the operands of every call, read-only grads last."""
+    written, read, blocks = [], [], []  # blocks: (first index in written + read, call, argument)
+    for c, (_, params, grads, slots) in enumerate(ready):
+        used = [(state.arg, slot) for state, slot in zip(rule.states, slots) if slot is not None]
+        for arg, arrays in [("params", params), *used]:
+            blocks.append((len(written), c, arg))
+            written += arrays
+    for c, (_, _, grads, _) in enumerate(ready):
+        blocks.append((len(written) + len(read), c, "grads"))
+        read += grads
+
+    def name(k):
+        start, c, arg = [block for block in blocks if block[0] <= k][-1]
+        return (calls[c].name or default_name(False))(arg, k - start)
+
+    read = iter(distinct(written, read, name))
+    for _, _, grads, _ in ready:
+        grads[:] = [next(read) for _ in grads]  # with any copies distinct() made
 
 
 def run(backend, rule, plan, params, grads, slots):
     """Runs one validated step. ``slots`` follows ``rule.states``, None where unused."""
     if not params:
         return
+    scalars = compute_scalars(rule, plan, params[0].dtype)
     if backend == "cpp":
         # The kernels round each double scalar to the compute dtype once, exactly as
-        # np.float32(x) does for the other backends.
+        # compute_scalars does for the other backends.
         if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars, _bits(plan.flags)):
             raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
         return
-    dtype = params[0].dtype
-    scalars = type(plan.scalars)(*np.array(plan.scalars, dtype=dtype))
     if backend == "numpy":
         kernel = getattr(reference, rule.name)
-        for i, (param, grad) in enumerate(zip(params, grads)):
-            kernel(param, grad, *(s[i] if s is not None else None for s in slots), scalars, plan.flags)
+        # Each tensor steps on copies, which are copied back once all are done, with Ctrl-C
+        # deferred: an exception part way (MemoryError, KeyboardInterrupt) leaves every operand
+        # as it was, as the cpp backend's one native call does. The copies cost memory, not bits.
+        written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
+        results = [[a if a is None else a.copy() for a in arrays] for arrays in written]
+        for (param, *states), grad in zip(results, grads):
+            kernel(param, grad, *states, scalars, plan.flags)
+        with deferred_interrupts():
+            for arrays, new in zip(written, results):
+                for a, b in zip(arrays, new):
+                    if a is not None:
+                        np.copyto(a, b)
         return
     from . import _numba  # compiles on first use, so importing fusedoptim stays fast
 
     kernel = getattr(_numba, rule.name)
-    unused = np.empty(0, dtype)
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        states = (s[i].reshape(-1) if s is not None else unused for s in slots)
-        kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
+    unused = np.empty(0, params[0].dtype)
+    with deferred_interrupts():  # one jitted call per tensor: a Ctrl-C between two waits for the rest
+        for i, (param, grad) in enumerate(zip(params, grads)):
+            states = (s[i].reshape(-1) if s is not None else unused for s in slots)
+            kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
+
+
+def compute_scalars(rule, plan, dtype):
+    """The plan's scalars rounded once to the compute dtype, as every backend computes with them
+    (the cpp kernels round each double exactly so, and the fast path declines what this rejects).
+    Raises ValueError for a scalar finite in double but not in the compute dtype (lr=1e300 on
+    float32, or a step_size that outgrows float32)."""
+    with np.errstate(over="ignore"):
+        rounded = np.array(plan.scalars, dtype=dtype)
+    if not np.isfinite(rounded).all():
+        k = int(np.flatnonzero(~np.isfinite(rounded))[0])
+        field, value = plan.scalars._fields[k], plan.scalars[k]
+        derived = "" if field in rule.hyper else \
+            f" ({rule.name}'s {field} is computed from this step's hyperparameters)"
+        raise ValueError(f"Invalid {field}: {value:g} is not finite in {dtype.name}, the compute dtype of "
+                         f"{dtype.name} params{derived}")
+    return type(plan.scalars)(*rounded)
+
+
+class deferred_interrupts:
+    """A block that Ctrl-C cannot split: SIGINT received inside is delivered when it exits.
+
+    Python runs signal handlers in the main thread only, between bytecodes; elsewhere there is
+    nothing to defer. A handler Python did not install (None) cannot be restored, and SIG_IGN
+    and SIG_DFL are not run between bytecodes: those are left as they are.
+    """
+
+    __slots__ = ("_previous", "_caught")
+
+    def __enter__(self):
+        self._previous, self._caught = None, False
+        if threading.current_thread() is threading.main_thread():
+            previous = _signal.getsignal(_signal.SIGINT)
+            if callable(previous):
+                self._previous = previous
+                _signal.signal(_signal.SIGINT, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self._caught = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            _signal.signal(_signal.SIGINT, self._previous)
+            if self._caught:
+                _signal.raise_signal(_signal.SIGINT)  # the caller's handler runs now (KeyboardInterrupt)
 
 
 # Memoized: a rule has a handful of flag combinations, and this runs on every step.

@@ -3,16 +3,24 @@
 
 The core owns what a step means: each param's step count and host-side state (NAdam's
 ``mu_product``), buckets of params that share a dtype and those caller-owned arguments (one
-kernel call each), the starting values of new state, and the order that makes bad input change
-nothing: every bucket of every group is checked before any is stepped, and new state is kept
-only once the step has been taken. A layer supplies only how its tensors are stored and viewed.
+kernel call each), the starting values of new state, and the order that makes a step all or
+nothing: every bucket of every group is checked (one native call for the usual single bucket,
+``_backends.step_all`` otherwise) before any is stepped, new state is kept only once the step
+has been taken, and a Ctrl-C cannot come between the kernels and the record of the step. A
+layer supplies only how its tensors are stored and viewed, and how it names them in errors.
 Per-param work is done a whole group at a time: a step of hundreds of small tensors must not
 cost a Python call per tensor.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
+
 from . import _backends
+from ._backends import Call, deferred_interrupts
+from ._validate import find_overlap
 
 
 class Stateful:
@@ -22,6 +30,7 @@ class Stateful:
     spec = None
     backend = None  # the NumPy layer's choice; fusedoptim.torch always uses the default
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
+    _shared_memory = False  # params may share memory (torch): then they step one after another
 
     # --- What a layer provides ---
 
@@ -45,13 +54,22 @@ class Stateful:
         """The dims of ``param`` in memory order, when it is not C-contiguous (None: as it is)."""
         return None
 
-    def _writable(self, tensor, order, write_backs):
-        """An array of ``tensor``'s memory in ``order`` that the kernel can write, or a contiguous
-        copy to be written back: then a function that does so is appended to ``write_backs``."""
+    def _writable(self, tensor, order, copies):
+        """An array of ``tensor``'s memory in ``order`` that the kernel can write; or, where it
+        has none, one of a contiguous copy, listed in ``copies`` as (tensor view, copy, the
+        copy's array) to be filled right before the kernel and written back right after."""
         return tensor
+
+    def _memory(self, view):
+        """An array of a (non-dense) view's own memory, for overlap checks."""
+        return view
 
     def _readable(self, grad, order):
         return grad
+
+    def _namer(self, keys):
+        """``name(arg, k)``: how errors name operand k of argument ``arg`` of a call over these params."""
+        return None
 
     def _record(self, keys, entries, created, count, host_states):
         """Records a step taken by a bucket: each param's newly created state buffers (``created``,
@@ -80,14 +98,30 @@ class Stateful:
         args.update(zip(rule.host_states, host or rule.host_states.values()))
         return rule.plan(**args, **hyper)
 
+    def _state_name(self, arg):
+        """The state a functional argument holds (``exp_avgs`` -> ``exp_avg``), for error messages."""
+        return next(s.name for s in self.spec.rule.states if s.arg == arg)
+
     def _initial_fill(self, name, hyper):
         initial = self.spec.rule.initial.get(name)
         return hyper[initial] if initial else 0.0
 
+    def _check_group(self, hyper, dtypes):
+        """What a new param group must pass before it is added: hyperparameters the rule accepts,
+        scalars and starting values that params of these dtypes can hold."""
+        plan = self._plan(hyper)
+        for dtype in dtypes:
+            _backends.compute_scalars(self.spec.rule, plan, dtype)  # lr=1e300 cannot step float32 params
+            for name in self.spec.rule.initial.values():
+                with np.errstate(over="ignore"):
+                    if not np.isfinite(dtype.type(hyper[name])):
+                        raise ValueError(f"Invalid {name}: {hyper[name]:g} is not finite in {dtype.name}, the dtype "
+                                         f"of the state it starts")
+
     def _take_step(self, groups):
         """One step. ``groups`` holds, for each param group, its hyperparameters (``_hyper``) and
         three lists over its params that have a grad: their keys in ``state``, the params, the grads."""
-        work = []  # per bucket: its plan and count, its operands, then what to record once taken
+        work = []
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
             steps, hosts = self._steps_taken(entries), self._host_values(entries)
@@ -101,30 +135,40 @@ class Stateful:
                         column.append(value)
             if not buckets:
                 self._plan(hyper)  # still reject bad hyperparameters
-            for key, bucket in buckets.items():
+            for key, (keys, params, grads, entries) in buckets.items():
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
-                work.append((plan, count, bucket, *self._operands(*bucket, plan, hyper)))
+                arrays, readable, states, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
+                call = Call(plan, arrays, readable, states, self._namer(keys))
+                work.append(_Bucket(call, count, keys, entries, created, copies, memory))
+        if not work:
+            return
+        sequential = self._shared_memory and _shares_memory(work)
+        if sequential:  # as torch's for-loop steps them: one after another, each seeing those before
+            work = [one for bucket in work for one in bucket.one_by_one()]
         rule = self.spec.rule
-        if len(work) == 1:  # one call checks and steps at once, and changes nothing when it raises
-            plan, _, _, params, grads, states, _, _ = work[0]
-            _backends.step(self.backend, rule, plan, params, grads, states)
-            return self._taken(*work[0])
-        steps = [_backends.prepare(self.backend, rule, plan, params, grads, states)
-                 for plan, _, _, params, grads, states, _, _ in work]
-        for take, done in zip(steps, work):
-            take()
-            self._taken(*done)
+        with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the record
+            if len(work) == 1:  # the usual step: one native call checks it and steps it
+                bucket = work[0]
+                _fill(bucket.copies)
+                _backends.step(self.backend, rule, *bucket.call)
+                self._taken(bucket)
+                return
+            backend = _backends.resolve(self.backend)
+            ready = _backends.check(backend, rule, [bucket.call for bucket in work], across=not sequential)
+            for args, bucket in zip(ready, work):
+                _fill(bucket.copies)
+                _backends.run(backend, rule, *args)
+                self._taken(bucket)
 
-    def _taken(self, plan, count, bucket, params, grads, states, created, write_backs):
-        """What follows a bucket's kernel call: write-backs, then the record of the step."""
-        for write_back in write_backs:
-            write_back()
-        self._record(bucket[0], bucket[3], created, count, plan.host_states)
+    def _taken(self, bucket):
+        _write_back(bucket.copies)
+        self._record(bucket.keys, bucket.entries, bucket.created, bucket.count, bucket.call.plan.host_states)
 
-    def _operands(self, keys, params, grads, entries, plan, hyper):
+    def _operands(self, params, grads, entries, plan, hyper):
         """A bucket's arrays for the kernel: (params, grads, states per slot, each param's newly
-        created state buffers (None: it had them all), write-backs)."""
+        created state buffers (None: it had them all), copies to fill and write back, as
+        (tensor, copy, position in the bucket), and each param's own memory (see _Bucket))."""
         rule = self.spec.rule
         if not self._viewed and None not in entries:
             used = [s.name for s, on in zip(rule.states, plan.uses) if on]
@@ -134,10 +178,11 @@ class Stateful:
                 columns = None
             if columns is not None and not any(type(None) in map(type, column) for column in columns):
                 column = iter(columns)
-                return params, grads, tuple(next(column) if on else None for on in plan.uses), None, []
-        arrays, readable, states, created, write_backs = [], [], [[] if on else None for on in plan.uses], [], []
-        for param, grad, entry in zip(params, grads, entries):
+                return params, grads, tuple(next(column) if on else None for on in plan.uses), None, [], []
+        arrays, readable, states, created, copies, memory = [], [], [[] if on else None for on in plan.uses], [], [], []
+        for k, (param, grad, entry) in enumerate(zip(params, grads, entries)):
             order = self._order(param)
+            copies_of = []
             new = {}
             for slot, state in zip(states, rule.states):
                 if slot is None:
@@ -145,8 +190,52 @@ class Stateful:
                 buffer = entry.get(state.name) if entry else None
                 if buffer is None:
                     buffer = new[state.name] = self._new_state(param, self._initial_fill(state.name, hyper))
-                slot.append(self._writable(buffer, order, write_backs))
-            arrays.append(self._writable(param, order, write_backs))
+                slot.append(self._writable(buffer, order, copies_of))
+            array = self._writable(param, order, copies_of)
+            arrays.append(array)
+            if self._shared_memory:  # a param stepped through a copy: its own memory is the copied view's
+                copied = copies_of and copies_of[-1][2] is array
+                memory.append(self._memory(copies_of[-1][0]) if copied else array)
             readable.append(self._readable(grad, order))
             created.append(new)
-        return arrays, readable, tuple(states), created, write_backs
+            copies += [(tensor, copy, k) for tensor, copy, _ in copies_of]
+        return arrays, readable, tuple(states), created, copies, memory
+
+
+class _Bucket(NamedTuple):
+    """One kernel call of a step, and what to record once it has been taken."""
+
+    call: Call
+    count: int  # the step number every param of the call takes
+    keys: list
+    entries: list  # their state entries before the step (None for new params)
+    created: list | None  # per param, the state buffers this step creates (None: there are none)
+    copies: list  # (tensor, contiguous copy, position) to fill before the kernel and write back after
+    memory: list  # each param's own memory as an array (when params may share it), else empty
+
+    def one_by_one(self):
+        """The call split into one call per param, in order."""
+        call = self.call
+        for k in range(len(call.params)):
+            states = tuple(None if slot is None else [slot[k]] for slot in call.states)
+            name = call.name and (lambda arg, _, k=k: call.name(arg, k))
+            created = None if self.created is None else [self.created[k]]
+            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name), self.count, [self.keys[k]],
+                          [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
+                          self.memory[k:k + 1])
+
+
+def _shares_memory(work):
+    """Whether two params of the step share memory (their own, not the copies they step through)."""
+    memory = [array for bucket in work for array in bucket.memory]
+    return len(memory) > 1 and find_overlap(memory) is not None
+
+
+def _fill(copies):
+    for tensor, copy, _ in copies:
+        copy.copy_(tensor)
+
+
+def _write_back(copies):
+    for tensor, copy, _ in copies:
+        tensor.copy_(copy)

@@ -11,7 +11,9 @@ from numba import njit
 
 from .reference import BLOCK, LANES, _trust_ratio
 
-_jit = njit(cache=True, nogil=True, fastmath=False)
+# error_model="numpy": x/0 gives Inf or NaN as IEEE says, like the reference and the C++ kernels,
+# where Python's model would raise ZeroDivisionError half-way through a step.
+_jit = njit(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @_jit

@@ -82,9 +82,16 @@ class OptimizerSpec(NamedTuple):
 
 # --- hyperparameter checks, raising ValueError("Invalid <name>: ...") like torch.optim ---
 
+def type_name(value):
+    """The type of ``value`` as a user can look it up: ``list``, ``numpy.float32``, ``numpy.bool``
+    (NumPy 2 calls its bool ``bool``, so the bare name would read "expected a bool, got bool")."""
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
 def real(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Invalid {name}: expected a real number, got {type(value).__name__}")
+        raise TypeError(f"Invalid {name}: expected a real number, got {type_name(value)}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"Invalid {name}: {value} (must be finite)")
@@ -113,21 +120,27 @@ def in_unit(name, value, closed=False):
 def flag(name, value):
     if value is True or value is False:
         return value
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if not isinstance(value, int):
-        raise TypeError(f"Invalid {name}: expected a bool, got {type(value).__name__}")
+    if not isinstance(value, (int, np.bool_)):  # a Python int reads as its truth value, as torch reads flags
+        raise TypeError(f"Invalid {name}: expected a bool, got {type_name(value)}")
     return bool(value)
 
 
+# The plan computes in double, where counts above 2**53 are no longer exact (and 10**400 is not a double).
+_MAX_STEP = 2**53
+
+
 def step_number(step):
-    if type(step) is int and step >= 1:
+    if type(step) is int and 1 <= step <= _MAX_STEP:
         return step
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"Invalid step: expected an int (1 for the first step), got {type(step).__name__}")
+        raise TypeError(f"Invalid step: expected an int (1 for the first step), got {type_name(step)}")
+    step = int(step)
     if step < 1:
         raise ValueError(f"Invalid step: {step} (must be >= 1; the first step is 1)")
-    return int(step)
+    if step > _MAX_STEP:
+        shown = step if step < 10**30 else f"a {step.bit_length()}-bit int"  # str() of a huge int can itself fail
+        raise ValueError(f"Invalid step: {shown} (must be <= 2**53, the last count a double holds exactly)")
+    return step
 
 
 def betas_pair(betas):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _native
+from ._rules import type_name
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -30,39 +31,73 @@ def _find_overlap_python(arrays):
 find_overlap = _find_overlap_native or _find_overlap_python
 
 
-def _as_array(value, name):
+# The checks below take the operand's name as name(arg, i), and call it only to raise: a
+# caller's names (the stateful optimizers') can cost more to make than the check itself.
+
+def _as_array(value, name, arg, i):
+    """What a step only reads (a grad): any array-like, as an ndarray (a copy if need be)."""
     if type(value) is np.ndarray:
         return value
     try:
-        return np.asarray(value)  # anything exposing the buffer or array protocol, without a copy
+        array = np.asarray(value)  # anything exposing the buffer or array protocol, without a copy
     except Exception as e:
-        raise TypeError(f"{name} must be a NumPy array or expose the buffer protocol, got {type(value).__name__}") from e
+        raise TypeError(f"{name(arg, i)} must be a NumPy array or expose the buffer protocol, "
+                        f"got {type_name(value)}") from e
+    if array.dtype == object:  # None, or a ragged list: np.asarray wraps the objects themselves
+        raise TypeError(f"{name(arg, i)} must be a NumPy array or expose the buffer protocol, got {type_name(value)}")
+    return array
+
+
+def _in_place(value, name, arg, i):
+    """What a step writes (a param, a state): the ndarray itself, or a view of the object's own
+    memory (a writeable buffer such as array.array). np.asarray copies anything else (a list, a
+    float, a NumPy scalar such as ``np.abs(x_0d)``), and the update would land in the copy."""
+    if type(value) is np.ndarray:
+        return value
+    try:
+        array = np.asarray(value)
+    except Exception:
+        array = None
+    # Two conversions of a copied object are two fresh arrays; a view shares the object's memory.
+    # (An empty view has no memory to share: it is still a view if it does not own its data.)
+    if array is None or array.dtype == object or not array.flags.writeable or not (
+            np.shares_memory(array, value) if array.size else not array.flags.owndata):
+        raise TypeError(f"{name(arg, i)} must be a writeable NumPy array (it is updated in place), "
+                        f"got {type_name(value)}")
+    return array
 
 
 def _as_list(value, name, single):
     if single:
         return [value]
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name} must be a list of arrays when params is a list, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a list of arrays when params is a list, got {type_name(value)}")
     return value
 
 
-def operands(rule, plan, params, grads, states):
+def default_name(single):
+    """How the validator names operand i of argument ``arg``: as the caller passed it."""
+    return (lambda arg, i: arg) if single else (lambda arg, i: f"{arg}[{i}]")
+
+
+def operands(rule, plan, params, grads, states, name=None):
     """Checks a whole step; returns (params, grads, slots) as lists of arrays.
 
     ``states`` holds what the caller passed for each of ``rule.states``, in that (kernel slot)
     order: a list, a single array, or None. ``slots`` has a list of arrays for each state the
-    step uses and None for the others. Raises TypeError / ValueError naming the argument (the
-    functional's name for it: ``State.arg``).
+    step uses and None for the others. Raises TypeError / ValueError naming the argument:
+    ``name(arg, i)`` names the i-th operand of argument ``arg`` ("params", "grads" or a state's
+    functional argument, ``State.arg``), by default ``arg[i]`` as passed.
     """
     single = not isinstance(params, (list, tuple))
-    params = [_as_array(p, "params") for p in _as_list(params, "params", single)]
+    name = name or default_name(single)
+    params = _as_list(params, "params", single)
     n = len(params)
 
-    def listed(value, name):
-        value = _as_list(value, name, single)
+    def listed(value, arg):
+        value = _as_list(value, arg, single)
         if len(value) != n:
-            raise ValueError(f"{name} has {len(value)} arrays but params has {n}")
+            raise ValueError(f"{arg} has {len(value)} arrays but params has {n}")
         return value
 
     grads = listed(grads, "grads")
@@ -76,57 +111,68 @@ def operands(rule, plan, params, grads, states):
         else:
             slots.append(listed(value, arg))
 
-    checked_grads, checked_slots = [], [[] if s is not None else None for s in slots]
-    dtype = params[0].dtype if n else None
-    for i, param in enumerate(params):
-        where = f"[{i}]" if not single else ""
-        if param.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"params{where} has dtype {param.dtype}; supported: float32, float64")
-        if param.dtype != dtype:
-            raise TypeError(f"params{where} is {param.dtype} but params[0] is {dtype}: one call steps one dtype")
-        _check_writable(param, f"params{where}")
-        grad = _as_array(grads[i], "grads")
-        _check_like(grad, param, f"grads{where}", where)
+    checked_params, checked_grads, checked_slots = [], [], [[] if s is not None else None for s in slots]
+    for i in range(n):
+        param = _in_place(params[i], name, "params", i)
+        _check_param(param, name, "params", i)
+        if i and param.dtype != checked_params[0].dtype:
+            raise TypeError(f"{name('params', i)} is {param.dtype} but {name('params', 0)} is "
+                            f"{checked_params[0].dtype}: one call steps one dtype")
+        checked_params.append(param)
+        grad = _as_array(grads[i], name, "grads", i)
+        _check_like(grad, param, name, "grads", i)
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)  # read only, so a contiguous copy is as good
         checked_grads.append(grad)
         for arg, given, slot in zip(args, slots, checked_slots):
-            if slot is None:
-                continue
-            arg += where
-            buf = _as_array(given[i], arg)
-            _check_like(buf, param, arg, where)
-            _check_writable(buf, arg)
-            slot.append(buf)
+            if slot is not None:
+                buf = _in_place(given[i], name, arg, i)
+                _check_like(buf, param, name, arg, i)
+                _check_writable(buf, name, arg, i)
+                slot.append(buf)
 
-    everything = params + checked_grads + [b for slot in checked_slots if slot for b in slot]
-    clash = find_overlap(everything) if len(everything) > 1 else None
-    if clash is not None:
-        names = _operand_names(n, args, checked_slots, single)
-        raise ValueError(f"{names[clash[0]]} and {names[clash[1]]} overlap in memory; every operand must be distinct")
-    return params, checked_grads, checked_slots
+    written = checked_params + [b for slot in checked_slots if slot for b in slot]
+    order = ["params"] + [arg for arg, slot in zip(args, checked_slots) if slot is not None] + ["grads"]
+    checked_grads = distinct(written, checked_grads, lambda k: name(order[k // n], k % n) if n else "")
+    return checked_params, checked_grads, checked_slots
 
 
-def _check_like(array, param, name, where):
+def distinct(written, read, name):
+    """Checks that no array of ``written`` shares memory with any other operand, and returns
+    ``read`` with a copy of each array that overlaps an earlier one of ``read``: reading one
+    buffer twice is harmless (torch.optim takes one grad tensor for two params), and the copy
+    keeps every operand of a kernel call distinct. ``name(k)`` names operand k of written + read."""
+    arrays = written + read
+    while len(arrays) > 1 and (clash := find_overlap(arrays)) is not None:
+        if min(clash) < len(written):
+            raise ValueError(f"{name(clash[0])} and {name(clash[1])} overlap in memory; every operand must be distinct")
+        later = max(clash)
+        arrays[later] = arrays[later].copy()
+    return arrays[len(written):]
+
+
+def check_param(value, label):
+    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{label} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
+    _check_param(value, lambda arg, i: label, "params", 0)
+
+
+def _check_param(param, name, arg, i):
+    if param.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: float32, float64")
+    _check_writable(param, name, arg, i)
+
+
+def _check_like(array, param, name, arg, i):
     if array.shape != param.shape:
-        raise ValueError(f"{name} has shape {array.shape} but params{where} has shape {param.shape}")
+        raise ValueError(f"{name(arg, i)} has shape {array.shape} but {name('params', i)} has shape {param.shape}")
     if array.dtype != param.dtype:
-        raise TypeError(f"{name} is {array.dtype} but params{where} is {param.dtype}")
+        raise TypeError(f"{name(arg, i)} is {array.dtype} but {name('params', i)} is {param.dtype}")
 
 
-def _check_writable(array, name):
+def _check_writable(array, name, arg, i):
     if not array.flags.writeable:
-        raise ValueError(f"{name} is read-only; it is updated in place")
+        raise ValueError(f"{name(arg, i)} is read-only; it is updated in place")
     if not array.flags.c_contiguous:
-        raise ValueError(f"{name} is not C-contiguous; it is updated in place, so it cannot be copied")
-
-
-def _operand_names(n, args, slots, single):
-    def at(i):
-        return "" if single else f"[{i}]"
-
-    names = [f"params{at(i)}" for i in range(n)] + [f"grads{at(i)}" for i in range(n)]
-    for arg, slot in zip(args, slots):
-        if slot is not None:
-            names += [f"{arg}{at(i)}" for i in range(n)]
-    return names
+        raise ValueError(f"{name(arg, i)} is not C-contiguous; it is updated in place, so it cannot be copied")

@@ -5,7 +5,12 @@ their state buffers in place. Names, arguments and defaults follow ``torch.optim
 is the 1-based count of the step being taken, owned by the caller. ``backend`` is "cpp",
 "numba", "numpy" or None/"auto" (the fastest available, or $FUSEDOPTIM_BACKEND). The whole
 step is validated before any memory is touched: bad input raises TypeError / ValueError
-naming the argument and modifies nothing.
+naming the argument and modifies nothing. Params and states are updated in place, so each
+must be a writeable ndarray or expose its memory without a copy (array.array, a writeable
+memoryview); a list or a NumPy scalar is a TypeError. Grads are only read: any array-like,
+and one array may serve several params. A step is all or nothing on every backend, also
+when interrupted: a KeyboardInterrupt (Ctrl-C) is raised before anything changed or once
+everything has.
 
 Every function here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """

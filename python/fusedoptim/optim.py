@@ -3,8 +3,14 @@
 An optimizer owns its state buffers (cache-line aligned) and the per-param step count.
 ``step(grads)`` takes the gradients in the order of the params across all groups (a single
 array when there is one param); a ``None`` gradient skips its param, as torch skips a param
-whose ``.grad`` is None. Each group is stepped in one multi-tensor call per dtype and step count,
-and the whole step is checked before any of it is taken.
+whose ``.grad`` is None. Each group is stepped in one multi-tensor call per dtype and step count.
+
+A step is all or nothing. Every group and bucket is checked (hyperparameters, shapes, dtypes,
+overlaps across the whole step) before any param, state or step count changes, and bad input
+raises TypeError / ValueError naming the param by its position across all groups, as
+``step(grads)`` takes it. A Ctrl-C during a step takes effect once the step is complete.
+Params are checked when they are added: each must be a writeable, C-contiguous float32 or
+float64 ndarray with memory of its own.
 
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """
@@ -20,6 +26,7 @@ from . import _api
 from ._engine import Stateful
 from ._memory import aligned_full
 from ._rules import OPTIMIZERS
+from ._validate import check_param, find_overlap
 
 
 class Optimizer(Stateful):
@@ -32,7 +39,7 @@ class Optimizer(Stateful):
         self.backend = backend
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
-        groups = list(params) if not isinstance(params, np.ndarray) else [params]
+        groups = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -45,23 +52,41 @@ class Optimizer(Stateful):
         if not isinstance(group, dict):
             raise TypeError(f"param group must be a dict, got {type(group).__name__}")
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        params = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
         unknown = set(group) - set(self.defaults) - {"params"}
         if unknown:
             raise ValueError(f"param group has unknown hyperparameters: {sorted(unknown)}")
         group = {**self.defaults, **group, "params": params}
-        self._plan(self._hyper(group))  # rejects bad hyperparameters now
-        seen = {id(p) for g in self.param_groups for p in g["params"]}
-        for p in params:
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"params must be NumPy arrays, got {type(p).__name__}")
+        existing = self._params()
+        seen = {id(p) for p in existing}
+        for j, p in enumerate(params):
+            check_param(p, f"params[{len(existing) + j}]")  # one that no step could update fails now
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
+        clash = find_overlap(existing + params)
+        if clash is not None:  # each would be stepped as if the other did not exist
+            raise ValueError(f"params[{clash[0]}] and params[{clash[1]}] overlap in memory; each param must have "
+                             f"memory of its own")
+        self._check_group(self._hyper(group), {p.dtype for p in params})
         self.param_groups.append(group)
 
     def _new_state(self, param, fill):
         return aligned_full(param.shape, param.dtype, fill)
+
+    def _namer(self, indices):
+        """Names operand k of a call over the params at ``indices`` as step()'s user knows it:
+        by its position across all groups (``grads[3]``, ``state[3]['exp_avg']``)."""
+
+        def name(arg, k):
+            i = indices[k]
+            label = f"{arg}[{i}]" if arg in ("params", "grads") else f"state[{i}][{self._state_name(arg)!r}]"
+            if len(self.param_groups) > 1:
+                g, j = next((g, i - ix.start) for g, (_, ix) in enumerate(self._indexed()) if i in ix)
+                label += f" (param {j} of group {g})"
+            return label
+
+        return name
 
     def _indexed(self):
         """Each group with the range of its params' indices across all groups."""

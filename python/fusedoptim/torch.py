@@ -16,6 +16,15 @@ raises TypeError / ValueError naming the param before anything is modified. ``ca
 ``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
 accepted and ignored.
 
+A step is all or nothing: every group is checked before any param, state or ``step`` changes,
+and a Ctrl-C during a step takes effect once it is complete. Where torch.optim accepts odd
+input, so do we, with its results: one gradient tensor shared by several params is read by
+each; params that share memory (overlapping views, in one group or several) are stepped one
+after another in torch's order, each seeing the updates of those before it, as torch's
+for-loop steps them. An expanded param (a dimension of stride 0, so that elements share
+memory) is rejected, when it is added and before any step: torch.optim raises on it too, but
+only after updating its state and ``step``.
+
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``); a class
 with a ``torch.optim`` twin takes exactly the twin's arguments.
 """
@@ -37,6 +46,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is one fusedoptim rule."""
 
     _unsupported = ("capturable", "differentiable", "fused")  # torch flags that must be off
+    _shared_memory = True
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
 
@@ -60,6 +70,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
                 if isinstance(p, torch.Tensor):
                     _check_tensor(p, f"param {j} of the new group", "param")
+                    _check_not_expanded(p, f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
 
     def __setstate__(self, state):
@@ -102,16 +113,34 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     continue
                 if not (p.dtype in _DTYPES and p.is_cpu and grad.dtype == p.dtype and grad.is_cpu
                         and grad.layout == torch.strided and grad.shape == p.shape):
-                    where = group["param_names"][j] if "param_names" in group else f"param_groups[{index}]['params'][{j}]"
-                    _check_tensor(p, where, "param")
-                    _check_tensor(grad, f"the gradient of {where}", "gradient", like=p)
+                    _check_tensor(p, self._where(index, j), "param")
+                    _check_tensor(grad, f"the gradient of {self._where(index, j)}", "gradient", like=p)
                 params.append(p)
                 grads.append(grad)
             groups.append((self._hyper(group), params, params, grads))
         self._take_step(groups)
         return loss
 
+    def _where(self, g, j):
+        """A param as torch users know it: by its name, or by its place in param_groups."""
+        group = self.param_groups[g]
+        return group["param_names"][j] if "param_names" in group else f"param_groups[{g}]['params'][{j}]"
+
     # --- How torch's tensors are stored and viewed (see Stateful) ---
+
+    def _namer(self, params):
+        """Names operand k of a call over ``params`` as torch users know it (see ``_where``)."""
+
+        def name(arg, k):
+            where = self._place(params[k])
+            return where if arg == "params" else f"the gradient of {where}" if arg == "grads" else \
+                f"state[{self._state_name(arg)!r}] of {where}"
+
+        return name
+
+    def _place(self, param):
+        return next(self._where(g, j) for g, group in enumerate(self.param_groups)
+                    for j, p in enumerate(group["params"]) if p is param)
 
     def _steps_taken(self, entries):
         if self._stepless:
@@ -122,15 +151,22 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return torch.full_like(param, fill, memory_format=torch.preserve_format)
 
     def _order(self, param):
-        return None if param.is_contiguous() else sorted(range(param.dim()), key=lambda d: -param.stride(d))
+        if param.is_contiguous():
+            return None
+        _check_not_expanded(param, self._place(param))
+        return sorted(range(param.dim()), key=lambda d: -param.stride(d))
 
-    def _writable(self, tensor, order, write_backs):
+    def _writable(self, tensor, order, copies):
         view = _in_order(tensor, order)
         if view.is_contiguous():
             return view.numpy()
-        copy = view.contiguous()
-        write_backs.append(lambda: view.copy_(copy))
-        return copy.numpy()
+        copy = torch.empty_like(view, memory_format=torch.contiguous_format)
+        array = copy.numpy()
+        copies.append((view, copy, array))
+        return array
+
+    def _memory(self, view):
+        return view.numpy()
 
     def _readable(self, grad, order):
         return _in_order(grad, order).numpy()
@@ -166,6 +202,12 @@ def _check_tensor(t, where, what, like=None):
             raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}")
         if t.shape != like.shape:
             raise ValueError(f"{where}: {what} has shape {tuple(t.shape)} but the param {tuple(like.shape)}")
+
+
+def _check_not_expanded(p, where):
+    if any(stride == 0 and size > 1 for size, stride in zip(p.shape, p.stride())):
+        raise ValueError(f"{where}: param is expanded (a dimension of stride 0), so its elements share memory and "
+                         f"cannot be updated one by one (torch.optim fails on it too); step a copy (tensor.clone())")
 
 
 def _in_order(t, order):
