@@ -13,6 +13,7 @@
 
 #include "chunks.hpp"
 #include "dispatch.hpp"
+#include "fpenv.hpp"
 #include "two_pass.hpp"
 
 namespace py = pybind11;
@@ -146,6 +147,7 @@ bool step(py::handle params, py::handle grads, const py::tuple& states, unsigned
   const KernelFn kernel = active_isa().kernels[R][dtype];
   const ReduceFn first_pass = active_isa().reducers[R][dtype];  // null for one-pass rules
   auto run = [&] {
+    const ContractFpEnv contract;  // the pool's workers hold one too
     if constexpr (TwoPass<Rule>) {
       step_two_pass<Rule>(first_pass, kernel, tensors, itemsize, s, flags);
     } else {

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "fpenv.hpp"
+
 namespace fusedoptim {
 namespace {
 
@@ -58,7 +60,10 @@ class Pool {
       ticket_.wait(seen, std::memory_order_acquire);
       seen = ticket_.load(std::memory_order_acquire);
       if (index >= static_cast<int>(seen & 0xffff)) continue;
-      job_->work();
+      {
+        const ContractFpEnv contract;
+        job_->work();
+      }
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
     }
   }
