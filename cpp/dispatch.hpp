@@ -38,7 +38,8 @@ struct IsaTable {
 const std::vector<const IsaTable*>& compiled_isas();
 // Whether the running CPU (and OS) can execute a level.
 bool cpu_supports(const IsaTable& isa);
-// The level in use: the best the CPU supports, lowered by FUSEDOPTIM_ISA or set_isa.
+// The level in use: the best the CPU supports, unless set_isa chose another (fusedoptim does at
+// import when $FUSEDOPTIM_ISA is set).
 const IsaTable& active_isa();
 // Selects a level by name; throws std::invalid_argument for unknown or unsupported ones.
 void set_isa(const std::string& name);

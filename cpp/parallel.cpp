@@ -4,12 +4,10 @@
 #include "parallel.hpp"
 
 #include <pthread.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -80,17 +78,7 @@ class Pool {
 Pool* pool = nullptr;
 std::mutex pool_creation;
 
-int default_threads() {
-  if (const char* env = std::getenv("FUSEDOPTIM_NUM_THREADS"); env && *env) {
-    const int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
-  cpu_set_t cpus;
-  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) return std::max(1, CPU_COUNT(&cpus));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-std::atomic<int> threads_setting{0};  // 0: the default
+std::atomic<int> threads_setting{1};
 
 // A forked child has none of the parent's workers (and maybe a held lock): start afresh.
 const bool fork_handler = [] {
@@ -100,11 +88,7 @@ const bool fork_handler = [] {
 
 }  // namespace
 
-int num_threads() {
-  static const int initial = default_threads();
-  const int chosen = threads_setting.load(std::memory_order_relaxed);
-  return chosen ? chosen : initial;
-}
+int num_threads() { return threads_setting.load(std::memory_order_relaxed); }
 
 void set_num_threads(int threads) { threads_setting.store(std::clamp(threads, 1, kMaxThreads), std::memory_order_relaxed); }
 

@@ -6,8 +6,8 @@ namespace fusedoptim {
 
 inline constexpr int kMaxThreads = 1024;
 
-// Threads a step may use, the calling thread included: set_num_threads, else
-// $FUSEDOPTIM_NUM_THREADS, else the CPUs this process may run on.
+// Threads a step may use, the calling thread included. fusedoptim sets it at import (from
+// $FUSEDOPTIM_NUM_THREADS or the CPUs it may run on; Python validates both); 1 until then.
 int num_threads();
 void set_num_threads(int threads);  // threads >= 1
 
