@@ -1,7 +1,8 @@
 """fusedoptim's environment variables, read and validated once, at import, in this one place.
 
 $FUSEDOPTIM_NUM_THREADS  threads a cpp step may use: a whole number in [1, MAX_THREADS]
-$FUSEDOPTIM_ISA          the cpp backend's ISA level, one the CPU supports (any case)
+$FUSEDOPTIM_ISA          the cpp backend's ISA level, one the CPU supports (any case); without
+                         the extension there is none to choose, and it is not looked at
 $FUSEDOPTIM_BACKEND      auto, cpp, numba or numpy (any case)
 
 An empty variable counts as unset. A bad value raises ValueError at ``import fusedoptim``,
