@@ -254,10 +254,20 @@ PYBIND11_MODULE(_kernels, m) {
   });
   m.def("roof", &roof, py::arg("reads"), py::arg("writes"));
   m.def("num_threads", &num_threads, "Threads a step may use.");
+  // fusedoptim._config validates the count (an int within its limit) before it gets here.
   m.def("set_num_threads", [](int threads) {
     if (threads < 1) throw py::value_error("Invalid num_threads: " + std::to_string(threads) + " (must be >= 1)");
+    py::gil_scoped_release nogil;  // it may wait for a step in another thread to end
     set_num_threads(threads);
   });
+  m.def("_pool_stats", [] {
+    const PoolStats stats = pool_stats();
+    return std::make_pair(stats.workers, stats.wakeups);
+  }, "(workers alive, times any worker has woken to run a job), for tests.");
+  m.def("_hold_pool_locks", [](double seconds) {
+    py::gil_scoped_release nogil;
+    hold_pool_locks(std::chrono::milliseconds(static_cast<long long>(seconds * 1000)));
+  }, "Holds the pool's locks for `seconds` (GIL released), for tests of fork safety.");
   m.def("isa_levels", [] {
     std::vector<std::pair<std::string, bool>> levels;
     for (const IsaTable* isa : compiled_isas()) levels.emplace_back(isa->name, cpu_supports(*isa));

@@ -23,8 +23,7 @@ template <class Item, class Fn>
 void for_each_chunk(const std::vector<Item>& items, std::size_t itemsize, const Fn& fn) {
   std::size_t total = 0;
   for (const Item& item : items) total += item.size;
-  const int threads = num_threads();
-  if (threads == 1 || total < kMinParallelElements) {
+  if (num_threads() == 1 || total < kMinParallelElements) {
     for (const Item& item : items) fn(item, 0, item.size);
     return;
   }
@@ -39,7 +38,7 @@ void for_each_chunk(const std::vector<Item>& items, std::size_t itemsize, const 
     for (std::size_t begin = 0; begin < item.size; begin += chunk)
       spans.push_back({&item, begin, std::min(begin + chunk, item.size)});
   auto body = [&](std::size_t c) { fn(*spans[c].item, spans[c].begin, spans[c].end); };
-  parallel_for(spans.size(), threads, body);
+  parallel_for(spans.size(), body);
 }
 
 }  // namespace fusedoptim

@@ -1,6 +1,6 @@
 #include "dispatch.hpp"
 
-#include <cstdlib>
+#include <atomic>
 #include <stdexcept>
 
 namespace fusedoptim {
@@ -21,7 +21,9 @@ const std::vector<const IsaTable*>& compiled_isas() {
 
 bool cpu_supports(const IsaTable& isa) {
 #if defined(FUSEDOPTIM_HAVE_X86)
-  // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV).
+  // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV). The
+  // level is first chosen by a static initializer, which may run before libgcc's own.
+  __builtin_cpu_init();
   if (&isa == &avx2::table) return __builtin_cpu_supports("avx2");
   if (&isa == &avx512::table)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
@@ -49,19 +51,13 @@ const IsaTable* best_supported() {
   return best;
 }
 
-const IsaTable* initial_isa() {
-  const char* forced = std::getenv("FUSEDOPTIM_ISA");
-  return forced && *forced ? find_supported(forced) : best_supported();
-}
-
-const IsaTable* active = nullptr;
+// Chosen at load, so no step ever races a first-use initialization; atomic, so a step on
+// another thread reads either the old level or the new one, never a torn pointer.
+std::atomic<const IsaTable*> active{best_supported()};
 
 }  // namespace
 
-const IsaTable& active_isa() {
-  if (!active) active = initial_isa();
-  return *active;
-}
+const IsaTable& active_isa() { return *active.load(std::memory_order_relaxed); }
 
 RoofFn active_roof() {
   const IsaTable* isa = &active_isa();
@@ -72,6 +68,6 @@ RoofFn active_roof() {
   return scalar::roof;
 }
 
-void set_isa(const std::string& name) { active = find_supported(name); }
+void set_isa(const std::string& name) { active.store(find_supported(name), std::memory_order_relaxed); }
 
 }  // namespace fusedoptim

@@ -61,7 +61,8 @@ using RoofFn = void (*)(const Streams&, std::size_t begin, std::size_t end);
 const std::vector<const IsaTable*>& compiled_isas();
 // Whether the running CPU (and OS) can execute a level.
 bool cpu_supports(const IsaTable& isa);
-// The level in use: the best the CPU supports, lowered by FUSEDOPTIM_ISA or set_isa.
+// The level in use: the best the CPU supports, unless set_isa chose another (fusedoptim does at
+// import when $FUSEDOPTIM_ISA is set).
 const IsaTable& active_isa();
 // The roof kernel built for the level in use.
 RoofFn active_roof();

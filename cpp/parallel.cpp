@@ -1,18 +1,20 @@
 // Why a pool of std::threads and not OpenMP: the torch wheel ships its own libgomp, and two
-// OpenMP runtimes in one process each start a full team and oversubscribe the cores. Workers
-// sleep on a futex (std::atomic::wait) between steps, so an idle pool costs nothing.
+// OpenMP runtimes in one process each start a full team and oversubscribe the cores. Each worker
+// sleeps on a futex word of its own (std::atomic<int>::wait), so a job wakes only the workers it
+// uses and an idle pool costs nothing.
 #include "parallel.hpp"
 
 #include <pthread.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cstdint>
-#include <cstdlib>
+#include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
+
+#include "fpenv.hpp"
 
 namespace fusedoptim {
 namespace {
@@ -30,83 +32,128 @@ struct Job {
   }
 };
 
+// On a cache line of its own, so that waking one worker touches no other's line.
+struct alignas(64) Worker {
+  // Bumped once for every job handed to this worker, and once to end it. A worker has at most
+  // one bump outstanding: the next comes only after it has finished the job (pending_ == 0).
+  std::atomic<int> ticket{0};
+  bool stop = false;  // written before the bump that ends the worker
+  std::thread thread;
+};
+
 class Pool {
  public:
-  // Runs `job` on the caller and `helpers` workers.
+  // Held while a job runs or the pool resizes, and across fork() (see below). Whoever holds it
+  // never waits for the GIL, so a thread that holds the GIL may wait for it.
+  std::mutex busy;
+
+  // With busy held: runs `job` on the caller and the first `helpers` workers, starting the
+  // missing ones (as many as the system allows: the thread count changes no result).
   void run(Job& job, int helpers) {
-    while (static_cast<int>(workers_.size()) < helpers) {
-      const int index = static_cast<int>(workers_.size());
-      // The ticket before this job's: loaded in the new thread, it might already be this job's.
-      const std::uint64_t seen = ticket_.load(std::memory_order_relaxed);
-      workers_.emplace_back([this, index, seen] { serve(index, seen); });
-      workers_.back().detach();  // the pool lives until exit (or a fork forgets it)
+    while (size() < helpers && start()) {
     }
+    helpers = std::min(helpers, size());
     job_ = &job;
     pending_.store(helpers, std::memory_order_relaxed);
-    const std::uint64_t generation = (ticket_.load(std::memory_order_relaxed) >> 16) + 1;
-    ticket_.store(generation << 16 | static_cast<std::uint64_t>(helpers), std::memory_order_release);
-    ticket_.notify_all();
+    for (int k = 0; k < helpers; ++k) wake(*workers_[k]);
     job.work();
     for (int left; (left = pending_.load(std::memory_order_acquire)) != 0;) pending_.wait(left);
   }
 
-  std::mutex busy;  // one job at a time; a concurrent caller runs its job alone
+  // With busy held: ends every worker beyond the first `keep`.
+  void shrink(int keep) {
+    while (size() > keep) {
+      Worker& w = *workers_.back();
+      w.stop = true;
+      wake(w);
+      w.thread.join();
+      workers_.pop_back();
+    }
+  }
+
+  int size() const { return static_cast<int>(workers_.size()); }  // with busy held
+  long long wakeups() const { return wakeups_.load(std::memory_order_relaxed); }
 
  private:
-  void serve(int index, std::uint64_t seen) {
-    for (;;) {
-      ticket_.wait(seen, std::memory_order_acquire);
-      seen = ticket_.load(std::memory_order_acquire);
-      if (index >= static_cast<int>(seen & 0xffff)) continue;
-      job_->work();
+  static void wake(Worker& w) {
+    w.ticket.fetch_add(1, std::memory_order_release);
+    w.ticket.notify_one();
+  }
+
+  bool start() {
+    auto w = std::make_unique<Worker>();
+    try {
+      w->thread = std::thread([this, worker = w.get()] { serve(*worker); });
+    } catch (const std::system_error&) {
+      return false;
+    }
+    workers_.push_back(std::move(w));
+    return true;
+  }
+
+  void serve(Worker& w) {
+    for (int seen = 0;; ++seen) {
+      w.ticket.wait(seen, std::memory_order_acquire);
+      if (w.stop) return;
+      wakeups_.fetch_add(1, std::memory_order_relaxed);
+      {
+        const ContractFpEnv contract;
+        job_->work();
+      }
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
     }
   }
 
-  std::vector<std::thread> workers_;
-  // Generation << 16 | helpers, in one word so a worker never pairs one job's number with
-  // another's helper count. job_ is stable while any helper of the current job is pending.
-  std::atomic<std::uint64_t> ticket_{0};
+  std::vector<std::unique_ptr<Worker>> workers_;
+  Job* job_ = nullptr;  // stable while any helper of the current job is pending
   std::atomic<int> pending_{0};
-  Job* job_ = nullptr;
+  std::atomic<long long> wakeups_{0};
 };
 
-// Never destroyed: detached workers may still be asleep in it when the process exits.
+// Never destroyed: workers may still be asleep in it when the process exits.
 Pool* pool = nullptr;
-std::mutex pool_creation;
+std::mutex pool_creation;  // guards `pool`
+std::atomic<int> threads_setting{1};
 
-int default_threads() {
-  if (const char* env = std::getenv("FUSEDOPTIM_NUM_THREADS"); env && *env) {
-    const int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
-  cpu_set_t cpus;
-  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) return std::max(1, CPU_COUNT(&cpus));
-  return std::max(1u, std::thread::hardware_concurrency());
+Pool* existing_pool() {
+  std::lock_guard<std::mutex> lock(pool_creation);
+  return pool;
 }
 
-std::atomic<int> threads_setting{0};  // 0: the default
-
-// A forked child has none of the parent's workers (and maybe a held lock): start afresh.
-const bool fork_handler = [] {
-  pthread_atfork(nullptr, nullptr, [] { pool = nullptr; });
-  return true;
-}();
+// A fork copies only the forking thread, and with it every lock as it was at that instant. So
+// the prepare handler takes both locks, waiting for a job or resize in flight to end: at the
+// fork no other thread is inside the pool, and nothing the child inherits is half-changed. The
+// child then frees the creation lock and forgets the pool, whose workers it does not have (the
+// pool is leaked, its busy lock with it); its first parallel step starts a new one.
+void before_fork() {
+  pool_creation.lock();
+  if (pool) pool->busy.lock();
+}
+void after_fork_in_parent() {
+  if (pool) pool->busy.unlock();
+  pool_creation.unlock();
+}
+void after_fork_in_child() {
+  pool = nullptr;
+  pool_creation.unlock();
+}
+[[maybe_unused]] const int fork_handlers = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 
 }  // namespace
 
-int num_threads() {
-  static const int initial = default_threads();
-  const int chosen = threads_setting.load(std::memory_order_relaxed);
-  return chosen ? chosen : initial;
+int num_threads() { return threads_setting.load(std::memory_order_relaxed); }
+
+void set_num_threads(int threads) {
+  threads_setting.store(threads, std::memory_order_relaxed);
+  if (Pool* p = existing_pool()) {
+    std::lock_guard<std::mutex> lock(p->busy);
+    p->shrink(num_threads() - 1);
+  }
 }
 
-void set_num_threads(int threads) { threads_setting.store(std::clamp(threads, 1, kMaxThreads), std::memory_order_relaxed); }
-
-void parallel_for(std::size_t num_chunks, int threads, ChunkFn body, void* context) {
+void parallel_for(std::size_t num_chunks, ChunkFn body, void* context) {
   Job job{body, context, num_chunks};
-  const int helpers = static_cast<int>(std::min<std::size_t>(std::clamp(threads, 1, kMaxThreads), num_chunks)) - 1;
-  if (helpers <= 0) return job.work();
+  if (num_chunks <= 1 || num_threads() == 1) return job.work();
   Pool* p;
   {
     std::lock_guard<std::mutex> lock(pool_creation);
@@ -114,8 +161,25 @@ void parallel_for(std::size_t num_chunks, int threads, ChunkFn body, void* conte
     p = pool;
   }
   std::unique_lock<std::mutex> lock(p->busy, std::try_to_lock);
-  if (!lock.owns_lock()) return job.work();
-  p->run(job, helpers);
+  if (!lock.owns_lock()) return job.work();  // one job at a time; a concurrent caller runs its job alone
+  // The setting is read with busy held, after any set_num_threads that shrank the pool before
+  // us: so the pool never grows past what the current setting needs.
+  const std::size_t threads = std::min<std::size_t>(num_threads(), num_chunks);
+  p->run(job, static_cast<int>(threads) - 1);
+}
+
+void hold_pool_locks(std::chrono::milliseconds duration) {
+  std::lock_guard<std::mutex> creation(pool_creation);  // the order before_fork takes them in
+  if (!pool) pool = new Pool;
+  std::lock_guard<std::mutex> lock(pool->busy);
+  std::this_thread::sleep_for(duration);
+}
+
+PoolStats pool_stats() {
+  Pool* p = existing_pool();
+  if (!p) return {0, 0};
+  std::lock_guard<std::mutex> lock(p->busy);
+  return {p->size(), p->wakeups()};
 }
 
 }  // namespace fusedoptim

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "chunks.hpp"
+#include "fpenv.hpp"
 #include "reduction.hpp"
 
 namespace fusedoptim {
@@ -60,6 +61,7 @@ void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, cons
 
 void run_step(const RuleKernels& rule, int dtype, std::size_t itemsize, const std::vector<Tensor>& tensors,
               const double* planned, unsigned flags) {
+  const ContractFpEnv contract;  // the pool's workers hold one too
   if (rule.num_sums) return run_two_pass(rule, dtype, itemsize, tensors, planned, flags);
   const RangeFn range = rule.range[dtype];
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {

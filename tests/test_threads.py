@@ -45,8 +45,13 @@ def test_set_num_threads(threads):
     previous = fo.set_num_threads(3)
     assert fo.get_num_threads() == 3
     assert fo.set_num_threads(previous) == 3
-    for bad, error in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)):
-        with pytest.raises(error, match="num_threads"):
+    assert fo.set_num_threads(np.int64(2)) == previous and fo.get_num_threads() == 2
+    assert fo.set_num_threads(fo._config.MAX_THREADS) == 2 and fo.get_num_threads() == fo._config.MAX_THREADS
+    fo.set_num_threads(previous)
+    for bad, error in ((0, ValueError), (-1, ValueError), (10**6, ValueError), (2**31, ValueError),
+                       (fo._config.MAX_THREADS + 1, ValueError), (1.5, TypeError), (True, TypeError),
+                       (np.True_, TypeError), ("2", TypeError), (None, TypeError)):
+        with pytest.raises(error, match="^Invalid num_threads: "):
             fo.set_num_threads(bad)
     assert fo.get_num_threads() == previous
 
@@ -57,14 +62,46 @@ def test_show_config_reports_threads(capsys, threads):
     assert "threads            : 2" in capsys.readouterr().out
 
 
-def test_environment_sets_default_threads():
-    import subprocess
-    import sys
+def pool_stats():
+    """(workers alive, times any worker has woken for a job)."""
+    return fo._backends._kernels._pool_stats()
 
-    code = "import fusedoptim as fo; print(fo.get_num_threads())"
-    out = subprocess.run([sys.executable, "-c", code], env={"FUSEDOPTIM_NUM_THREADS": "5", "PATH": ""},
-                         capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "5"
+
+def adam_step(n):
+    """One fp32 Adam step over n elements: n * 4 B / 64 KiB chunks, as many threads as that allows."""
+    p, g, m, v = (np.full(n, 0.5, np.float32) for _ in range(4))
+    fo.adam_(p, g, m, v, step=1, lr=0.1)
+    return p
+
+
+def test_pool_shrinks_to_the_setting(threads):
+    fo.set_num_threads(64)
+    adam_step(64 * 16384)  # 64 chunks: 63 workers
+    assert pool_stats()[0] == 63
+    fo.set_num_threads(2)
+    assert pool_stats()[0] == 1  # the surplus has exited before set_num_threads returns
+    adam_step(1 << 18)
+    assert pool_stats()[0] == 1
+    fo.set_num_threads(1)
+    assert pool_stats()[0] == 0
+
+
+def test_a_step_wakes_only_the_workers_it_uses(threads):
+    fo.set_num_threads(64)
+    adam_step(64 * 16384)
+    workers, before = pool_stats()
+    assert workers == 63
+    adam_step(8 * 16384)  # 8 chunks: the caller and 7 workers
+    workers, after = pool_stats()
+    assert workers == 63 and after - before == 7
+
+
+def test_thread_counts_give_one_result_after_the_pool_grew_and_shrank(threads):
+    fo.set_num_threads(1)
+    expected = adam_step(1 << 20)
+    for count in (64, 2, 5, 1, 3):
+        fo.set_num_threads(count)
+        assert_bitwise_equal(adam_step(1 << 20), expected, f"{count} threads")
 
 
 def test_roof_kernel_streams_the_sum_of_its_reads(threads):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import os
 import threading
 import warnings
 from typing import Callable, NamedTuple
@@ -15,7 +13,7 @@ import numpy as np
 # than a small step costs. Its C half takes and returns the handlers as they are.
 import _signal
 
-from . import _native, reference
+from . import _fpenv, _native, reference
 from ._rules import Plan
 from ._validate import default_name, distinct, operands
 
@@ -26,9 +24,7 @@ _kernels = _native.module()
 _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _AVAILABLE = tuple(b for b, ok in zip(BACKENDS, (_kernels is not None, _HAVE_NUMBA, True)) if ok)
 _warned_fallback = False
-# Read once, like $FUSEDOPTIM_ISA and $FUSEDOPTIM_NUM_THREADS: os.environ costs a
-# microsecond, more than a small step's whole kernel.
-_env_backend = os.environ.get("FUSEDOPTIM_BACKEND", "auto")
+from ._env import BACKEND as _env_backend  # validated at import (any case; empty = auto)
 
 
 def available():
@@ -142,36 +138,38 @@ def run(backend, rule, plan, params, grads, slots):
     """Runs one validated step. ``slots`` follows ``rule.states``, None where unused."""
     if not params:
         return
-    scalars = compute_scalars(rule, plan, params[0].dtype)
-    if backend == "cpp":
-        # The kernels round each double scalar to the compute dtype once, exactly as
-        # compute_scalars does for the other backends.
-        if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars, _bits(plan.flags)):
-            raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
-        return
-    if backend == "numpy":
-        kernel = getattr(reference, rule.name)
-        # Each tensor steps on copies, which are copied back once all are done, with Ctrl-C
-        # deferred: an exception part way (MemoryError, KeyboardInterrupt) leaves every operand
-        # as it was, as the cpp backend's one native call does. The copies cost memory, not bits.
-        written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
-        results = [[a if a is None else a.copy() for a in arrays] for arrays in written]
-        for (param, *states), grad in zip(results, grads):
-            kernel(param, grad, *states, scalars, plan.flags)
-        with deferred_interrupts():
-            for arrays, new in zip(written, results):
-                for a, b in zip(arrays, new):
-                    if a is not None:
-                        np.copyto(a, b)
-        return
-    from . import _numba  # compiles on first use, so importing fusedoptim stays fast
+    with _fpenv.contract():  # the caller's MXCSR (flush-to-zero, say) must not change a result
+        scalars = compute_scalars(rule, plan, params[0].dtype)
+        if backend == "cpp":
+            # The kernels round each double scalar to the compute dtype once, exactly as
+            # compute_scalars does, under the same environment.
+            if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars,
+                                                _bits(plan.flags)):
+                raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
+            return
+        if backend == "numpy":
+            kernel = getattr(reference, rule.name)
+            # Each tensor steps on copies, which are copied back once all are done, with Ctrl-C
+            # deferred: an exception part way (MemoryError, KeyboardInterrupt) leaves every operand
+            # as it was, as the cpp backend's one native call does. The copies cost memory, not bits.
+            written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
+            results = [[a if a is None else a.copy() for a in arrays] for arrays in written]
+            for (param, *states), grad in zip(results, grads):
+                kernel(param, grad, *states, scalars, plan.flags)
+            with deferred_interrupts():
+                for arrays, new in zip(written, results):
+                    for a, b in zip(arrays, new):
+                        if a is not None:
+                            np.copyto(a, b)
+            return
+        from . import _numba  # compiles on first use, so importing fusedoptim stays fast
 
-    kernel = getattr(_numba, rule.name)
-    unused = np.empty(0, params[0].dtype)
-    with deferred_interrupts():  # one jitted call per tensor: a Ctrl-C between two waits for the rest
-        for i, (param, grad) in enumerate(zip(params, grads)):
-            states = (s[i].reshape(-1) if s is not None else unused for s in slots)
-            kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
+        kernel = getattr(_numba, rule.name)
+        unused = np.empty(0, params[0].dtype)
+        with deferred_interrupts():  # one jitted call per tensor: a Ctrl-C between two waits for the rest
+            for i, (param, grad) in enumerate(zip(params, grads)):
+                states = (s[i].reshape(-1) if s is not None else unused for s in slots)
+                kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
 
 
 def compute_scalars(rule, plan, dtype):

@@ -1,6 +1,8 @@
 """What this installation can run, and the ISA level and threads in use."""
 
-from . import _backends, _native
+import numbers
+
+from . import _backends, _env, _native
 
 
 def isa_levels():
@@ -11,30 +13,46 @@ def isa_levels():
 def set_isa(name):
     """Selects the ISA level the cpp backend uses ("scalar", "avx2", "avx512"); returns the previous one.
 
-    The default is the best level the CPU supports, or $FUSEDOPTIM_ISA. Every level gives
-    bitwise-identical results; this exists to check that and to benchmark each level.
+    The default is the best level the CPU supports, or $FUSEDOPTIM_ISA. Names are
+    case-insensitive. Every level gives bitwise-identical results; this exists to check that
+    and to benchmark each level.
     """
     if _native.module() is None:
         raise RuntimeError(f"the cpp backend is not available: {_native.error}")
+    if not isinstance(name, str):
+        raise TypeError(f"Invalid ISA level: expected a str, got {type(name).__name__}")
     previous = _native.module().isa()
-    _native.module().set_isa(name)
+    _native.module().set_isa(name.lower())
     return previous
 
 
 def set_num_threads(threads):
     """Sets how many threads a cpp step may use (the caller's included); returns the previous number.
 
-    The default is $FUSEDOPTIM_NUM_THREADS, else the CPUs this process may run on. Steps
-    too small to gain from threads run on one whatever the setting, and every thread count
-    gives bitwise-identical results. The numba and numpy backends always use one thread.
+    ``threads`` is an int from 1 to 1024 (``MAX_THREADS``). The default is
+    $FUSEDOPTIM_NUM_THREADS, else the CPUs this process may run on. Steps too small to gain
+    from threads run on one whatever the setting, and every thread count gives
+    bitwise-identical results. Lowering the setting ends the pool's surplus threads. The numba
+    and numpy backends always use one thread.
     """
     if _native.module() is None:
         raise RuntimeError(f"the cpp backend is not available: {_native.error}")
-    if isinstance(threads, bool) or not isinstance(threads, int):
-        raise TypeError(f"Invalid num_threads: expected an int, got {type(threads).__name__}")
     previous = _native.module().num_threads()
-    _native.module().set_num_threads(threads)
+    _native.module().set_num_threads(_checked_threads(threads))
     return previous
+
+
+MAX_THREADS = _env.MAX_THREADS
+
+
+def _checked_threads(threads):
+    # numbers.Integral: Python's and NumPy's ints, not bools (NumPy's bool is no Integral).
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral):
+        raise TypeError(f"Invalid num_threads: expected an int, got {type(threads).__name__}")
+    count = int(threads)
+    if not 1 <= count <= MAX_THREADS:
+        raise ValueError(f"Invalid num_threads: {count} (expected 1 to {MAX_THREADS})")
+    return count
 
 
 def get_num_threads():
@@ -56,3 +74,10 @@ def show_config(file=None):
         lines += [f"ISA levels compiled: {levels}", f"ISA level selected : {kernels.isa()}",
                   f"threads            : {kernels.num_threads()}"]
     print("\n".join(lines), file=file)
+
+
+# The environment's choices, validated by _env, handed to the extension once.
+if _native.module() is not None:
+    _native.module().set_num_threads(_env.NUM_THREADS)
+    if _env.ISA is not None:
+        _native.module().set_isa(_env.ISA)
