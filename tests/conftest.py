@@ -148,16 +148,18 @@ def isa():
 # one step's distance is one draw of the roundings and can come out small by luck; a whole run's
 # worst rarely does.
 
-FACTOR = 4
+FACTOR = 2
 """How many times the peer's float32 distance from the truth ours may be.
 
 Both distances are sums of the same kind of terms: roundings of the same intermediate values,
-carried by the same recursions. Ours rounds every op (the contract); the peer often fuses a
-multiply and an add into one rounding (torch's FMA in add with alpha, addcmul, addcdiv, lerp), so
-ours makes up to about twice as many roundings of the same size per step. A run's distance is one
-draw of those roundings, and can come out at half the size of another draw of the same sum:
-2 x 2 = 4. Where the peer's distance comes out tiny (zero, or a fraction of an ulp), the floor
-takes over."""
+carried by the same recursions. Ours rounds every op (the contract) where the peer often fuses a
+multiply and an add into one rounding (torch's FMA in add with alpha, addcmul, addcdiv, lerp): at
+most about twice as many roundings per step (an average x = b x + (1 - b) g rounds three times
+where lerp rounds twice; a scaled add, twice where an FMA rounds once), of values of the same size.
+If they all add up, that is twice the distance; if they add like random draws, sqrt(2) times. A
+run's largest distance over all its steps, not one step's draw, is what is compared, so the luck
+of one draw barely moves it. Where the peer's distance comes out tiny (zero, or a fraction of an
+ulp), the floor takes over; so it does for our averages' bias (see floor)."""
 
 
 def floor(scale, steps, dtype):
@@ -185,9 +187,9 @@ def bound(peer_distance, scale, steps, dtype):
     """How far from the truth a ``dtype`` result of ours may be, given the peer's float32 distance.
 
     float32: FACTOR times the peer's distance, plus the floor. float64: the truth (the peer's float64
-    run) is then no more accurate than ours. Ours is within FACTOR of the truth's own error, and
-    the truth within one of it, from the exact result; that error is SHRINK times the peer's float32
-    one: (FACTOR + 1) * SHRINK * the peer's float32 distance, plus the float64 floor."""
+    run) is then no more accurate than ours, so |ours - truth| <= |ours - exact| + |truth - exact|:
+    FACTOR times the truth's own error plus one time it, where that error is SHRINK times the peer's
+    float32 one. Hence (FACTOR + 1) * SHRINK * the peer's float32 distance, plus the float64 floor."""
     if np.dtype(dtype) == np.float32:
         return FACTOR * peer_distance + floor(scale, steps, np.float32)
     return (FACTOR + 1) * SHRINK * peer_distance + floor(scale, steps, np.float64)

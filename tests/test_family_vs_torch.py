@@ -83,8 +83,8 @@ def trajectory(ours_class, torch_name, hyper, steps=STEPS, seed=0):
                 assert set(opt.state[i]) - {"step"} == set(torch_state) - {"step"}, f"state names of params[{i}]"
                 if "step" in torch_state:
                     assert opt.state[i]["step"] == int(torch_state["step"]) == k + 1
-            mine = [p for g in opt.param_groups for p in g["params"]]
-            mine += [opt.state[i][name] for i in range(len(shapes)) for name in sorted(opt.state[i]) if name != "step"]
+            mine = params(opt) + [opt.state[i][name] for i in range(len(shapes))
+                                  for name in sorted(opt.state[i]) if name != "step"]
             distances[dtype].record(mine, peer, truth, names)
     return distances
 

@@ -101,9 +101,9 @@ def follower(model, dtype=torch.float32):
     return [p.detach().to(dtype, copy=True).requires_grad_() for p in model.parameters()]
 
 
-def truth(name, params, **hyper):
-    """torch's optimizer ``name`` on float64 ``params``: the ground truth of a float32 run."""
-    return getattr(torch.optim, name)(params, foreach=False, **hyper)
+def truth(name, weights, **hyper):
+    """torch's optimizer ``name`` on float64 ``weights``: the ground truth of a float32 run."""
+    return getattr(torch.optim, name)(weights, foreach=False, **hyper)
 
 
 def step_in_own_dtype(opt):
@@ -239,7 +239,7 @@ def test_checkpoint_round_trip(name, direction):
     for mine, loaded in zip(after.state_dict()["state"].values(), saved["state"].values()):
         assert mine.keys() == loaded.keys()
         assert mine.get("step", torch.tensor(0.0)).dtype == torch.float32
-    watch.ours = after
+    watch.ours = after  # the loaded optimizer carries on the run
     lead(model, batch, reference, [after, exact], steps=10, watch=[watch])
     watch.distances.check()
 
