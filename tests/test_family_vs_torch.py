@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from conftest import Distances, params, torch_default_dtype
+from conftest import Distances, params_of, torch_default_dtype
 
 torch = pytest.importorskip("torch")
 
@@ -68,22 +68,22 @@ def trajectory(ours_class, torch_name, hyper, steps=STEPS, seed=0):
         for dtype, opt in ours.items():
             opt.step([g.astype(dtype) for g in grads])
         for dtype, opt in theirs.items():
-            for p, g in zip(params(opt), grads):
+            for p, g in zip(params_of(opt), grads):
                 p.grad = torch.tensor(g, dtype=dtype)
             with torch_default_dtype(dtype):
                 opt.step()
         names = [f"params[{i}]" for i in range(len(shapes))]
-        names += [f"{name}[{i}]" for i, p in enumerate(params(theirs[torch.float64]))
+        names += [f"{name}[{i}]" for i, p in enumerate(params_of(theirs[torch.float64]))
                   for name in sorted(theirs[torch.float64].state[p]) if name != "step"]
         peer, truth = ([t.numpy() for t in tensors(opt)] for opt in theirs.values())
         for dtype, opt in ours.items():
-            for i, q in enumerate(params(theirs[torch.float64])):
+            for i, q in enumerate(params_of(theirs[torch.float64])):
                 torch_state = theirs[torch.float64].state[q]
                 # torch's SGD keeps no step count (it tests for a missing momentum_buffer); ours does.
                 assert set(opt.state[i]) - {"step"} == set(torch_state) - {"step"}, f"state names of params[{i}]"
                 if "step" in torch_state:
                     assert opt.state[i]["step"] == int(torch_state["step"]) == k + 1
-            mine = params(opt) + [opt.state[i][name] for i in range(len(shapes))
+            mine = params_of(opt) + [opt.state[i][name] for i in range(len(shapes))
                                   for name in sorted(opt.state[i]) if name != "step"]
             distances[dtype].record(mine, peer, truth, names)
     return distances
@@ -91,7 +91,8 @@ def trajectory(ours_class, torch_name, hyper, steps=STEPS, seed=0):
 
 def tensors(opt):
     """A torch optimizer's params, then each param's states but the step count, by name."""
-    return params(opt) + [opt.state[p][name] for p in params(opt) for name in sorted(opt.state[p]) if name != "step"]
+    return params_of(opt) + [opt.state[p][name] for p in params_of(opt)
+                             for name in sorted(opt.state[p]) if name != "step"]
 
 
 @pytest.mark.parametrize("entry", TRAJECTORIES, ids=label)
@@ -105,7 +106,7 @@ class Drifting(fo.Adam):
 
     def step(self, grads):
         super().step(grads)
-        for p in params(self):
+        for p in params_of(self):
             for _ in range(4):
                 np.nextafter(p, np.inf, out=p)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from conftest import CASE_BY_NAME, DTYPES, Distances, assert_bitwise_equal, supported_isas
-from test_contract import assert_matches_reference, backends, make_problem
+from conftest import (CASE_BY_NAME, DTYPES, Distances, assert_bitwise_equal, assert_matches_reference, backends,
+                      make_problem, supported_isas)
 
 ALL_BACKENDS = [("numpy", "numpy", None)] + backends()
 

@@ -21,7 +21,7 @@ import fusedoptim as fo
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedoptim.torch")
-from conftest import CASES, Distances, params, torch_default_dtype  # noqa: E402
+from conftest import CASES, Distances, params_of, torch_default_dtype  # noqa: E402
 
 
 # torch classes that are another's with a flag fixed: name -> (that class, the fixed flag)
@@ -107,7 +107,7 @@ def truth(name, weights, **hyper):
 
 
 def step_in_own_dtype(opt):
-    with torch_default_dtype(params(opt)[0].dtype):
+    with torch_default_dtype(params_of(opt)[0].dtype):
         opt.step()
 
 
@@ -118,7 +118,7 @@ def lead(model, batch, leader, followers, steps, maximize=False, watch=()):
         leader.zero_grad()
         backward(model, batch, maximize)
         for opt in followers:
-            for p, q in zip(model.parameters(), params(opt)):
+            for p, q in zip(model.parameters(), params_of(opt)):
                 q.grad = p.grad.to(q.dtype, copy=True)  # a float64 follower takes them upcast
         leader.step()
         for opt in followers:
@@ -134,10 +134,10 @@ def states(opt):
 def tensors(opt):
     """Params and states but the step count, as NumPy arrays, with their names."""
     arrays, names = [], []
-    for i, p in enumerate(params(opt)):
+    for i, p in enumerate(params_of(opt)):
         arrays.append(p.detach().numpy())
         names.append(f"params[{i}]")
-    for i, p in enumerate(params(opt)):
+    for i, p in enumerate(params_of(opt)):
         for k, v in sorted(opt.state[p].items()):
             if k != "step":
                 arrays.append(v.numpy())
@@ -155,7 +155,7 @@ class Against:
         self.distances = Distances()
 
     def record(self):
-        counts = [[float(opt.state[p]["step"]) for p in params(opt) if "step" in opt.state[p]]
+        counts = [[float(opt.state[p]["step"]) for p in params_of(opt) if "step" in opt.state[p]]
                   for opt in (self.ours, self.exact)]
         assert counts[0] == counts[1], "step counts"
         runs = [tensors(opt) for opt in (self.ours, self.theirs, self.exact)]
@@ -186,7 +186,7 @@ class Drifting(ft.Adam):
     @torch.no_grad()
     def step(self, closure=None):
         loss = super().step(closure)
-        for p in params(self):
+        for p in params_of(self):
             for _ in range(4):
                 p.copy_(torch.nextafter(p, torch.tensor(np.inf, dtype=p.dtype)))
         return loss
