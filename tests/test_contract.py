@@ -5,7 +5,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fusedoptim as fo
 from conftest import CASES, DTYPES, assert_bitwise_equal, assert_matches_reference, make_problem, run
 
 

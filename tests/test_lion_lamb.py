@@ -12,7 +12,7 @@ import pytest
 
 import fusedoptim as fo
 from conftest import (CASE_BY_NAME, DTYPES, Distances, assert_bitwise_equal, assert_matches_reference, backends,
-                      make_problem, supported_isas)
+                      make_problem)
 
 ALL_BACKENDS = [("numpy", "numpy", None)] + backends()
 
