@@ -1,7 +1,11 @@
-"""Shared test vocabulary: the rules and their flag combinations, operand factories, bitwise equality."""
+"""Shared test vocabulary: the rules and their flag combinations, operand factories, bitwise equality,
+the contract's runs of every backend against the reference, and distances to an fp64 ground truth.
+(Test modules import from here, never from each other.)"""
 
+import contextlib
 import inspect
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -130,3 +134,192 @@ def isa():
     previous = fo._backends._kernels.isa()
     yield previous
     fo.set_isa(previous)
+
+
+# --- The contract: every backend and ISA level against the NumPy reference, bit for bit ---
+
+def backends():
+    """(label, backend, isa) for every configuration that must match the reference."""
+    configs = [("numba", "numba", None)] if "numba" in fo.available_backends() else []
+    return configs + [(f"cpp/{isa}", "cpp", isa) for isa in supported_isas()]
+
+
+def make_problem(case, hyper, dtype, sizes, steps, seed, specials):
+    """Initial params and states and one gradient per step, as plain arrays."""
+    rng = np.random.default_rng(seed)
+
+    def values(n, nonneg=False):
+        x = rng.standard_normal(n).astype(dtype)
+        if specials and n:
+            where = rng.integers(0, n, size=max(1, n // 50))
+            x[where] = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype=dtype), size=where.size)
+        return np.abs(x) if nonneg else x
+
+    params = [values(n) for n in sizes]
+    states = {arg: [values(n, nonneg) for n in sizes] for arg, nonneg in case.used_states(hyper).items()}
+    grads = [[values(n) for n in sizes] for _ in range(steps)]
+    return params, states, grads
+
+
+def run(case, hyper, problem, first_step, offsets, backend, isa):
+    """Steps copies of ``problem`` placed at ``offsets`` bytes; returns the final params and states."""
+    if isa is not None:
+        fo.set_isa(isa)
+    initial_params, initial_states, grad_steps = problem
+    place = iter(offsets)
+    params = [placed(p, next(place)) for p in initial_params]
+    states = {arg: [placed(s, next(place)) for s in arrays] for arg, arrays in initial_states.items()}
+    with np.errstate(all="ignore"):  # NaN and Inf are part of what must match
+        for k, grads in enumerate(grad_steps):
+            step = {"step": first_step + k} if case.takes_step else {}
+            case.functional(params, [placed(g, next(place)) for g in grads], **states, **hyper, **step,
+                            backend=backend)
+    return params, states
+
+
+def assert_matches_reference(case, hyper, problem, first_step, offsets):
+    expected = run(case, hyper, problem, first_step, offsets, "numpy", None)
+    for label, backend, isa in backends():
+        params, states = run(case, hyper, problem, first_step, offsets, backend, isa)
+        for i, (p, e) in enumerate(zip(params, expected[0])):
+            assert_bitwise_equal(p, e, f"{case.name} {hyper} {label}: params[{i}]")
+        for arg in states:
+            for i, (s, e) in enumerate(zip(states[arg], expected[1][arg])):
+                assert_bitwise_equal(s, e, f"{case.name} {hyper} {label}: {arg}[{i}]")
+
+
+# --- Distance to an fp64 ground truth ---
+#
+# Where fusedoptim's op order differs from another implementation of the same math (torch.optim, a
+# textbook form, a published step), the two cannot agree bitwise. Both are then compared with the
+# truth: the other implementation (the peer) run in float64 on the same inputs (float32 values
+# upcast), whose own rounding is 2^-29 of float32's. A tensor's distance from the truth is the
+# largest |x - truth| over its elements (an elementwise relative error means nothing where a value
+# cancels to almost zero), and a run is judged by the largest distance it reached after any step:
+# one step's distance is one draw of the roundings and can come out small by luck; a whole run's
+# worst rarely does.
+
+FACTOR = 2
+"""How many times the peer's float32 distance from the truth ours may be.
+
+Both distances are sums of the same kind of terms: roundings of the same intermediate values,
+carried by the same recursions. Ours rounds every op (the contract) where the peer often fuses a
+multiply and an add into one rounding (torch's FMA in add with alpha, addcmul, addcdiv, lerp): at
+most about twice as many roundings per step (an average x = b x + (1 - b) g rounds three times
+where lerp rounds twice; a scaled add, twice where an FMA rounds once), of values of the same size.
+If they all add up, that is twice the distance; if they add like random draws, sqrt(2) times. A
+run's largest distance over all its steps, not one step's draw, is what is compared, so the luck
+of one draw barely moves it. Where the peer's distance comes out tiny (zero, or a fraction of an
+ulp), the floor takes over; so it does for our averages' bias (see floor)."""
+
+
+def floor(scale, steps, dtype):
+    """One ulp of the tensor's scale per step: the farthest ours may stray where the peer's own
+    distance is zero or tiny, derived from the ops, not measured.
+
+    A state is updated by a chain of a few rounded ops, e.g. an average x = b x + (1 - b) g rounds
+    b x, (1 - b) g and their sum (each by at most half an ulp of a value no larger than the state's
+    scale, u = eps / 2 of it) and uses b and 1 - b rounded to the compute dtype, whose sum then misses
+    1 by up to 3u / 4: a bias of the same sign every step (torch's lerp has none). That is about
+    2u = eps of the scale per step. An error made at one step is damped by later steps (b < 1) or
+    carried unchanged (params), never amplified, so after ``steps`` steps it is at most
+    steps * eps * scale; roundings of random sign add up like sqrt(steps), so runs stay far inside.
+    Where a value cancels (g = grad + weight_decay * param near equilibrium), errors relative to
+    the scale are amplified, for the peer as for us: FACTOR covers those."""
+    return steps * float(np.finfo(dtype).eps) * scale
+
+
+# float64's roundings are float32's times this, so on one problem (float32 inputs upcast) the float64
+# runs' distances are, to first order, the float32 ones times it.
+SHRINK = float(np.finfo(np.float64).eps / np.finfo(np.float32).eps)  # 2^-29
+
+
+def bound(peer_distance, scale, steps, dtype):
+    """How far from the truth a ``dtype`` result of ours may be, given the peer's float32 distance.
+
+    float32: FACTOR times the peer's distance, plus the floor. float64: the truth (the peer's float64
+    run) is then no more accurate than ours, so |ours - truth| <= |ours - exact| + |truth - exact|:
+    FACTOR times the truth's own error plus one time it, where that error is SHRINK times the peer's
+    float32 one. Hence (FACTOR + 1) * SHRINK * the peer's float32 distance, plus the float64 floor."""
+    if np.dtype(dtype) == np.float32:
+        return FACTOR * peer_distance + floor(scale, steps, np.float32)
+    return (FACTOR + 1) * SHRINK * peer_distance + floor(scale, steps, np.float64)
+
+
+SHARES = {}
+"""The largest share of its bound each test used, printed at the end of the session (the margins)."""
+
+
+class Distances:
+    """The distances of ours and of the peer's float32 run from the truth over a run, per tensor:
+    the largest after any step, with the truth's largest magnitude (the tensor's scale). The bound
+    is that of the whole run (its floor counts all its steps)."""
+
+    def __init__(self):
+        self.names, self.steps, self.dtype = None, 0, None
+        self.ours = self.peer = self.scale = 0.0
+
+    def record(self, ours, peer, truth, names):
+        """One step's results, lists of non-empty arrays in the same order: ours (float32 or float64),
+        the peer's (float32) and the truth's (float64); ``names`` names the tensors, the same every step."""
+        assert self.names in (None, names), f"the tensors were {self.names}, now {names}"
+        self.names = names
+        self.dtype = np.asarray(ours[0]).dtype  # the first param's: a host-side scalar state may be a double
+        assert self.dtype in (np.float32, np.float64)
+        assert {np.asarray(x).dtype for x in peer} == {np.dtype(np.float32)}
+        assert {np.asarray(x).dtype for x in truth} == {np.dtype(np.float64)}
+        sizes = [np.size(x) for x in truth]
+        assert [np.size(x) for x in ours] == [np.size(x) for x in peer] == sizes and min(sizes) > 0
+        o, p, t = (np.concatenate([np.ravel(x) for x in run]).astype(np.float64) for run in (ours, peer, truth))
+        starts = np.cumsum([0] + sizes[:-1])
+
+        def largest(x):  # per tensor
+            return np.maximum.reduceat(np.abs(x), starts)
+
+        self.ours = np.maximum(self.ours, largest(o - t))
+        self.peer = np.maximum(self.peer, largest(p - t))
+        self.scale = np.maximum(self.scale, largest(t))
+        self.steps += 1
+
+    def share(self):
+        """The largest share of its bound a tensor used, and a description of that tensor."""
+        limits = bound(self.peer, self.scale, self.steps, self.dtype)
+        shares = np.divide(self.ours, limits, out=np.where(self.ours > 0, np.inf, 0.0), where=limits > 0)
+        i = int(np.argmax(shares))
+        return float(shares[i]), (f"{self.names[i]} ({self.dtype.name}, {self.steps} steps): ours was "
+                                  f"{self.ours[i]:.3g} from the truth, the peer's float32 {self.peer[i]:.3g}, "
+                                  f"the scale {self.scale[i]:.3g}, the bound {limits[i]:.3g}")
+
+    def check(self):
+        """Ours stayed within the bound of every tensor; the share used is kept for the session's summary."""
+        share, what = self.share()
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split("[")[0].split(" ")[0]
+        key = f"{test} ({self.dtype.name})"
+        SHARES[key] = max(SHARES.get(key, 0.0), share)
+        assert share <= 1, f"farther from the fp64 truth than the bound: {what}"
+
+
+def params_of(opt):
+    """An optimizer's params across its groups (torch's or ours)."""
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+@contextlib.contextmanager
+def torch_default_dtype(dtype):
+    """torch keeps per-param scalar state (step, NAdam's mu_product) in its default dtype: a float64 run
+    steps with float64 as the default, so that those scalars are float64 too, as ours are on the host."""
+    import torch  # only the tests that have it call this
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SHARES:
+        terminalreporter.section("largest share of an fp64-derived bound used, per test")
+        for test, share in sorted(SHARES.items()):
+            terminalreporter.write_line(f"{share:6.3f}  {test}")

@@ -5,58 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fusedoptim as fo
-from conftest import CASES, DTYPES, assert_bitwise_equal, placed, supported_isas
-
-
-def backends():
-    """(label, backend, isa) for every configuration that must match the reference."""
-    configs = [("numba", "numba", None)] if "numba" in fo.available_backends() else []
-    return configs + [(f"cpp/{isa}", "cpp", isa) for isa in supported_isas()]
-
-
-def make_problem(case, hyper, dtype, sizes, steps, seed, specials):
-    """Initial params and states and one gradient per step, as plain arrays."""
-    rng = np.random.default_rng(seed)
-
-    def values(n, nonneg=False):
-        x = rng.standard_normal(n).astype(dtype)
-        if specials and n:
-            where = rng.integers(0, n, size=max(1, n // 50))
-            x[where] = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype=dtype), size=where.size)
-        return np.abs(x) if nonneg else x
-
-    params = [values(n) for n in sizes]
-    states = {arg: [values(n, nonneg) for n in sizes] for arg, nonneg in case.used_states(hyper).items()}
-    grads = [[values(n) for n in sizes] for _ in range(steps)]
-    return params, states, grads
-
-
-def run(case, hyper, problem, first_step, offsets, backend, isa):
-    """Steps copies of ``problem`` placed at ``offsets`` bytes; returns the final params and states."""
-    if isa is not None:
-        fo.set_isa(isa)
-    initial_params, initial_states, grad_steps = problem
-    place = iter(offsets)
-    params = [placed(p, next(place)) for p in initial_params]
-    states = {arg: [placed(s, next(place)) for s in arrays] for arg, arrays in initial_states.items()}
-    with np.errstate(all="ignore"):  # NaN and Inf are part of what must match
-        for k, grads in enumerate(grad_steps):
-            step = {"step": first_step + k} if case.takes_step else {}
-            case.functional(params, [placed(g, next(place)) for g in grads], **states, **hyper, **step,
-                            backend=backend)
-    return params, states
-
-
-def assert_matches_reference(case, hyper, problem, first_step, offsets):
-    expected = run(case, hyper, problem, first_step, offsets, "numpy", None)
-    for label, backend, isa in backends():
-        params, states = run(case, hyper, problem, first_step, offsets, backend, isa)
-        for i, (p, e) in enumerate(zip(params, expected[0])):
-            assert_bitwise_equal(p, e, f"{case.name} {hyper} {label}: params[{i}]")
-        for arg in states:
-            for i, (s, e) in enumerate(zip(states[arg], expected[1][arg])):
-                assert_bitwise_equal(s, e, f"{case.name} {hyper} {label}: {arg}[{i}]")
+from conftest import CASES, DTYPES, assert_bitwise_equal, assert_matches_reference, make_problem, run
 
 
 ODD_SIZES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1023, 1025]

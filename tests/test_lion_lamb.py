@@ -1,5 +1,9 @@
 """Lion and LAMB against independent implementations of their published forms, sign's edge cases
-on every ISA level, LAMB's zero-norm guards and its reduction order."""
+on every ISA level, LAMB's zero-norm guards and its reduction order.
+
+Where an independent implementation's op order differs from ours, ours (float32 and float64) is
+compared after every step with that implementation run in float64 (the truth), with a bound set by
+its own float32 run (conftest's Distances, which derives it)."""
 
 import math
 
@@ -7,8 +11,8 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from conftest import CASE_BY_NAME, DTYPES, assert_bitwise_equal, supported_isas
-from test_contract import assert_matches_reference, backends, make_problem
+from conftest import (CASE_BY_NAME, DTYPES, Distances, assert_bitwise_equal, assert_matches_reference, backends,
+                      make_problem)
 
 ALL_BACKENDS = [("numpy", "numpy", None)] + backends()
 
@@ -53,38 +57,69 @@ def test_lion_equals_published_implementation(dtype, weight_decay, isa):
         assert_bitwise_equal(exp_avg, expected_m, f"{label} exp_avg")
 
 
-def test_lion_matches_the_formula_in_float64():
-    """p -= lr * (sign(c) + wd * p): the issue's form differs from the published one by rounding only."""
+def lion_formula(param, exp_avg, grad, lr, betas, weight_decay):
+    """The issue's form, in param's dtype: p -= lr * (sign(c) + wd * p) with c = b1 m + (1 - b1) g, then
+    m = b2 m + (1 - b2) g. Returns the new param and exp_avg."""
+    beta1, beta2 = betas
+    c = beta1 * exp_avg + (1 - beta1) * grad
+    return param - lr * (np.sign(c) + weight_decay * param), beta2 * exp_avg + (1 - beta2) * grad
+
+
+def lion_against_formula(**wrong):
+    """The Distances (float32, float64) of ours from the issue's form in float64, its float32 run the
+    peer; ``wrong`` overrides our hyperparameters (for the guard). exp_avg's update is the same ops in
+    both, so it is equal; so is c, hence sign(c), of ours and of the formula in one dtype."""
     rng = np.random.default_rng(1)
-    lr, (beta1, beta2), wd = 1e-2, (0.9, 0.99), 0.5
-    p, m = rng.standard_normal(500), np.zeros(500)
-    expected_p, expected_m = p.copy(), m.copy()
+    hyper = dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.5)
+    start = rng.standard_normal(500).astype(np.float32)
+    formula = {dtype: (start.astype(dtype), np.zeros(500, dtype)) for dtype in DTYPES}
+    ours = {dtype: (start.astype(dtype), np.zeros(500, dtype)) for dtype in DTYPES}
+    distances = {dtype: Distances() for dtype in DTYPES}
     for _ in range(30):
-        g = rng.standard_normal(500)
-        c = beta1 * expected_m + (1 - beta1) * g
-        expected_p -= lr * (np.sign(c) + wd * expected_p)
-        expected_m = beta2 * expected_m + (1 - beta2) * g
-        fo.lion_(p, g, m, lr=lr, betas=(beta1, beta2), weight_decay=wd)
-    np.testing.assert_allclose(p, expected_p, rtol=1e-13, atol=1e-15)
-    np.testing.assert_allclose(m, expected_m, rtol=1e-13, atol=1e-15)
+        g = rng.standard_normal(500).astype(np.float32)
+        for dtype in DTYPES:
+            formula[dtype] = lion_formula(*formula[dtype], g.astype(dtype), **hyper)
+            fo.lion_(ours[dtype][0], g.astype(dtype), ours[dtype][1], **{**hyper, **wrong})
+        for dtype, (param, exp_avg) in ours.items():
+            assert_bitwise_equal(exp_avg, formula[dtype][1], "exp_avg")
+            distances[dtype].record([param], [formula[np.float32][0]], [formula[np.float64][0]], ["param"])
+    return list(distances.values())
 
 
-def test_lion_against_published_torch_step():
+def test_lion_matches_the_formula():
+    """The issue's form differs from the published one (ours) by rounding only."""
+    for distances in lion_against_formula():
+        distances.check()
+
+
+def lion_against_published_torch(**wrong):
+    """The Distances (float32, float64) of ours from the paper's published step in torch's float64, its
+    float32 run the peer; ``wrong`` overrides our hyperparameters (for the guard)."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(2)
     lr, betas, wd = 1e-3, (0.95, 0.98), 0.1
-    p = rng.standard_normal(777).astype(np.float32)
-    tp, tm = torch.tensor(p), torch.zeros(777)
-    m = np.zeros(777, np.float32)
+    start = rng.standard_normal(777).astype(np.float32)
+    theirs = {dtype: (torch.tensor(start, dtype=dtype), torch.zeros(777, dtype=dtype))
+              for dtype in (torch.float32, torch.float64)}
+    ours = {dtype: (start.astype(dtype), np.zeros(777, dtype)) for dtype in DTYPES}
+    distances = {dtype: Distances() for dtype in DTYPES}
     for _ in range(50):
         g = rng.standard_normal(777).astype(np.float32)
-        tg = torch.tensor(g)
-        tp.mul_(1 - lr * wd)
-        tp.add_(torch.sign(tm * betas[0] + tg * (1 - betas[0])), alpha=-lr)
-        tm.mul_(betas[1]).add_(tg, alpha=1 - betas[1])
-        fo.lion_(p, g, m, lr=lr, betas=betas, weight_decay=wd)
-    np.testing.assert_allclose(p, tp.numpy(), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(m, tm.numpy(), rtol=1e-5, atol=1e-7)
+        for dtype, (tp, tm) in theirs.items():
+            tg = torch.tensor(g, dtype=dtype)
+            tp.mul_(1 - lr * wd)
+            tp.add_(torch.sign(tm * betas[0] + tg * (1 - betas[0])), alpha=-lr)
+            tm.mul_(betas[1]).add_(tg, alpha=1 - betas[1])
+        peer, truth = ([t.numpy() for t in run] for run in theirs.values())
+        for dtype, (p, m) in ours.items():
+            fo.lion_(p, g.astype(dtype), m, **{**dict(lr=lr, betas=betas, weight_decay=wd), **wrong})
+            distances[dtype].record([p, m], peer, truth, ["param", "exp_avg"])
+    return list(distances.values())
+
+
+def test_lion_against_published_torch_step():
+    for distances in lion_against_published_torch():
+        distances.check()
 
 
 def sign_edge_values(dtype):
@@ -116,15 +151,17 @@ def test_sign_edge_cases_bitwise_on_every_isa(dtype, isa):
 
 # --- LAMB ---
 
-def straightforward_lamb(params, grads_per_step, lr, betas, eps, weight_decay=0.0, bias_correction=True):
-    """LAMB as the paper writes it, per tensor, in float64 with np.linalg.norm."""
+def straightforward_lamb(params, grads_per_step, lr, betas, eps, weight_decay=0.0, bias_correction=True,
+                         dtype=np.float64):
+    """LAMB as the paper writes it, per tensor, in ``dtype`` with np.linalg.norm: the params after each step."""
     beta1, beta2 = betas
-    params = [p.astype(np.float64) for p in params]
+    params = [p.astype(dtype) for p in params]
     ms = [np.zeros_like(p) for p in params]
     vs = [np.zeros_like(p) for p in params]
+    trajectory = []
     for t, grads in enumerate(grads_per_step, start=1):
         for p, g, m, v in zip(params, grads, ms, vs):
-            g = g.astype(np.float64)
+            g = g.astype(dtype)
             m[...] = beta1 * m + (1 - beta1) * g
             v[...] = beta2 * v + (1 - beta2) * g * g
             m_hat, v_hat = (m / (1 - beta1**t), v / (1 - beta2**t)) if bias_correction else (m, v)
@@ -132,28 +169,54 @@ def straightforward_lamb(params, grads_per_step, lr, betas, eps, weight_decay=0.
             w_norm, u_norm = np.linalg.norm(p), np.linalg.norm(u)
             trust = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
             p -= lr * trust * u
-    return params
+        trajectory.append([p.copy() for p in params])
+    return trajectory
+
+
+def lamb_against_straightforward(dtype, hyper, backends, **wrong):
+    """The Distances, one per backend, of ours in ``dtype`` from the straightforward form in float64,
+    its float32 run the peer; ``wrong`` overrides our hyperparameters (for the guard)."""
+    rng = np.random.default_rng(3)
+    sizes, steps = [3000, 64, 1], 15
+    params0 = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in sizes] for _ in range(steps)]
+    hyper = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-6, **hyper)
+    truth, peer = (straightforward_lamb(params0, grads, dtype=d, **hyper) for d in (np.float64, np.float32))
+    runs = []
+    for label, backend, level in backends:
+        params = [p.astype(dtype) for p in params0]
+        ms, vs = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
+        distances = Distances()
+        for t, g in enumerate(grads, start=1):
+            on_backend(backend, level, fo.lamb_, params, [x.astype(dtype) for x in g], ms, vs, step=t,
+                       **{**hyper, **wrong})
+            distances.record(params, peer[t - 1], truth[t - 1], [f"{label} params[{i}]" for i in range(len(sizes))])
+        for i, p in enumerate(params):  # each step moves a tensor by about lr = 1e-2 of its norm: 15 steps, ~0.1
+            assert not np.allclose(p, params0[i], rtol=1e-3), "the step moved the params"
+        runs.append(distances)
+    return runs
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("hyper", [dict(weight_decay=0.0), dict(weight_decay=0.01), dict(bias_correction=False)],
                          ids=["plain", "weight_decay", "no_bias_correction"])
 def test_lamb_matches_straightforward_implementation(dtype, hyper, isa):
-    rng = np.random.default_rng(3)
-    sizes, steps = [3000, 64, 1], 15
-    params0 = [rng.standard_normal(n).astype(dtype) for n in sizes]
-    grads = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(steps)]
-    hyper = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-6, **hyper)
-    expected = straightforward_lamb(params0, grads, **hyper)
-    rtol = 1e-12 if dtype == np.float64 else 2e-5
-    for label, backend, level in ALL_BACKENDS:
-        params = [p.copy() for p in params0]
-        ms, vs = [np.zeros_like(p) for p in params], [np.zeros_like(p) for p in params]
-        for t, g in enumerate(grads, start=1):
-            on_backend(backend, level, fo.lamb_, params, g, ms, vs, step=t, **hyper)
-        for i, (p, e) in enumerate(zip(params, expected)):
-            np.testing.assert_allclose(p, e, rtol=rtol, atol=rtol * 1e-2, err_msg=f"{label} params[{i}]")
-            assert not np.allclose(p, params0[i], rtol=1e-3), "the step moved the params"
+    for distances in lamb_against_straightforward(dtype, hyper, ALL_BACKENDS):
+        distances.check()
+
+
+@pytest.mark.parametrize("compare", [
+    lambda: lion_against_formula(weight_decay=0.45),
+    lambda: lion_against_published_torch(betas=(0.95, 0.97)),
+    *(lambda dtype=dtype: lamb_against_straightforward(dtype, dict(weight_decay=0.01), ALL_BACKENDS[:1],
+                                                       weight_decay=0.02) for dtype in DTYPES),
+], ids=["Lion: weight_decay 0.45 as 0.5", "Lion (torch): beta2 0.97 as 0.98", "LAMB float32: weight_decay 0.02 as 0.01",
+        "LAMB float64: weight_decay 0.02 as 0.01"])
+def test_a_different_rule_is_caught(compare):
+    """Guards the bounds above: each of these must exceed them."""
+    for distances in compare():
+        share, what = distances.share()
+        assert share > 1, what
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -166,8 +229,9 @@ def test_lamb_zero_norm_guards(dtype, isa):
     for label, backend, level in ALL_BACKENDS:
         param, m, v = np.zeros(n, dtype), np.zeros(n, dtype), np.zeros(n, dtype)
         on_backend(backend, level, fo.lamb_, param, grad, m, v, step=1, lr=lr, weight_decay=0.1)
+        # reference.lamb's ops on the m and v it left, with trust = 1 (and weight_decay * 0 = 0): equal.
         u = m / (np.sqrt(v) * dtype(1 / math.sqrt(1 - 0.999)) + dtype(1e-6)) * dtype(1 / (1 - 0.9))
-        np.testing.assert_allclose(param, -lr * u, rtol=1e-6, err_msg=label)
+        assert_bitwise_equal(param, dtype(-lr) * u, f"{label} zero param")
         assert np.all(param != 0) and np.all(np.sign(param) == -np.sign(grad)), label
 
         param0 = rng.standard_normal(n).astype(dtype)
@@ -189,8 +253,10 @@ def test_lamb_trust_ratio_is_per_tensor():
 
     a1, b1 = step(a, b)
     a2, b2 = step(a, 4 * b)
-    np.testing.assert_array_equal(a1, a2)
-    np.testing.assert_allclose(b2 - 4 * b, 4 * (b1 - b), rtol=1e-12)
+    assert_bitwise_equal(a1, a2, "the other tensor")
+    # Scaling by a power of two commutes with every rounding (the sum of squares, its sqrt, the trust
+    # ratio, lr * trust, its product with u, the difference), so the step scales exactly.
+    assert_bitwise_equal(b2 - 4 * b, 4 * (b1 - b), "the scaled tensor's step")
 
 
 # Sizes around the reduction's lanes (16) and blocks (1024): exactly one block, one past it, many.
@@ -226,7 +292,15 @@ def test_lamb_sums_in_the_documented_order():
             blocks = [blocks[j] + blocks[j + 1] for j in range(0, len(blocks) - 1, 2)] + blocks[len(blocks) // 2 * 2:]
         expected = blocks[0] if blocks else 0.0
         assert fo.reference._sum_of_squares(x) == expected
-        assert math.isclose(expected, math.fsum(float(v) ** 2 for v in x), rel_tol=1e-14)
+        # Each square of a float32 is exact in double (24 by 24 bits). Each then passes through at most
+        # `depth` rounded additions of non-negative numbers (its lane's, the lane fold's, the blocks'),
+        # so the sum is within depth * u / (1 - depth * u) of the exact one (Higham, Accuracy and
+        # Stability of Numerical Algorithms, 4.2), which fsum rounds once more (u).
+        lane_adds = fo.reference.BLOCK // fo.reference.LANES - 1
+        block_count = -(-n // fo.reference.BLOCK)
+        depth = lane_adds + int(math.log2(fo.reference.LANES)) + math.ceil(math.log2(max(1, block_count)))
+        u = 2.0**-53
+        assert math.isclose(expected, math.fsum(float(v) ** 2 for v in x), rel_tol=depth * u / (1 - depth * u) + u)
 
 
 def test_lamb_nan_poisons_the_tensor_on_every_backend():
