@@ -42,18 +42,19 @@ void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, cons
   const FirstPassFn first_pass = rule.first_pass[dtype];
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     const std::size_t i = index(t);
-    first_pass(t, begin / kBlock, (end + kBlock - 1) / kBlock, &scalars[i * count], flags,
-               &block_sums[offset[i]], num_blocks(t.size));
+    first_pass(t, begin / kBlock, (end + kBlock - 1) / kBlock, scalars.data() + i * count, flags,
+               block_sums.data() + offset[i], num_blocks(t.size));
   });
   std::vector<double> tensor_sums(sums);
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t blocks = num_blocks(tensors[i].size);
-    for (std::size_t k = 0; k < sums; ++k) tensor_sums[k] = combine_blocks(&block_sums[offset[i] + k * blocks], blocks);
-    rule.between_passes(tensor_sums.data(), &scalars[i * count]);
+    for (std::size_t k = 0; k < sums; ++k)
+      tensor_sums[k] = combine_blocks(block_sums.data() + offset[i] + k * blocks, blocks);
+    rule.between_passes(tensor_sums.data(), scalars.data() + i * count);
   }
   const RangeFn update = rule.range[dtype];
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
-    update(t, begin, end, &scalars[index(t) * count], flags);
+    update(t, begin, end, scalars.data() + index(t) * count, flags);
   });
 }
 
