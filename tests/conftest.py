@@ -7,6 +7,10 @@ import inspect
 import itertools
 import os
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -323,3 +327,23 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("largest share of an fp64-derived bound used, per test")
         for test, share in sorted(SHARES.items()):
             terminalreporter.write_line(f"{share:6.3f}  {test}")
+
+
+# Runs a snippet in a fresh interpreter where the listed modules are missing, as if not installed
+# (a None entry in sys.modules makes import raise and find_spec return None).
+BLOCKER = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+"""
+
+
+def run_python(code, blocked=(), env=None):
+    done = subprocess.run([sys.executable, "-c", BLOCKER.format(blocked=list(blocked)) + code], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return done
+
+# Together above the size at which a step starts using threads (1 << 17 elements), split so
+# chunk bounds fall mid-vector and tensors end mid-chunk.
+BIG = [150001, 37, 70003]

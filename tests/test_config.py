@@ -5,7 +5,7 @@ import pytest
 
 import fusedoptim as fo
 from fusedoptim import _env
-from test_backends import run_python
+from conftest import run_python
 
 HAVE_CPP = "cpp" in fo.available_backends()
 SUPPORTED = [name for name, ok in fo.isa_levels() if ok]

@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from conftest import CASES, DTYPES, assert_bitwise_equal, supported_isas
+from conftest import BIG, CASES, DTYPES, assert_bitwise_equal, make_problem, run, supported_isas
 from fusedoptim import _fpenv
-from test_contract import make_problem, run
-from test_threads import BIG
 
 FTZ, DAZ = 0x8000, 0x0040
 

@@ -7,22 +7,27 @@ import pytest
 
 import fusedoptim as fo
 from conftest import assert_bitwise_equal
+from fusedoptim._rules import OPTIMIZERS as SPECS
 
-# (class, constructor kwargs, functional, state names in functional argument order, takes step)
-OPTIMIZERS = [
-    (fo.SGD, dict(lr=0.1, momentum=0.9, nesterov=True), fo.sgd_, ["momentum_buffer"], True),
-    (fo.Adagrad, dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5), fo.adagrad_, ["sum"], True),
-    (fo.RMSprop, dict(lr=0.01, momentum=0.5, centered=True), fo.rmsprop_,
-     ["square_avg", "momentum_buffer", "grad_avg"], False),
-    (fo.Adam, dict(lr=0.01, amsgrad=True, weight_decay=0.1), fo.adam_, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-     True),
-    (fo.AdamW, dict(lr=0.01, amsgrad=True), fo.adamw_, ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"], True),
-    (fo.Adamax, dict(lr=0.01, weight_decay=0.1), fo.adamax_, ["exp_avg", "exp_inf"], True),
-    (fo.Adadelta, dict(lr=0.5, weight_decay=0.1), fo.adadelta_, ["square_avg", "acc_delta"], False),
-    (fo.RAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True), fo.radam_, ["exp_avg", "exp_avg_sq"],
-     True),
-]
+# Every optimizer of the registry, with hyperparameters that use every state it has.
+KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
+          "Adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5),
+          "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
+          "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.1),
+          "AdamW": dict(lr=0.01, amsgrad=True),
+          "Adamax": dict(lr=0.01, weight_decay=0.1),
+          "Adadelta": dict(lr=0.5, weight_decay=0.1),
+          "RAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+          "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
+          "Lion": dict(lr=0.01, weight_decay=0.1),
+          "Lamb": dict(lr=0.01, weight_decay=0.1)}
+# (class, constructor kwargs, functional, spec)
+OPTIMIZERS = [(getattr(fo, name), KWARGS[name], getattr(fo, spec.functional), spec) for name, spec in SPECS.items()]
 IDS = [o[0].__name__ for o in OPTIMIZERS]
+
+
+def test_every_optimizer_is_in_the_tables():
+    assert set(KWARGS) == set(SPECS)
 
 
 def make_params(seed=0, shapes=((5, 7), (13,), (1,))):
@@ -34,40 +39,39 @@ def grads_for(params, step):
     return [np.sin(p * step + 1).astype(p.dtype) for p in params]
 
 
-def initial_state(name, kwargs, like):
-    fill = kwargs.get("initial_accumulator_value", 0.0) if name == "sum" else 0.0
-    return np.full_like(like, fill)
+def initial_state(state, kwargs, like):
+    return np.full_like(like, kwargs.get(state.initial, 0.0) if state.initial else 0.0)
 
 
-@pytest.mark.parametrize("cls,kwargs,functional,state_names,takes_step", OPTIMIZERS, ids=IDS)
-def test_stateful_equals_functional(cls, kwargs, functional, state_names, takes_step):
+@pytest.mark.parametrize("cls,kwargs,functional,spec", OPTIMIZERS, ids=IDS)
+def test_stateful_equals_functional(cls, kwargs, functional, spec):
+    """The stateful class's steps are the functional's, bit for bit, states, step counts and host state included."""
+    rule = spec.rule
     params = make_params()
     expected = [p.copy() for p in params]
-    hyper = {k: v for k, v in kwargs.items() if k != "initial_accumulator_value"}
-    states = [[initial_state(n, kwargs, p) for p in expected] for n in state_names]
+    hyper = {k: v for k, v in kwargs.items() if k not in rule.initial.values()}
+    states = [[initial_state(s, kwargs, p) for p in expected] for s in rule.states]
+    host = dict(rule.host_states)
     opt = cls(params, **kwargs)
     for step in range(1, 6):
         opt.step(grads_for(params, step))
-        extra = {"step": step} if takes_step else {}
-        by_name = dict(zip(state_names, states))
-        if issubclass(cls, fo.Adam):
-            functional(expected, grads_for(expected, step), by_name["exp_avg"], by_name["exp_avg_sq"],
-                       max_exp_avg_sqs=by_name["max_exp_avg_sq"], **hyper, **extra)
-        elif cls is fo.RMSprop:
-            functional(expected, grads_for(expected, step), by_name["square_avg"],
-                       momentum_buffers=by_name["momentum_buffer"], grad_avgs=by_name["grad_avg"], **hyper)
-        else:
-            functional(expected, grads_for(expected, step), *states, **hyper, **extra)
+        counted = {"step": step} if rule.step else {}
+        returned = functional(expected, grads_for(expected, step), *states, **hyper, **counted, **host)
+        if host:
+            host = dict(zip(host, returned if len(host) > 1 else [returned]))
     for p, e in zip(params, expected):
         assert_bitwise_equal(p, e, cls.__name__)
+    used = rule.first_plan(**hyper).uses
     for i, p in enumerate(params):
         assert opt.state[i]["step"] == 5
-        for name, arrays in zip(state_names, states):
-            assert_bitwise_equal(opt.state[i][name], arrays[i], f"{cls.__name__} {name}")
+        assert {k: opt.state[i][k] for k in host} == host
+        for state, arrays, on in zip(rule.states, states, used):
+            if on:
+                assert_bitwise_equal(opt.state[i][state.name], arrays[i], f"{cls.__name__} {state.name}")
 
 
-@pytest.mark.parametrize("cls,kwargs,functional,state_names,takes_step", OPTIMIZERS, ids=IDS)
-def test_state_dict_round_trip_continues_bitwise(cls, kwargs, functional, state_names, takes_step):
+@pytest.mark.parametrize("cls,kwargs,functional,spec", OPTIMIZERS, ids=IDS)
+def test_state_dict_round_trip_continues_bitwise(cls, kwargs, functional, spec):
     params = make_params()
     opt = cls(params, **kwargs)
     for step in range(1, 4):

@@ -4,15 +4,10 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from conftest import CASES, DTYPES, supported_isas
-from test_contract import make_problem, run
-from conftest import assert_bitwise_equal
+from conftest import BIG, CASES, DTYPES, assert_bitwise_equal, make_problem, run, supported_isas
 
 pytestmark = pytest.mark.skipif("cpp" not in fo.available_backends(), reason="needs the cpp extension")
 
-# Together above the size at which a step starts using threads (1 << 17 elements), split so
-# chunk bounds fall mid-vector and tensors end mid-chunk.
-BIG = [150001, 37, 70003]
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ import inspect
 import numpy as np
 import pytest
 
-from conftest import CASES, DTYPES
-from test_contract import assert_matches_reference
+from conftest import CASES, DTYPES, assert_matches_reference
 
 EPS_CASES = [c for c in CASES if "eps" in inspect.signature(c.functional).parameters]
 

@@ -7,22 +7,7 @@ import sys
 import pytest
 
 import fusedoptim as fo
-
-# Runs a snippet in a fresh interpreter where the listed modules are missing, as if not installed
-# (a None entry in sys.modules makes import raise and find_spec return None).
-BLOCKER = """
-import sys
-for name in {blocked!r}:
-    sys.modules[name] = None
-"""
-
-
-def run_python(code, blocked=(), env=None):
-    done = subprocess.run([sys.executable, "-c", BLOCKER.format(blocked=list(blocked)) + code], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **(env or {})})
-    assert done.returncode == 0, done.stderr
-    return done
-
+from conftest import run_python
 
 STEP_TWICE = """
 import warnings, numpy as np, fusedoptim as fo

@@ -1,4 +1,4 @@
-"""Trajectories against torch.optim: same semantics, defaults and state names, many steps.
+"""The stateful NumPy optimizers against torch.optim: same semantics, defaults and state names, many steps.
 
 Op order may differ from torch's (torch's CPU kernels use FMA and lerp; ours round every op of
 reference.py), so results agree to a bound rather than bitwise. Ours, in float32 and in float64,
