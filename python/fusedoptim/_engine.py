@@ -92,11 +92,11 @@ class Stateful:
         return hyper
 
     def _plan(self, hyper, count=1, host=None):
-        """The plan of a step with these caller-owned arguments (by default, a first step's)."""
+        """The plan of a step with these caller-owned arguments (by default, a first step's): a
+        plan takes the step, then the host states, positionally."""
         rule = self.spec.rule
-        args = {"step": count} if rule.step else {}
-        args.update(zip(rule.host_states, host or rule.host_states.values()))
-        return rule.plan(**args, **hyper)
+        host = tuple(rule.host_states.values()) if host is None else host
+        return rule.plan(count, *host, **hyper) if rule.step else rule.plan(*host, **hyper)
 
     def _state_name(self, arg):
         """The state a functional argument holds (``exp_avgs`` -> ``exp_avg``), for error messages."""
@@ -171,14 +171,13 @@ class Stateful:
         (tensor, copy, position in the bucket), and each param's own memory (see _Bucket))."""
         rule = self.spec.rule
         if not self._viewed and None not in entries:
-            used = [s.name for s, on in zip(rule.states, plan.uses) if on]
             try:  # the usual step: every param has its state, stored as the kernel takes it
-                columns = [[entry[name] for entry in entries] for name in used]
+                states = tuple([entry[state.name] for entry in entries] if on else None
+                               for state, on in zip(rule.states, plan.uses))
             except KeyError:
-                columns = None
-            if columns is not None and not any(type(None) in map(type, column) for column in columns):
-                column = iter(columns)
-                return params, grads, tuple(next(column) if on else None for on in plan.uses), None, [], []
+                states = None
+            if states is not None and not any(slot is not None and type(None) in map(type, slot) for slot in states):
+                return params, grads, states, None, [], []
         arrays, readable, states, created, copies, memory = [], [], [[] if on else None for on in plan.uses], [], [], []
         for k, (param, grad, entry) in enumerate(zip(params, grads, entries)):
             order = self._order(param)
