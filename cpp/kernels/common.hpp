@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <type_traits>
 
 #include "dispatch.hpp"
 
@@ -13,27 +14,90 @@
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
-// One tensor's operands, typed. A rule reads and writes them only through load and store, so
-// what an operand is stored as is this type's business, not the rule's.
-template <class T>
-struct Operands {
-  T* param;
-  const T* grad;
-  T* state[kMaxStates];
+// An operand of a catch-all layout: its memory and, read at run time, what it is stored as.
+struct Tagged {
+  void* p;
+  Dtype dtype;
+};
+// The storage type of every operand kind of a catch-all layout.
+struct Any {};
 
-  explicit Operands(const Tensor& t) : param(static_cast<T*>(t.param)), grad(static_cast<const T*>(t.grad)), state{} {
-    for (int k = 0; k < kMaxStates; ++k) state[k] = static_cast<T*>(t.state[k]);
+// How a rule's operands are stored: the compute type T (float, or double for float64 params) and
+// the storage type of the param P, the grad G and the states S (float, double, bf16, f16, or Any).
+template <class T, class P, class G, class S>
+struct Layout {
+  using Compute = T;
+  using Param = P;
+  using Grad = G;
+  using State = S;
+};
+
+// What an operand of storage type S is to the rule: a typed pointer, or a Tagged one for Any.
+template <class S>
+struct Operand {
+  using type = S*;
+  static type make(const void* p, Dtype) { return static_cast<type>(const_cast<void*>(p)); }
+};
+template <>
+struct Operand<Any> {
+  using type = Tagged;
+  static type make(const void* p, Dtype dtype) { return {const_cast<void*>(p), dtype}; }
+};
+template <>
+struct Operand<const Any> : Operand<Any> {};
+
+// One tensor's operands, as layout L stores them. A rule reads and writes them only through load
+// and store, so what an operand is stored as is this type's business, not the rule's.
+template <class L>
+struct Operands {
+  typename Operand<typename L::Param>::type param;
+  typename Operand<const typename L::Grad>::type grad;
+  typename Operand<typename L::State>::type state[kMaxStates];
+
+  explicit Operands(const Tensor& t)
+      : param(Operand<typename L::Param>::make(t.param, t.param_dtype)),
+        grad(Operand<const typename L::Grad>::make(t.grad, t.grad_dtype)),
+        state{} {
+    for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k], t.state_dtype[k]);
   }
 };
 
-template <class V, class T>
-V load(const T* p, std::size_t i) {
+// Loads widen exactly to the compute type V; stores round to nearest even (the vector types'
+// conversions, simd/).
+template <class V, class S>
+V load(const S* p, std::size_t i) {
   return V::load(p + i);
 }
 
-template <class V, class T>
-void store(T* p, std::size_t i, V v) {
+template <class V, class S>
+void store(S* p, std::size_t i, V v) {
   v.store(p + i);
+}
+
+// A catch-all operand's dtype is the same for every element of a step: the branch is predictable.
+// float64 compute takes float64 and float32 operands; float32 compute float32, bfloat16, float16.
+template <class V>
+V load(const Tagged& x, std::size_t i) {
+  if constexpr (std::is_same_v<typename V::value_type, double>) {
+    if (x.dtype == Dtype::float32) return V::load(static_cast<const float*>(x.p) + i);
+    return V::load(static_cast<const double*>(x.p) + i);
+  } else {
+    if (x.dtype == Dtype::bfloat16) return V::load(static_cast<const bf16*>(x.p) + i);
+    if (x.dtype == Dtype::float16) return V::load(static_cast<const f16*>(x.p) + i);
+    return V::load(static_cast<const float*>(x.p) + i);
+  }
+}
+
+template <class V>
+void store(const Tagged& x, std::size_t i, V v) {
+  if constexpr (std::is_same_v<typename V::value_type, double>) {
+    if (x.dtype == Dtype::float32) return v.store(static_cast<float*>(x.p) + i);
+    return v.store(static_cast<double*>(x.p) + i);
+  } else {
+    if (x.dtype == Dtype::bfloat16) return v.store(static_cast<bf16*>(x.p) + i);
+    if (x.dtype == Dtype::float16) return v.store(static_cast<f16*>(x.p) + i);
+    return v.store(static_cast<float*>(x.p) + i);
+  }
 }
 
 // Scalars arrive as doubles already rounded to the compute type on the host, so the cast is exact.

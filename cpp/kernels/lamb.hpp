@@ -46,8 +46,10 @@ struct Lamb {
     V p = load<V>(x.param, i);
     V g = load<V>(x.grad, i);
     if constexpr (flags & F::maximize) g = -g;
-    auto [m, v] = adam_moments<Lamb>(s, x, i, g);
-    return {p, direction<flags>(s, p, m, v)};
+    adam_moments<Lamb>(s, x, i, g);
+    // The moments as stored, as pass 2 reads them back: both passes see the same u, whatever
+    // the states are stored as.
+    return {p, direction<flags>(s, p, load<V>(x.state[exp_avg], i), load<V>(x.state[exp_avg_sq], i))};
   }
 
   template <unsigned flags, class V, class X>
