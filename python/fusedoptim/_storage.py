@@ -66,8 +66,12 @@ def stored(x):
     storage = getattr(x, "storage", None)
     if storage is None or storage == x.dtype:
         return x
-    with np.errstate(over="ignore"):
-        return x.astype(storage).astype(x.dtype)
+    return widen(narrow(x.view(np.ndarray), storage), x.dtype)
+
+
+def widen(array, dtype):
+    """A copy of ``array`` in ``dtype``, a wider dtype: exact."""
+    return array.astype(dtype)
 
 
 def narrow(values, dtype):
@@ -87,11 +91,11 @@ def reference_step(kernel, param, grad, states, scalars, flags):
     def widened(array):
         if array is None:
             return None
-        copy = array.astype(compute).view(_Widened)
+        copy = widen(array, compute).view(_Widened)
         copy.storage = array.dtype
         return copy
 
     written = [widened(param), *map(widened, states)]
-    kernel(written[0], grad.astype(compute, copy=False), *written[1:], scalars, flags)
+    kernel(written[0], widen(grad, compute), *written[1:], scalars, flags)
     return [None if new is None else narrow(new.view(np.ndarray), old.dtype)
             for new, old in zip(written, [param, *states])]
