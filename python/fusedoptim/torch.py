@@ -223,8 +223,10 @@ def _check_tensor(t, where, what, like=None):
     if t.dtype not in _DTYPES:
         raise TypeError(f"{where}: {what} has dtype {t.dtype}; supported: {', '.join(map(str, _DTYPES))}")
     if like is not None:
-        if t.dtype != like.dtype:
-            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}")
+        allowed = [like.dtype, *(d for d in _DTYPES[1:] if d != like.dtype)]  # its own, float32, bf16, fp16
+        if t.dtype not in allowed:
+            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}; the gradient of a "
+                            f"{like.dtype} param may be {', '.join(map(str, allowed))}")
         if t.shape != like.shape:
             raise ValueError(f"{where}: {what} has shape {tuple(t.shape)} but the param {tuple(like.shape)}")
 
