@@ -32,10 +32,10 @@ struct Storage {
 };
 
 // The storages the kernels are compiled for natively (the hot ones: each dtype on its own, and
-// bf16 params and grads with float32 states), then one catch-all layout per compute dtype whose
-// operands carry their dtype at run time (any mix the validator accepts: float32, bfloat16 and
-// float16 operands for float32 compute; float64 and float32 ones for float64 compute).
-// A layout is an index into every rule's kernels.
+// bf16 params and grads with float32 states), then one catch-all layout per compute dtype that
+// takes any mix the validator accepts (float32, bfloat16 and float16 operands for float32 compute;
+// float64 and float32 ones for float64) by staging blocks through buffers of the compute dtype
+// (isa_kernels.cpp). A layout is an index into every rule's kernels.
 inline constexpr std::array<Storage, 5> kNativeLayouts{{
     {Dtype::float32, Dtype::float32, Dtype::float32},
     {Dtype::float64, Dtype::float64, Dtype::float64},

@@ -9,8 +9,8 @@ import pytest
 import fusedoptim as fo
 from fusedoptim import _storage
 
-from conftest import (BF16, CASE_BY_NAME, F16, F32, F64, Storage, assert_bitwise_equal, assert_matches_reference,
-                      backends, make_problem)
+from conftest import (BF16, BIG, CASE_BY_NAME, CASES, F16, F32, F64, Storage, assert_bitwise_equal, backends,
+                      make_problem, run, supported_isas)
 
 FORMATS = [BF16, F16]
 _narrow = _storage.narrow  # the right one, which the guards replace
@@ -155,8 +155,6 @@ def _scaled(x, scale):
 
 
 def _assert_one_backend(case, hyper, problem, backend, level):
-    from conftest import run
-
     expected = run(case, hyper, problem, 1, [0] * 64, "numpy", None)
     got = run(case, hyper, problem, 1, [0] * 64, backend, level)
     for p, e in zip(got[0], expected[0]):
@@ -164,6 +162,33 @@ def _assert_one_backend(case, hyper, problem, backend, level):
     for arg in got[1]:
         for s, e in zip(got[1][arg], expected[1][arg]):
             assert_bitwise_equal(s, e, arg)
+
+
+# Each native layout that is not one dtype alone, and each catch-all (float32 compute, float64 compute,
+# states of two dtypes): the threads' chunks must not change a bit, nor split a staged block wrongly.
+THREADED = [Storage(BF16, BF16, (BF16,)), Storage(F16, F16, (F16,)), Storage(BF16, BF16, (F32,)),
+            Storage(F32, BF16, (F32,)), Storage(F64, F32, (F32,)), Storage(BF16, F16, (BF16, F32))]
+
+
+@pytest.mark.parametrize("storage", THREADED, ids=repr)
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_storage_thread_counts_agree_bitwise(case, storage, isa):
+    hyper = case.grid[-1]
+    problem = make_problem(case, hyper, storage, BIG, steps=2, seed=3, specials=True)
+    expected = run(case, hyper, problem, 1, [0] * 64, "numpy", None)
+    previous = fo.get_num_threads()
+    try:
+        for level in supported_isas():
+            for count in (1, 2, 3):
+                fo.set_num_threads(count)
+                got = run(case, hyper, problem, 1, [2] * 64, "cpp", level)
+                for i, (p, e) in enumerate(zip(got[0], expected[0])):
+                    assert_bitwise_equal(p, e, f"{case.name} {storage!r} {level} {count} threads: params[{i}]")
+                for arg in got[1]:
+                    for i, (x, e) in enumerate(zip(got[1][arg], expected[1][arg])):
+                        assert_bitwise_equal(x, e, f"{case.name} {storage!r} {level} {count} threads: {arg}[{i}]")
+    finally:
+        fo.set_num_threads(previous)
 
 
 # --- What the validator accepts, and how it words the rest ---

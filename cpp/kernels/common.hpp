@@ -4,9 +4,9 @@
 #pragma once
 #include <array>
 #include <cstddef>
-#include <type_traits>
 
 #include "dispatch.hpp"
+#include "simd/scalar.hpp"  // FUSEDOPTIM_INLINE
 
 #ifndef FUSEDOPTIM_ISA_NS
 #error "kernels are compiled per ISA level: include them from isa_kernels.cpp only"
@@ -14,16 +14,8 @@
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
-// An operand of a catch-all layout: its memory and, read at run time, what it is stored as.
-struct Tagged {
-  void* p;
-  Dtype dtype;
-};
-// The storage type of every operand kind of a catch-all layout.
-struct Any {};
-
 // How a rule's operands are stored: the compute type T (float, or double for float64 params) and
-// the storage type of the param P, the grad G and the states S (float, double, bf16, f16, or Any).
+// the storage type of the param P, the grad G and the states S (float, double, bf16 or f16).
 template <class T, class P, class G, class S>
 struct Layout {
   using Compute = T;
@@ -32,19 +24,14 @@ struct Layout {
   using State = S;
 };
 
-// What an operand of storage type S is to the rule: a typed pointer, or a Tagged one for Any.
+// What an operand of storage type S is to the rule. A plain pointer today; an operand that is more
+// than an array (a master copy beside a bf16 param, a grad scaled on load) is a type of its own,
+// with its own load and store overloads below, and the rules do not change.
 template <class S>
 struct Operand {
   using type = S*;
-  static type make(const void* p, Dtype) { return static_cast<type>(const_cast<void*>(p)); }
+  static type make(const void* p) { return static_cast<type>(const_cast<void*>(p)); }
 };
-template <>
-struct Operand<Any> {
-  using type = Tagged;
-  static type make(const void* p, Dtype dtype) { return {const_cast<void*>(p), dtype}; }
-};
-template <>
-struct Operand<const Any> : Operand<Any> {};
 
 // One tensor's operands, as layout L stores them. A rule reads and writes them only through load
 // and store, so what an operand is stored as is this type's business, not the rule's.
@@ -55,49 +42,21 @@ struct Operands {
   typename Operand<typename L::State>::type state[kMaxStates];
 
   explicit Operands(const Tensor& t)
-      : param(Operand<typename L::Param>::make(t.param, t.param_dtype)),
-        grad(Operand<const typename L::Grad>::make(t.grad, t.grad_dtype)),
-        state{} {
-    for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k], t.state_dtype[k]);
+      : param(Operand<typename L::Param>::make(t.param)), grad(Operand<const typename L::Grad>::make(t.grad)), state{} {
+    for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k]);
   }
 };
 
 // Loads widen exactly to the compute type V; stores round to nearest even (the vector types'
 // conversions, simd/).
 template <class V, class S>
-V load(const S* p, std::size_t i) {
+FUSEDOPTIM_INLINE V load(const S* p, std::size_t i) {
   return V::load(p + i);
 }
 
 template <class V, class S>
-void store(S* p, std::size_t i, V v) {
+FUSEDOPTIM_INLINE void store(S* p, std::size_t i, V v) {
   v.store(p + i);
-}
-
-// A catch-all operand's dtype is the same for every element of a step: the branch is predictable.
-// float64 compute takes float64 and float32 operands; float32 compute float32, bfloat16, float16.
-template <class V>
-V load(const Tagged& x, std::size_t i) {
-  if constexpr (std::is_same_v<typename V::value_type, double>) {
-    if (x.dtype == Dtype::float32) return V::load(static_cast<const float*>(x.p) + i);
-    return V::load(static_cast<const double*>(x.p) + i);
-  } else {
-    if (x.dtype == Dtype::bfloat16) return V::load(static_cast<const bf16*>(x.p) + i);
-    if (x.dtype == Dtype::float16) return V::load(static_cast<const f16*>(x.p) + i);
-    return V::load(static_cast<const float*>(x.p) + i);
-  }
-}
-
-template <class V>
-void store(const Tagged& x, std::size_t i, V v) {
-  if constexpr (std::is_same_v<typename V::value_type, double>) {
-    if (x.dtype == Dtype::float32) return v.store(static_cast<float*>(x.p) + i);
-    return v.store(static_cast<double*>(x.p) + i);
-  } else {
-    if (x.dtype == Dtype::bfloat16) return v.store(static_cast<bf16*>(x.p) + i);
-    if (x.dtype == Dtype::float16) return v.store(static_cast<f16*>(x.p) + i);
-    return v.store(static_cast<float*>(x.p) + i);
-  }
 }
 
 // Scalars arrive as doubles already rounded to the compute type on the host, so the cast is exact.
@@ -113,7 +72,7 @@ struct Scalars {
 // The gradient a rule with L2 weight decay steps on: negated for `maximize`, then plus
 // weight_decay * param. Every rule's F puts maximize and weight_decay at bits 1 and 2.
 template <class Rule, unsigned flags, class V, class X>
-V l2_gradient(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V param) {
+FUSEDOPTIM_INLINE V l2_gradient(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V param) {
   V g = load<V>(x.grad, i);
   if constexpr (flags & Rule::F::maximize) g = -g;
   if constexpr (flags & Rule::F::weight_decay) g = g + s[Rule::S::weight_decay] * param;
@@ -122,7 +81,7 @@ V l2_gradient(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V 
 
 // Adam's two moment updates (Adam, RAdam, NAdam, LAMB), stored and returned as {exp_avg, exp_avg_sq}.
 template <class Rule, class V, class X>
-std::array<V, 2> adam_moments(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V g) {
+FUSEDOPTIM_INLINE std::array<V, 2> adam_moments(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V g) {
   V m = s[Rule::S::beta1] * load<V>(x.state[Rule::exp_avg], i) + s[Rule::S::one_minus_beta1] * g;
   V v = s[Rule::S::beta2] * load<V>(x.state[Rule::exp_avg_sq], i) + s[Rule::S::one_minus_beta2] * (g * g);
   store(x.state[Rule::exp_avg], i, m);

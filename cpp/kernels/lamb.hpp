@@ -8,8 +8,9 @@ namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // LAMB (You et al., 2019): Adam's direction u, with decoupled weight decay inside it, scaled per
 // tensor by the trust ratio ||param|| / ||u||. Two passes (see ../reduction.hpp): the first updates
-// the moments and sums the squares of param and u; the second recomputes the same u from the
-// stored moments and the still unchanged param, and steps param.
+// the moments and sums the squares of param and u; the second recomputes u from the stored
+// moments (the same u, unless they are stored in a narrower dtype than they are computed in) and
+// the still unchanged param, and steps param.
 struct Lamb {
   static constexpr const char* name = "lamb";
   struct S {
@@ -46,10 +47,8 @@ struct Lamb {
     V p = load<V>(x.param, i);
     V g = load<V>(x.grad, i);
     if constexpr (flags & F::maximize) g = -g;
-    adam_moments<Lamb>(s, x, i, g);
-    // The moments as stored, as pass 2 reads them back: both passes see the same u, whatever
-    // the states are stored as.
-    return {p, direction<flags>(s, p, load<V>(x.state[exp_avg], i), load<V>(x.state[exp_avg_sq], i))};
+    auto [m, v] = adam_moments<Lamb>(s, x, i, g);
+    return {p, direction<flags>(s, p, m, v)};
   }
 
   template <unsigned flags, class V, class X>

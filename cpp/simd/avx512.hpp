@@ -23,11 +23,11 @@ struct Vec<float> {
 
   // The storage conversions of scalar.hpp, 16 at a time, as avx2.hpp's. Not AVX512_BF16's
   // convert: it treats subnormal inputs as zero.
-  static Vec load(const bf16* p) {
+  FUSEDOPTIM_INLINE static Vec load(const bf16* p) {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
   }
-  void store(bf16* p) const {
+  FUSEDOPTIM_INLINE void store(bf16* p) const {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
     const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
@@ -36,8 +36,8 @@ struct Vec<float> {
     // Every lane holds 0..0xffff, so the truncating narrow keeps it whole.
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bits));
   }
-  static Vec load(const f16* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
-  void store(f16* p) const {
+  FUSEDOPTIM_INLINE static Vec load(const f16* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
+  FUSEDOPTIM_INLINE void store(f16* p) const {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
   }
 

@@ -10,6 +10,12 @@
 
 #include "../dispatch.hpp"
 
+// The small functions a rule's loop calls (load, store, the conversions, the shared update steps)
+// are inlined whatever GCC's inliner estimates: once a loop body holds the 16-bit conversions it
+// stopped inlining them (Adam in bf16 called adam_moments, every vector spilled around the call,
+// and ran at half speed). Only for per-ISA code, which never leaves its level's namespace.
+#define FUSEDOPTIM_INLINE [[gnu::always_inline]] inline
+
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // The storage conversions, one element at a time, in integer arithmetic: the scalar level runs on

@@ -343,8 +343,7 @@ def _lamb_first_pass(param, grad, exp_avg, exp_avg_sq, s, f):
             v = s.beta2 * _load(exp_avg_sq, i, s) + s.one_minus_beta2 * (g * g)
             _store(exp_avg, i, m)
             _store(exp_avg_sq, i, v)
-            # The moments as stored, as _lamb_update reads them back (reference.lamb's stored()).
-            u = _lamb_direction(p, _load(exp_avg, i, s), _load(exp_avg_sq, i, s), s, f)
+            u = _lamb_direction(p, m, v, s, f)
             wide_p, wide_u = np.float64(p), np.float64(u)
             lanes[0, i % LANES] += wide_p * wide_p
             lanes[1, i % LANES] += wide_u * wide_u

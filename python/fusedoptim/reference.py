@@ -273,17 +273,25 @@ def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
         param      = param - (lr * trust) * u
 
     with inv_bias_correction1 = 1 / (1 - beta1^step) and inv_bias_correction2_sqrt =
-    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. u is computed from the moments
-    as stored (rounded to their storage dtype), since the second pass reads them back. The norms
-    are of param before the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
+    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. Two passes: the first computes
+    the moments and trust; the second recomputes u from the moments as stored (rounded to their
+    storage dtype, when that is narrower than the compute dtype) to step param. The norms are of
+    param before the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
     param or u makes trust NaN or Inf, and so the whole tensor's step.
     """
     g = -grad if f.maximize else grad
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
-    m, v = stored(exp_avg), stored(exp_avg_sq)  # u from the moments as stored: the second pass reads them back
-    u = s.inv_bias_correction1 * (m / (np.sqrt(v) * s.inv_bias_correction2_sqrt + s.eps))
+    u = _lamb_direction(param, exp_avg, exp_avg_sq, s, f)
+    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
+    # The second pass reads the moments back: as stored, which in a narrower dtype than the
+    # compute dtype is not quite as computed.
+    u = _lamb_direction(param, stored(exp_avg), stored(exp_avg_sq), s, f)
+    param[...] = param - (s.lr * trust) * u
+
+
+def _lamb_direction(param, exp_avg, exp_avg_sq, s, f):
+    u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
     if f.weight_decay:
         u = u + s.weight_decay * param
-    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
-    param[...] = param - (s.lr * trust) * u
+    return u
