@@ -12,7 +12,7 @@ namespace fusedoptim {
 namespace {
 
 // Chunks start on multiples of kChunkBytes / itemsize elements, so they split pass 1 in whole blocks.
-static_assert(kChunkBytes / sizeof(double) % kBlock == 0 && kChunkBytes / sizeof(float) % kBlock == 0);
+static_assert(kChunkBytes / 8 % kBlock == 0 && kChunkBytes / 4 % kBlock == 0 && kChunkBytes / 2 % kBlock == 0);
 
 std::size_t num_blocks(std::size_t size) { return (size + kBlock - 1) / kBlock; }
 
@@ -29,7 +29,7 @@ double combine_blocks(double* x, std::size_t n) {
 // Pass 1 over every tensor's blocks on the step's threads, each block's sums into their own
 // slot; then, per tensor, the sums combined in the one fixed order and turned into its scalars;
 // then pass 2, chunked like any rule. So no result depends on the thread count or the split.
-void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, const std::vector<Tensor>& tensors,
+void run_two_pass(const RuleKernels& rule, int layout, std::size_t itemsize, const std::vector<Tensor>& tensors,
                   const double* planned, unsigned flags) {
   const std::size_t n = tensors.size(), sums = rule.num_sums, count = rule.num_scalars;
   std::vector<std::size_t> offset(n + 1, 0);  // where each tensor's block sums start
@@ -39,7 +39,7 @@ void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, cons
   for (std::size_t i = 0; i < n; ++i) std::copy(planned, planned + rule.num_planned, scalars.begin() + i * count);
   auto index = [&](const Tensor& t) { return static_cast<std::size_t>(&t - tensors.data()); };
 
-  const FirstPassFn first_pass = rule.first_pass[dtype];
+  const FirstPassFn first_pass = rule.first_pass[layout];
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     const std::size_t i = index(t);
     first_pass(t, begin / kBlock, (end + kBlock - 1) / kBlock, scalars.data() + i * count, flags,
@@ -52,7 +52,7 @@ void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, cons
       tensor_sums[k] = combine_blocks(block_sums.data() + offset[i] + k * blocks, blocks);
     rule.between_passes(tensor_sums.data(), scalars.data() + i * count);
   }
-  const RangeFn update = rule.range[dtype];
+  const RangeFn update = rule.range[layout];
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     update(t, begin, end, scalars.data() + index(t) * count, flags);
   });
@@ -60,11 +60,11 @@ void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, cons
 
 }  // namespace
 
-void run_step(const RuleKernels& rule, int dtype, std::size_t itemsize, const std::vector<Tensor>& tensors,
+void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const std::vector<Tensor>& tensors,
               const double* planned, unsigned flags) {
   const ContractFpEnv contract;  // the pool's workers hold one too
-  if (rule.num_sums) return run_two_pass(rule, dtype, itemsize, tensors, planned, flags);
-  const RangeFn range = rule.range[dtype];
+  if (rule.num_sums) return run_two_pass(rule, layout, itemsize, tensors, planned, flags);
+  const RangeFn range = rule.range[layout];
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     range(t, begin, end, planned, flags);
   });

@@ -9,8 +9,9 @@
 namespace fusedoptim {
 
 // `planned` holds the rule's num_planned scalars (already rounded to the compute dtype);
-// `dtype` indexes the rule's kernels (see kNumDtypes) and `itemsize` is its size in bytes.
-void run_step(const RuleKernels& rule, int dtype, std::size_t itemsize, const std::vector<Tensor>& tensors,
+// `layout` indexes the rule's kernels (dispatch.hpp's layout_of) and `itemsize` is the params'
+// element size in bytes, which sets how many elements a thread's chunk holds.
+void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const std::vector<Tensor>& tensors,
               const double* planned, unsigned flags);
 
 }  // namespace fusedoptim

@@ -72,10 +72,13 @@ def test_every_rule_has_a_torch_optimizer():
 
 
 def test_signatures_and_defaults_are_torchs():
+    """torch's arguments and defaults, then fusedoptim's one layer option, state_dtype."""
     for name in RICHEST:
         ours, theirs = inspect.signature(getattr(ft, name)), inspect.signature(getattr(torch.optim, name))
-        assert [(p.name, p.default, p.kind) for p in ours.parameters.values()] == \
+        *same, extra = ours.parameters.values()
+        assert [(p.name, p.default, p.kind) for p in same] == \
                [(p.name, p.default, p.kind) for p in theirs.parameters.values()], name
+        assert (extra.name, extra.default, extra.kind) == ("state_dtype", None, inspect.Parameter.KEYWORD_ONLY)
         params = [torch.zeros(3, requires_grad=True)]
         assert getattr(ft, name)(params).defaults == getattr(torch.optim, name)(params).defaults
 
@@ -430,8 +433,9 @@ def test_bad_hyperparameters_raise_and_modify_nothing(change, match):
 
 
 def test_unsupported_params_are_rejected_at_construction():
-    with pytest.raises(TypeError, match="torch.float16"):
-        ft.SGD([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
+    with pytest.raises(TypeError, match="torch.float8_e4m3fn; supported: torch.float64, torch.float32, "
+                                        "torch.bfloat16, torch.float16"):
+        ft.SGD([torch.zeros(3, dtype=torch.float8_e4m3fn)])
     with pytest.raises(TypeError, match="torch.complex64"):
         ft.Adam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
     with pytest.raises(ValueError, match="non-leaf"):

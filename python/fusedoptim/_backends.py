@@ -13,7 +13,7 @@ import numpy as np
 # than a small step costs. Its C half takes and returns the handlers as they are.
 import _signal
 
-from . import _fpenv, _native, reference
+from . import _fpenv, _native, _storage, reference
 from ._rules import Plan
 from ._validate import default_name, distinct, operands
 
@@ -133,18 +133,18 @@ def run(backend, rule, plan, params, grads, slots):
             # The kernels round each double scalar to the compute dtype once, exactly as
             # compute_scalars does, under the same environment.
             if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars,
-                                                _bits(plan.flags)):
+                                                _bits(plan.flags), validated=True):
                 raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
             return
         if backend == "numpy":
             kernel = getattr(reference, rule.name)
-            # Each tensor steps on copies, which are copied back once all are done, with Ctrl-C
-            # deferred: an exception part way (MemoryError, KeyboardInterrupt) leaves every operand
-            # as it was, as the cpp backend's one native call does. The copies cost memory, not bits.
+            # Each tensor steps on copies (in the compute dtype, _storage.reference_step), whose
+            # results are copied back once all are done, with Ctrl-C deferred: an exception part way
+            # (MemoryError, KeyboardInterrupt) leaves every operand as it was, as the cpp backend's
+            # one native call does. The copies cost memory, not bits.
             written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
-            results = [[a if a is None else a.copy() for a in arrays] for arrays in written]
-            for (param, *states), grad in zip(results, grads):
-                kernel(param, grad, *states, scalars, plan.flags)
+            results = [_storage.reference_step(kernel, param, grad, states, scalars, plan.flags)
+                       for (param, *states), grad in zip(written, grads)]
             with deferred_interrupts():
                 for arrays, new in zip(written, results):
                     for a, b in zip(arrays, new):
@@ -154,18 +154,20 @@ def run(backend, rule, plan, params, grads, slots):
         from . import _numba  # compiles on first use, so importing fusedoptim stays fast
 
         kernel = getattr(_numba, rule.name)
-        unused = np.empty(0, params[0].dtype)
+        unused = np.empty(0, scalars[0].dtype)
+        view = _numba.storage_view
         with deferred_interrupts():  # one jitted call per tensor: a Ctrl-C between two waits for the rest
             for i, (param, grad) in enumerate(zip(params, grads)):
-                states = (s[i].reshape(-1) if s is not None else unused for s in slots)
-                kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
+                states = (view(s[i]) if s is not None else unused for s in slots)
+                kernel(view(param), view(grad), *states, scalars, plan.flags)
 
 
-def compute_scalars(rule, plan, dtype):
-    """The plan's scalars rounded once to the compute dtype, as every backend computes with them
-    (the cpp kernels round each double exactly so, and the fast path declines what this rejects).
-    Raises ValueError for a scalar finite in double but not in the compute dtype (lr=1e300 on
-    float32, or a step_size that outgrows float32)."""
+def compute_scalars(rule, plan, param_dtype):
+    """The plan's scalars rounded once to the compute dtype of ``param_dtype`` params, as every
+    backend computes with them (the cpp kernels round each double exactly so, and the fast path
+    declines what this rejects). Raises ValueError for a scalar finite in double but not in the
+    compute dtype (lr=1e300 on float32, or a step_size that outgrows float32)."""
+    dtype = _storage.compute_dtype(param_dtype)
     with np.errstate(over="ignore"):
         rounded = np.array(plan.scalars, dtype=dtype)
     if not np.isfinite(rounded).all():
@@ -174,7 +176,7 @@ def compute_scalars(rule, plan, dtype):
         derived = "" if field in rule.hyper else \
             f" ({rule.name}'s {field} is computed from this step's hyperparameters)"
         raise ValueError(f"Invalid {field}: {value:g} is not finite in {dtype.name}, the compute dtype of "
-                         f"{dtype.name} params{derived}")
+                         f"{np.dtype(param_dtype).name} params{derived}")
     return type(plan.scalars)(*rounded)
 
 

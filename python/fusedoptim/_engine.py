@@ -29,6 +29,7 @@ class Stateful:
 
     spec = None
     backend = None  # the NumPy layer's choice; fusedoptim.torch always uses the default
+    _float32_states = False  # state_dtype="float32": new state in float32, whatever the param's dtype
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
 
@@ -85,6 +86,17 @@ class Stateful:
 
     # --- The core ---
 
+    def _set_state_dtype(self, state_dtype):
+        """The layer option ``state_dtype``: None keeps each state in its param's dtype, as torch
+        does; float32 (``"float32"``, ``np.float32``, ``torch.float32``) keeps every state in float32."""
+        if state_dtype is not None and not _is_float32(state_dtype):
+            raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None: each param's dtype; or float32)")
+        self._float32_states = state_dtype is not None
+
+    def _state_dtype(self, param_dtype):
+        """The NumPy dtype of a new state of a ``param_dtype`` (NumPy dtype) param."""
+        return np.dtype(np.float32) if self._float32_states else param_dtype
+
     def _hyper(self, group):
         """The plan's hyperparameters from a param group; the optimizer's pinned ones win."""
         hyper = {name: group[name] for name in self.spec.rule.hyper if name in group}
@@ -112,10 +124,11 @@ class Stateful:
         plan = self._plan(hyper)
         for dtype in dtypes:
             _backends.compute_scalars(self.spec.rule, plan, dtype)  # lr=1e300 cannot step float32 params
+            state = self._state_dtype(dtype)
             for name in self.spec.rule.initial.values():
                 with np.errstate(over="ignore"):
-                    if not np.isfinite(dtype.type(hyper[name])):
-                        raise ValueError(f"Invalid {name}: {hyper[name]:g} is not finite in {dtype.name}, the dtype "
+                    if not np.isfinite(state.type(hyper[name])):
+                        raise ValueError(f"Invalid {name}: {hyper[name]:g} is not finite in {state.name}, the dtype "
                                          f"of the state it starts")
 
     def _take_step(self, groups):
@@ -222,6 +235,16 @@ class _Bucket(NamedTuple):
             yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name), self.count, [self.keys[k]],
                           [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
+
+
+def _is_float32(dtype):
+    """Whether ``dtype`` names float32, in NumPy's or torch's words (without importing torch)."""
+    if type(dtype).__module__ == "torch":
+        return str(dtype) == "torch.float32"
+    try:
+        return np.dtype(dtype) == np.float32
+    except TypeError:
+        return False
 
 
 def _shares_memory(work):

@@ -2,7 +2,7 @@
 same rules as this package (scalar and flag counts, state slots, the reduction's block and lanes).
 """
 
-from . import reference
+from . import _storage, reference
 from ._rules import RULES
 
 try:
@@ -40,3 +40,4 @@ if _kernels is not None:
     if _found:
         raise ImportError("fusedoptim's C++ extension was built from other rules than this package's "
                           f"(rebuild it with `pip install .`): {'; '.join(_found)}")
+    _kernels._register_bfloat16(_storage.bfloat16)  # a user-defined dtype: NumPy numbers it at run time

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _native
+from . import _native, _storage
 from ._rules import type_name
-
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # moved in NumPy 2
 
@@ -120,16 +118,21 @@ def operands(rule, plan, params, grads, states, name=None):
                             f"{checked_params[0].dtype}: one call steps one dtype")
         checked_params.append(param)
         grad = _as_array(grads[i], name, "grads", i)
-        _check_like(grad, param, name, "grads", i)
+        _check_like(grad, param, name, "grads", i, _storage.grad_dtypes(param.dtype))
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)  # read only, so a contiguous copy is as good
         checked_grads.append(grad)
         for arg, given, slot in zip(args, slots, checked_slots):
             if slot is not None:
                 buf = _in_place(given[i], name, arg, i)
-                _check_like(buf, param, name, arg, i)
+                _check_like(buf, param, name, arg, i, _storage.state_dtypes(param.dtype))
+                if i and buf.dtype != slot[0].dtype:
+                    raise TypeError(f"{name(arg, i)} is {buf.dtype} but {name(arg, 0)} is {slot[0].dtype}: one call "
+                                    f"keeps each state in one dtype")
                 _check_writable(buf, name, arg, i)
                 slot.append(buf)
+    if n:
+        checked_grads = _kernel_grads(checked_grads, checked_params[0].dtype)
 
     written = checked_params + [b for slot in checked_slots if slot for b in slot]
     order = ["params"] + [arg for arg, slot in zip(args, checked_slots) if slot is not None] + ["grads"]
@@ -159,16 +162,28 @@ def check_param(value, label):
 
 
 def _check_param(param, name, arg, i):
-    if param.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: float32, float64")
+    if param.dtype not in _storage.PARAM_DTYPES:
+        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: {_storage.names(_storage.PARAM_DTYPES)}")
     _check_writable(param, name, arg, i)
 
 
-def _check_like(array, param, name, arg, i):
+def _check_like(array, param, name, arg, i, dtypes):
+    """Shaped like ``param`` and of one of ``dtypes`` (those an operand of ``param``'s dtype may have)."""
     if array.shape != param.shape:
         raise ValueError(f"{name(arg, i)} has shape {array.shape} but {name('params', i)} has shape {param.shape}")
-    if array.dtype != param.dtype:
-        raise TypeError(f"{name(arg, i)} is {array.dtype} but {name('params', i)} is {param.dtype}")
+    if array.dtype not in dtypes:
+        raise TypeError(f"{name(arg, i)} is {array.dtype} but {name('params', i)} is {param.dtype}; with "
+                        f"{param.dtype} params, {arg} may be {_storage.names(dtypes)}")
+
+
+def _kernel_grads(grads, param_dtype):
+    """The grads as the kernels take them: a call reads grads of one dtype, which the kernels read
+    directly; otherwise they are widened to the compute dtype (read-only copies, exactly the values)."""
+    dtype = grads[0].dtype
+    if dtype in _storage.kernel_grad_dtypes(param_dtype) and all(g.dtype == dtype for g in grads):
+        return grads
+    compute = _storage.compute_dtype(param_dtype)
+    return [g.astype(compute) for g in grads]
 
 
 def _check_writable(array, name, arg, i):

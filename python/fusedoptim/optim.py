@@ -9,8 +9,10 @@ A step is all or nothing. Every group and bucket is checked (hyperparameters, sh
 overlaps across the whole step) before any param, state or step count changes, and bad input
 raises TypeError / ValueError naming the param by its position across all groups, as
 ``step(grads)`` takes it. A Ctrl-C during a step takes effect once the step is complete.
-Params are checked when they are added: each must be a writeable, C-contiguous float32 or
-float64 ndarray with memory of its own.
+Params are checked when they are added: each must be a writeable, C-contiguous float64, float32,
+bfloat16 (``ml_dtypes.bfloat16``) or float16 ndarray with memory of its own. Grads may be in
+their param's dtype or another of float32, bfloat16, float16; states are kept in each param's
+dtype, or in float32 with ``state_dtype="float32"``.
 
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """
@@ -34,9 +36,10 @@ class Optimizer(Stateful):
 
     _viewed = False
 
-    def __init__(self, params, defaults, backend=None):
+    def __init__(self, params, defaults, backend=None, state_dtype=None):
         self.defaults = defaults
         self.backend = backend
+        self._set_state_dtype(state_dtype)
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
         groups = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
@@ -72,7 +75,7 @@ class Optimizer(Stateful):
         self.param_groups.append(group)
 
     def _new_state(self, param, fill):
-        return aligned_full(param.shape, param.dtype, fill)
+        return aligned_full(param.shape, self._state_dtype(param.dtype), fill)
 
     def _namer(self, indices):
         """Names operand k of a call over the params at ``indices`` as step()'s user knows it:
@@ -146,8 +149,9 @@ class Optimizer(Stateful):
                     v = np.asarray(v)
                     if v.shape != param.shape:
                         raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
-                    buf = aligned_full(param.shape, param.dtype)
-                    buf[...] = v
+                    buf = aligned_full(param.shape, self._state_dtype(param.dtype))
+                    with np.errstate(over="ignore"):
+                        buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf
         for saved, group in zip(groups, self.param_groups):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
@@ -160,7 +164,7 @@ def stateful(spec, base=Optimizer):
     hyper = [name for name in signature.parameters if name in spec.rule.hyper]
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
     init = _api.compile_function("__init__", signature,
-                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend)\n",
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend, state_dtype)\n",
                                  {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
                                  None)
     doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")

@@ -2,7 +2,9 @@
 
 Every backend performs exactly these operations, in this order, each rounded to the compute
 dtype (the arrays' dtype; the scalars ``s`` arrive already rounded to it), so that all
-backends agree bit for bit. ``s`` and ``f`` are the rule's Scalars and Flags from
+backends agree bit for bit. Operands stored in another dtype (bfloat16, float16, float32 states
+of float64 params) arrive widened to the compute dtype and are stored back rounded, once per
+step (``_storage.reference_step``). ``s`` and ``f`` are the rule's Scalars and Flags from
 ``fusedoptim._rules``; states a step does not use arrive as ``None``. Each function's docstring
 is the rule's formula, which every public function and class of the rule repeats (``formula``).
 """
@@ -10,6 +12,8 @@ is the rule's formula, which every public function and class of the rule repeats
 import math
 
 import numpy as np
+
+from ._storage import stored
 
 
 def formula(rule):
@@ -269,15 +273,25 @@ def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
         param      = param - (lr * trust) * u
 
     with inv_bias_correction1 = 1 / (1 - beta1^step) and inv_bias_correction2_sqrt =
-    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. The norms are of param before
-    the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
+    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. Two passes: the first computes
+    the moments and trust; the second recomputes u from the moments as stored (rounded to their
+    storage dtype, when that is narrower than the compute dtype) to step param. The norms are of
+    param before the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
     param or u makes trust NaN or Inf, and so the whole tensor's step.
     """
     g = -grad if f.maximize else grad
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    u = _lamb_direction(param, exp_avg, exp_avg_sq, s, f)
+    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
+    # The second pass reads the moments back: as stored, which in a narrower dtype than the
+    # compute dtype is not quite as computed.
+    u = _lamb_direction(param, stored(exp_avg), stored(exp_avg_sq), s, f)
+    param[...] = param - (s.lr * trust) * u
+
+
+def _lamb_direction(param, exp_avg, exp_avg_sq, s, f):
     u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
     if f.weight_decay:
         u = u + s.weight_decay * param
-    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
-    param[...] = param - (s.lr * trust) * u
+    return u

@@ -11,8 +11,11 @@ memory, without copies; params with equal step counts and dtype go in one multi-
 Params whose ``.grad`` is None are skipped. A param stored in another dense layout (a transposed
 weight, channels-last) is stepped in its memory order, still without copies; a param that is
 not dense (a strided slice of a bigger tensor) is stepped on a contiguous copy that is then
-written back. float32 and float64 CPU tensors with dense gradients are supported; anything else
-raises TypeError / ValueError naming the param before anything is modified. ``capturable``,
+written back. float64, float32, bfloat16 and float16 CPU tensors with dense gradients are
+supported (states in each param's dtype, as torch keeps them, or in float32 with
+``state_dtype="float32"``; a bfloat16 step computes in float32 and rounds each stored value once,
+to nearest even); anything else raises TypeError / ValueError naming the param before anything
+is modified. ``capturable``,
 ``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
 accepted and ignored.
 
@@ -35,11 +38,11 @@ import inspect
 
 import torch
 
-from . import _api
+from . import _api, _storage
 from ._engine import Stateful
 from ._rules import OPTIMIZERS
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
@@ -50,7 +53,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, state_dtype=None):
+        self._set_state_dtype(state_dtype)
         torch.optim.Optimizer.__init__(self, params, defaults)
         if self._eager:
             for group in self.param_groups:
@@ -73,10 +77,23 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     _check_not_expanded(p, f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
 
+    def load_state_dict(self, state_dict):
+        """As torch's; with ``state_dtype="float32"`` the states are then float32 copies of the
+        saved ones (torch casts every state to its param's dtype, rounding float32 state to bf16)."""
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+        if not self._float32_states:
+            return
+        saved = [i for group in state_dict["param_groups"] for i in group["params"]]
+        host = ("step", *self.spec.rule.host_states)
+        for param, i in zip([p for group in self.param_groups for p in group["params"]], saved):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if key not in host and torch.is_tensor(value) and value.is_floating_point():
+                    self.state[param][key] = value.to(dtype=torch.float32, copy=True)
+
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
+                    if p.default is not inspect.Parameter.empty and name != _api.STATE_DTYPE.name}
         for group in self.param_groups:
             for key, value in defaults.items():
                 group.setdefault(key, value)  # checkpoints from torch versions before a flag existed
@@ -148,7 +165,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return [int(entry["step"]) if entry else 0 for entry in entries]
 
     def _new_state(self, param, fill):
-        return torch.full_like(param, fill, memory_format=torch.preserve_format)
+        dtype = torch.float32 if self._float32_states else param.dtype
+        return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
 
     def _order(self, param):
         if param.is_contiguous():
@@ -159,17 +177,17 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _writable(self, tensor, order, copies):
         view = _in_order(tensor, order)
         if view.is_contiguous():
-            return view.numpy()
+            return _array(view)
         copy = torch.empty_like(view, memory_format=torch.contiguous_format)
-        array = copy.numpy()
+        array = _array(copy)
         copies.append((view, copy, array))
         return array
 
     def _memory(self, view):
-        return view.numpy()
+        return _array(view)
 
     def _readable(self, grad, order):
-        return _in_order(grad, order).numpy()
+        return _array(_in_order(grad, order))
 
     def _record(self, keys, entries, created, count, host_states):
         for key, new in zip(keys, created or [None] * len(keys)):
@@ -190,16 +208,25 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     state[name] = torch.tensor(value)
 
 
+def _array(t):
+    """A NumPy array of ``t``'s memory (torch's ``.numpy()`` refuses bfloat16: viewed through int16)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_storage.bfloat16)
+    return t.numpy()
+
+
 def _check_tensor(t, where, what, like=None):
     if t.layout != torch.strided:
         raise TypeError(f"{where}: {what} has layout {t.layout}; only dense (strided) tensors are supported")
     if not t.is_cpu:
         raise TypeError(f"{where}: {what} is on {t.device}; fusedoptim.torch steps CPU tensors")
     if t.dtype not in _DTYPES:
-        raise TypeError(f"{where}: {what} has dtype {t.dtype}; supported: torch.float32, torch.float64")
+        raise TypeError(f"{where}: {what} has dtype {t.dtype}; supported: {', '.join(map(str, _DTYPES))}")
     if like is not None:
-        if t.dtype != like.dtype:
-            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}")
+        allowed = [like.dtype, *(d for d in _DTYPES[1:] if d != like.dtype)]  # its own, float32, bf16, fp16
+        if t.dtype not in allowed:
+            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}; the gradient of a "
+                            f"{like.dtype} param may be {', '.join(map(str, allowed))}")
         if t.shape != like.shape:
             raise ValueError(f"{where}: {what} has shape {tuple(t.shape)} but the param {tuple(like.shape)}")
 
@@ -226,14 +253,16 @@ def twin(spec, base=Optimizer, **layout):
         ours = {p.name: p.default for p in _api.hyper_parameters(spec)}
         theirs = inspect.signature(getattr(torch.optim, spec.name)).parameters.values()
         signature = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-            p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs])
+            p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
+            [_api.STATE_DTYPE])
         summary = f"``torch.optim.{spec.name}`` on fusedoptim's kernel: {spec.doc}"
     else:
         signature = _api.class_signature(spec)
         summary = f"{spec.doc}\n\n    A ``torch.optim.Optimizer``; torch has no {spec.name} of its own."
-    names = [name for name in signature.parameters if name not in ("self", "params")]
+    names = [name for name in signature.parameters if name not in ("self", "params", _api.STATE_DTYPE.name)]
     defaults = ", ".join([f"{name}={name}" for name in names] + [f"{name}=_fixed_{name}" for name in spec.fixed])
-    init = _api.compile_function("__init__", signature, f"    _base.__init__(self, params, dict({defaults}))\n",
+    init = _api.compile_function("__init__", signature,
+                                 f"    _base.__init__(self, params, dict({defaults}), state_dtype)\n",
                                  {"_base": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
     attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, summary), "spec": spec,
                   "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
