@@ -44,10 +44,12 @@ class State(NamedTuple):
 
 
 class Rule:
-    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``."""
+    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``. ``sums`` names
+    what a two-pass rule sums over each whole tensor between its passes (LAMB's norms)."""
 
-    def __init__(self, name, plan, states, host_states=MappingProxyType({})):
+    def __init__(self, name, plan, states, host_states=MappingProxyType({}), sums=()):
         self.name, self.plan, self.states, self.host_states = name, plan, tuple(states), MappingProxyType(host_states)
+        self.sums = tuple(sums)
         parameters = inspect.signature(plan).parameters
         self.step = parameters.get("step")  # None: the rule does not count steps
         #: Hyperparameter name -> its inspect.Parameter (default, and whether torch takes it positionally).
@@ -525,7 +527,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("radam", radam_plan, [State("exp_avg"), State("exp_avg_sq")]),
     Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0}),
     Rule("lion", lion_plan, [State("exp_avg")]),
-    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")]),
+    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")], sums=("param_sq", "update_sq")),
 )})
 
 _L2 = "weight_decay is L2 (added to the gradient)"

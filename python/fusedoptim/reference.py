@@ -273,11 +273,26 @@ def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
     the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
     param or u makes trust NaN or Inf, and so the whole tensor's step.
     """
+    lamb_update(param, exp_avg, exp_avg_sq, lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f), s, f)
+
+
+# LAMB's two passes, apart: a tensor sharded across processes sums its shard's squares, the
+# processes add their sums, and each steps its shard with the whole tensor's trust ratio.
+
+def _lamb_direction(param, exp_avg, exp_avg_sq, s, f):
+    u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
+    return u + s.weight_decay * param if f.weight_decay else u
+
+
+def lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f):
+    """LAMB's first pass: updates the moments; returns the sums of squares of param and u."""
     g = -grad if f.maximize else grad
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
-    u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
-    if f.weight_decay:
-        u = u + s.weight_decay * param
-    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
-    param[...] = param - (s.lr * trust) * u
+    return _sum_of_squares(param), _sum_of_squares(_lamb_direction(param, exp_avg, exp_avg_sq, s, f))
+
+
+def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
+    """LAMB's second pass: the trust ratio from the (param, u) sums of squares, and the step."""
+    trust = param.dtype.type(_trust_ratio(*sums))
+    param[...] = param - (s.lr * trust) * _lamb_direction(param, exp_avg, exp_avg_sq, s, f)
