@@ -423,7 +423,10 @@ class NAdamFlags(NamedTuple):
 def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                decoupled_weight_decay=False, *, maximize=False):
     """``mu_product`` is mu_1 * ... * mu_{step-1} (1 before the first step); Plan.host_states
-    carries the product through mu_step, for the next step."""
+    carries the product through mu_step, for the next step. The product is taken in mu_product's
+    own precision: a Python float's, double; a NumPy scalar's, its dtype's, as torch.optim takes
+    it in the float32 tensor it keeps mu_product in (``mu_product *= mu``, mu rounded first)."""
+    kept = mu_product.dtype.type if isinstance(mu_product, np.floating) else float
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
@@ -437,7 +440,7 @@ def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
     # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-    mu_product *= mu
+    mu_product = float(kept(mu_product) * kept(mu))
     return Plan(
         NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
                      lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
