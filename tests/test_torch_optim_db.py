@@ -632,3 +632,42 @@ def test_deepcopy_and_printing(info):
         clone.step()
         assert all(torch.equal(p, b) for p, b in zip(params, before))  # the original did not move
         assert not all(torch.equal(q, b) for q, b in zip(cloned_params, before))
+
+
+@pytest.mark.parametrize("info", BEHAVIOUR)
+def test_params_made_on_meta_step_once_materialized(info):
+    """test_fused_error_on_params_on_meta, then deferred initialization: the optimizer is built on meta
+    params; a step while they are on meta raises torch's fused error; materialized in place
+    (to_empty, with params swapped in place, as FSDP2 keeps them), they step as if made on the CPU."""
+    fused = {"fused": True} if "fused" in info.supported_impls else {}
+
+    def made(device):
+        torch.manual_seed(0)
+        with torch.device(device):
+            return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 1))
+
+    reference, model = made("cpu"), made("meta")
+    expected = ours(info)(reference.parameters(), **fused)
+    opt = ours(info)(model.parameters(), **fused)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.rand_like(p)
+    with pytest.raises(RuntimeError, match="`fused=True` requires all the params to be floating point Tensors"):
+        opt.step()
+    assert not any(opt.state[p].get("step") for p in params)
+    opt.zero_grad(set_to_none=True)
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to_empty(device="cpu")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    assert all(p is q for p, q in zip(params, model.parameters()))
+    model.load_state_dict(reference.state_dict())
+    x = torch.rand(4, 2)
+    for net, o in ((reference, expected), (model, opt)):
+        for _ in range(3):
+            o.zero_grad()
+            net(x).sum().backward()
+            o.step()
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), model.parameters()))
