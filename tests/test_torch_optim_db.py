@@ -671,3 +671,27 @@ def test_params_made_on_meta_step_once_materialized(info):
             net(x).sum().backward()
             o.step()
     assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), model.parameters()))
+
+
+@pytest.mark.parametrize("info", [i for i in INFOS if "cpu" in i.supports_fused_on], ids=lambda info: info.name)
+def test_checkpoints_of_torchs_fused_optimizers_load_both_ways(info):
+    """torch's own fused CPU optimizer's state_dict loads into ours (fused=True, the same arguments) and
+    steps; ours loads back into torch's fused optimizer, which steps too; the flag and step dtype survive."""
+    for optim_input in info.optim_inputs_func("cpu"):
+        kwargs = {**optim_input.kwargs, "fused": True}
+        params, theirs = problem()[0], None
+        theirs = info.optim_cls(params, **kwargs)
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.ones_like(p)
+            theirs.step()
+        mine = ours(info)(params, **kwargs)
+        mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
+        mine.step()
+        assert mine.state_dict()["param_groups"][0]["fused"] is True
+        back = info.optim_cls(params, **kwargs)
+        back.load_state_dict(copy.deepcopy(mine.state_dict()))
+        back.step()
+        for state in back.state.values():
+            if "step" in state:
+                assert state["step"].dtype == torch.float32 and float(state["step"]) == 4, optim_input.desc
