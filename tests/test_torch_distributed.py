@@ -16,6 +16,7 @@ What must hold, and why it can be exact:
   the fp64-truth bound of conftest's Distances, with torch's float64 run, sharded alike, as the truth.
 """
 
+import copy
 import pickle
 import socket
 import time
@@ -111,6 +112,31 @@ def fsdp_closed_loop(rank, make, hyper):
     return {"losses": losses, "snapshot": snapshot(net, opt)}
 
 
+def fsdp_checkpoint(rank):
+    """torch.distributed.checkpoint's state_dicts of a sharded run (DTensor state), taken after 3 steps and
+    loaded back after 3 more: the same 3 steps again reach the same bits."""
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    net, _ = fsdp()
+    opt = ft.AdamW(net.parameters(), **ADAMW)
+
+    def train(steps):
+        for step in steps:
+            opt.zero_grad()
+            loss_of(net, batch(rank, step)).backward()
+            opt.step()
+
+    train(range(STEPS // 2))
+    saved = copy.deepcopy((get_model_state_dict(net), get_optimizer_state_dict(net, opt)))
+    train(range(STEPS // 2, STEPS))
+    straight = snapshot(net, opt)
+    set_model_state_dict(net, saved[0])
+    set_optimizer_state_dict(net, opt, saved[1])
+    train(range(STEPS // 2, STEPS))
+    return {"snapshots": [straight, snapshot(net, opt)]}
+
+
 def fsdp_against_torch(rank):
     """torch's AdamW leads (float32, closed loop); ours (float32) and torch's float64 run (the truth) take its
     gradients, all three sharded by FSDP2."""
@@ -200,6 +226,7 @@ SCENARIOS = {
     "fsdp_lamb": lambda rank: fsdp_closed_loop(rank, ft.Lamb, LAMB),
     "fsdp_lamb_unreduced": lambda rank: unreduced(fsdp_closed_loop, rank, ft.Lamb, LAMB),
     "fsdp_against_torch": fsdp_against_torch,
+    "fsdp_checkpoint": fsdp_checkpoint,
     "tp_adamw": lambda rank: tensor_parallel(rank, ft.AdamW, ADAMW),
     "tp_lamb": lambda rank: tensor_parallel(rank, ft.Lamb, LAMB),
     "ddp_adam": ddp,
@@ -296,6 +323,13 @@ def test_fsdp2_lamb_takes_whole_norms(results):
 
 def test_fsdp2_adamw_matches_torch_adamw(results):
     scenario(results, "fsdp_against_torch")["distances"].check()
+
+
+def test_fsdp2_distributed_checkpoint_resumes_to_the_same_bits(results):
+    (params, state), (resumed_params, resumed_state) = scenario(results, "fsdp_checkpoint")["snapshots"]
+    assert all(torch.equal(a, b) for a, b in zip(params, resumed_params))
+    for mine, theirs in zip(state, resumed_state):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 @pytest.mark.parametrize("name, make, hyper", [("tp_adamw", ft.AdamW, ADAMW), ("tp_lamb", ft.Lamb, LAMB)],
