@@ -179,9 +179,9 @@ def run(backend, rule, plan, params, grads, slots, reduce=None):
             grads = [grad.reshape(-1) for grad in grads]
             if reduce is not None:
                 _two_passes(_numba, rule, flat, grads, scalars, plan.flags, reduce)
-                return
-            for (param, *states), grad in zip(flat, grads):
-                kernel(param, grad, *states, scalars, plan.flags)
+            else:
+                for (param, *states), grad in zip(flat, grads):
+                    kernel(param, grad, *states, scalars, plan.flags)
 
 
 def _two_passes(module, rule, operands, grads, scalars, flags, reduce):
