@@ -12,8 +12,8 @@ Every combination either matches torch or is an intended difference, listed belo
 - torch's global flags (``_get_optim_inputs_including_global_cliquey_kwargs``): ``foreach`` and ``fused``
   change nothing in ours, so each input is run once and the flags are checked to give the same bits;
   ``differentiable=True`` is rejected (INTENDED_REJECTIONS).
-- Error inputs (``optim_error_inputs_func``): ours raise torch's type with a message matching torch's regex,
-  but for INTENDED_ACCEPTANCES.
+- Error inputs (``optim_error_inputs_func``): every one raises torch's type with a message matching torch's
+  regex (a twin runs torch's own constructor on its arguments first).
 """
 
 import copy
@@ -51,9 +51,9 @@ INTENDED_REJECTIONS = {
                         "torch's Adagrad and SGD step sparse gradients; the kernels step dense memory"),
     "infinite hyperparameter": (ValueError, "must be finite",
                                 "lr=inf and the like step no float param to anything but NaN or Inf"),
+    "float16 and bfloat16 params": (TypeError, "supported: torch.float32",
+                                    "storage dtypes other than float32 and float64 are issue 11's"),
 }
-# torch's error inputs that ours accept: (optimizer, desc) -> why.
-INTENDED_ACCEPTANCES = {}
 
 
 def cases():
@@ -268,6 +268,14 @@ def test_infinite_lr_is_an_intended_rejection(info):
         ours(info)(problem()[0], lr=math.inf)
 
 
+@pytest.mark.parametrize("info", INFOS, ids=lambda info: info.name)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_params_are_an_intended_rejection(info, dtype):
+    error, match, _ = INTENDED_REJECTIONS["float16 and bfloat16 params"]
+    with pytest.raises(error, match=match):
+        ours(info)([torch.zeros(3, dtype=dtype, requires_grad=True)])
+
+
 # --- torch's error inputs ---
 
 def error_cases():
@@ -284,10 +292,6 @@ def _error_cases():
 def test_error_inputs_raise_torchs_errors(info, error_input):
     optim_input = error_input.optimizer_error_input
     params = optim_input.params if optim_input.params is not None else problem()[0]
-    why = INTENDED_ACCEPTANCES.get((info.name, optim_input.desc))
-    if why:
-        ours(info)(params, **optim_input.kwargs)
-        return
     if issubclass(error_input.error_type, Warning):
         raising = pytest.warns(error_input.error_type, match=error_input.error_regex)
     else:
