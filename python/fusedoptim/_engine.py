@@ -14,6 +14,7 @@ cost a Python call per tensor.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -70,6 +71,11 @@ class Stateful:
 
     def _namer(self, keys):
         """``name(arg, k)``: how errors name operand k of argument ``arg`` of a call over these params."""
+        return None
+
+    def _reduction(self, params):
+        """For a two-pass rule (``Rule.sums``), what a call over ``params`` does with each tensor's
+        sums between the passes (``reduce`` of ``_backends.step``); None: they are the whole tensors'."""
         return None
 
     def _record(self, keys, entries, created, count, host_states):
@@ -134,7 +140,7 @@ class Stateful:
     def _take_step(self, groups):
         """One step. ``groups`` holds, for each param group, its hyperparameters (``_hyper``) and
         three lists over its params that have a grad: their keys in ``state``, the params, the grads."""
-        work = []
+        work, rule = [], self.spec.rule
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
             steps, hosts = self._steps_taken(entries), self._host_values(entries)
@@ -152,14 +158,14 @@ class Stateful:
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
                 arrays, readable, states, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
-                call = Call(plan, arrays, readable, states, self._namer(keys))
+                call = Call(plan, arrays, readable, states, self._namer(keys),
+                            self._reduction(params) if rule.sums else None)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
         if not work:
             return
         sequential = self._shared_memory and _shares_memory(work)
         if sequential:  # as torch's for-loop steps them: one after another, each seeing those before
             work = [one for bucket in work for one in bucket.one_by_one()]
-        rule = self.spec.rule
         with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the record
             if len(work) == 1:  # the usual step: one native call checks it and steps it
                 bucket = work[0]
@@ -231,9 +237,10 @@ class _Bucket(NamedTuple):
         for k in range(len(call.params)):
             states = tuple(None if slot is None else [slot[k]] for slot in call.states)
             name = call.name and (lambda arg, _, k=k: call.name(arg, k))
+            reduce = call.reduce and functools.partial(_one_row, call.reduce, k, len(call.params))
             created = None if self.created is None else [self.created[k]]
-            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name), self.count, [self.keys[k]],
-                          [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
+            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, reduce), self.count,
+                          [self.keys[k]], [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
 
 
@@ -245,6 +252,14 @@ def _is_float32(dtype):
         return np.dtype(dtype) == np.float32
     except TypeError:
         return False
+
+
+def _one_row(reduce, k, n, sums):
+    """``reduce`` of a call over n params, for the call of its param k alone: the other rows are zero."""
+    rows = np.zeros((n, sums.shape[1]))
+    rows[k] = sums[0]
+    reduce(rows)
+    sums[0] = rows[k]
 
 
 def _shares_memory(work):

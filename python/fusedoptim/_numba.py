@@ -362,6 +362,11 @@ def _lamb_update(param, exp_avg, exp_avg_sq, trust, s, f):
 
 def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
     """Two jitted passes around the host-side trust ratio, as the C++ kernel runs them."""
-    param_sq, update_sq = _lamb_first_pass(param, grad, exp_avg, exp_avg_sq, s, f)
-    trust = type(s[0])(_trust_ratio(param_sq, update_sq))  # rounded once to the compute dtype
-    _lamb_update(param, exp_avg, exp_avg_sq, trust, s, f)
+    lamb_update(param, exp_avg, exp_avg_sq, lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f), s, f)
+
+
+lamb_sums = _lamb_first_pass
+
+
+def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
+    _lamb_update(param, exp_avg, exp_avg_sq, type(s[0])(_trust_ratio(*sums)), s, f)  # rounded once to the compute dtype

@@ -44,10 +44,12 @@ class State(NamedTuple):
 
 
 class Rule:
-    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``."""
+    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``. ``sums`` names
+    what a two-pass rule sums over each whole tensor between its passes (LAMB's norms)."""
 
-    def __init__(self, name, plan, states, host_states=MappingProxyType({})):
+    def __init__(self, name, plan, states, host_states=MappingProxyType({}), sums=()):
         self.name, self.plan, self.states, self.host_states = name, plan, tuple(states), MappingProxyType(host_states)
+        self.sums = tuple(sums)
         parameters = inspect.signature(plan).parameters
         self.step = parameters.get("step")  # None: the rule does not count steps
         #: Hyperparameter name -> its inspect.Parameter (default, and whether torch takes it positionally).
@@ -421,7 +423,10 @@ class NAdamFlags(NamedTuple):
 def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                decoupled_weight_decay=False, *, maximize=False):
     """``mu_product`` is mu_1 * ... * mu_{step-1} (1 before the first step); Plan.host_states
-    carries the product through mu_step, for the next step."""
+    carries the product through mu_step, for the next step. The product is taken in mu_product's
+    own precision: a Python float's, double; a NumPy scalar's, its dtype's, as torch.optim takes
+    it in the float32 tensor it keeps mu_product in (``mu_product *= mu``, mu rounded first)."""
+    kept = mu_product.dtype.type if isinstance(mu_product, np.floating) else float
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
@@ -435,7 +440,7 @@ def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
     # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-    mu_product *= mu
+    mu_product = float(kept(mu_product) * kept(mu))
     return Plan(
         NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
                      lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
@@ -525,7 +530,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("radam", radam_plan, [State("exp_avg"), State("exp_avg_sq")]),
     Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0}),
     Rule("lion", lion_plan, [State("exp_avg")]),
-    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")]),
+    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")], sums=("param_sq", "update_sq")),
 )})
 
 _L2 = "weight_decay is L2 (added to the gradient)"

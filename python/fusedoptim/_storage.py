@@ -10,8 +10,8 @@ Each operand is stored as one of float64, float32, bfloat16 (``ml_dtypes.bfloat1
 Loading an operand widens it to the compute dtype, exactly (every bfloat16, float16 and float32
 value is a float32 and a float64 value). Storing rounds the computed value to the storage dtype
 once, to nearest even: subnormals are kept, values past the largest finite one round to Inf (ties
-to even there too: 65520 is float16's tie between 65504 and Inf), NaN stays NaN. ``reference_step``
-is the executable specification of these semantics, around the reference's math; the cpp kernels
+to even there too: 65520 is float16's tie between 65504 and Inf), NaN stays NaN. ``widened`` and
+``narrowed`` are the executable specification of these semantics, around the reference's math; the cpp kernels
 (``cpp/kernels/common.hpp``, ``cpp/simd/``) and the numba ones (``_numba``) do the same, element
 by element.
 """
@@ -80,22 +80,22 @@ def narrow(values, dtype):
         return np.asarray(values).astype(dtype)
 
 
-def reference_step(kernel, param, grad, states, scalars, flags):
-    """One tensor's step of the reference function ``kernel`` on arrays of any storage dtypes;
-    returns the new (param, *states), each in its storage dtype (None for unused states).
-
-    The reference computes in the compute dtype only: it runs on copies of the operands widened
-    to it (exact), then each written operand is rounded once to its storage dtype."""
+def widened(param, grad, states):
+    """Copies of a tensor's operands widened to its compute dtype (exact), for the reference to
+    step in place: ([param, *states], grad), unused states None. Each written copy knows its
+    storage dtype (``stored``). ``narrowed`` rounds the results back."""
     compute = compute_dtype(param.dtype)
 
-    def widened(array):
+    def copy(array):
         if array is None:
             return None
-        copy = widen(array, compute).view(_Widened)
-        copy.storage = array.dtype
-        return copy
+        wide = widen(array, compute).view(_Widened)
+        wide.storage = array.dtype
+        return wide
 
-    written = [widened(param), *map(widened, states)]
-    kernel(written[0], widen(grad, compute), *written[1:], scalars, flags)
-    return [None if new is None else narrow(new.view(np.ndarray), old.dtype)
-            for new, old in zip(written, [param, *states])]
+    return [copy(param), *map(copy, states)], widen(grad, compute)
+
+
+def narrowed(written):
+    """The reference's results ``written`` (from ``widened``), each rounded once to its storage dtype."""
+    return [None if new is None else narrow(new.view(np.ndarray), new.storage) for new in written]

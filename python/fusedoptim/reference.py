@@ -4,7 +4,7 @@ Every backend performs exactly these operations, in this order, each rounded to 
 dtype (the arrays' dtype; the scalars ``s`` arrive already rounded to it), so that all
 backends agree bit for bit. Operands stored in another dtype (bfloat16, float16, float32 states
 of float64 params) arrive widened to the compute dtype and are stored back rounded, once per
-step (``_storage.reference_step``). ``s`` and ``f`` are the rule's Scalars and Flags from
+step (``_storage.widened``, ``_storage.narrowed``). ``s`` and ``f`` are the rule's Scalars and Flags from
 ``fusedoptim._rules``; states a step does not use arrive as ``None``. Each function's docstring
 is the rule's formula, which every public function and class of the rule repeats (``formula``).
 """
@@ -279,19 +279,28 @@ def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
     param before the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
     param or u makes trust NaN or Inf, and so the whole tensor's step.
     """
-    g = -grad if f.maximize else grad
-    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
-    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
-    u = _lamb_direction(param, exp_avg, exp_avg_sq, s, f)
-    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
-    # The second pass reads the moments back: as stored, which in a narrower dtype than the
-    # compute dtype is not quite as computed.
-    u = _lamb_direction(param, stored(exp_avg), stored(exp_avg_sq), s, f)
-    param[...] = param - (s.lr * trust) * u
+    lamb_update(param, exp_avg, exp_avg_sq, lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f), s, f)
 
+
+# LAMB's two passes, apart: a tensor sharded across processes sums its shard's squares, the
+# processes add their sums, and each steps its shard with the whole tensor's trust ratio.
 
 def _lamb_direction(param, exp_avg, exp_avg_sq, s, f):
     u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
-    if f.weight_decay:
-        u = u + s.weight_decay * param
-    return u
+    return u + s.weight_decay * param if f.weight_decay else u
+
+
+def lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f):
+    """LAMB's first pass: updates the moments; returns the sums of squares of param and u."""
+    g = -grad if f.maximize else grad
+    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
+    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    return _sum_of_squares(param), _sum_of_squares(_lamb_direction(param, exp_avg, exp_avg_sq, s, f))
+
+
+def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
+    """LAMB's second pass: the trust ratio from the (param, u) sums of squares, and the step. It
+    reads the moments back as stored, which in a dtype narrower than the compute dtype is not
+    quite as computed."""
+    trust = param.dtype.type(_trust_ratio(*sums))
+    param[...] = param - (s.lr * trust) * _lamb_direction(param, stored(exp_avg), stored(exp_avg_sq), s, f)
