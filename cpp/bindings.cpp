@@ -243,6 +243,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("RULES") = rules;
   m.attr("REDUCTION_BLOCK") = kBlock;
   m.attr("REDUCTION_LANES") = kLanes;
+  m.attr("COMPILER") = FUSEDOPTIM_COMPILER;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
   m.def("isa", [] { return std::string(active_isa().name); }, "The ISA level in use.");
   m.def("set_isa", [](const std::string& name) {
