@@ -20,6 +20,10 @@
 namespace py = pybind11;
 using namespace fusedoptim;
 
+namespace fusedoptim {
+void register_norms(py::module_& m);  // norms.cpp: clip_grad_norm_'s kernels
+}
+
 namespace {
 
 using py::detail::array_descriptor_proxy;
@@ -254,6 +258,7 @@ PYBIND11_MODULE(_kernels, m) {
     }
   });
   m.def("roof", &roof, py::arg("reads"), py::arg("writes"));
+  register_norms(m);
   m.def("num_threads", &num_threads, "Threads a step may use.");
   // fusedoptim._config validates the count (an int within its limit) before it gets here.
   m.def("set_num_threads", [](int threads) {
