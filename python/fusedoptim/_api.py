@@ -35,6 +35,10 @@ def functional_signature(spec):
                       *host, *hyper, P("backend", P.KEYWORD_ONLY, default=None)])
 
 
+# The NumPy optimizer classes' options, after the rule's hyperparameters: one place, for every class.
+NUMPY_OPTIONS = (P("backend", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False))
+
+
 def class_signature(spec, extra=()):
     """``(self, params, <hyperparameters, torch's positional ones first>, *, <the rest>, <extra>)``."""
     return Signature([P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD),

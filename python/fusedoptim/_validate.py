@@ -152,10 +152,11 @@ def distinct(written, read, name):
 
 
 def check_param(value, label):
-    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update."""
+    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update, in its
+    memory order (see ``dense_order``)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{label} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
-    _check_param(value, lambda arg, i: label, "params", 0)
+    _check_param(value, lambda arg, i: label, "params", 0, any_order=True)
 
 
 def in_place_arrays(values, arg):
