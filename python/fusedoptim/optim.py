@@ -192,7 +192,6 @@ class Optimizer(Stateful):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
         self.state = new_state
 
-
     def __repr__(self):
         """The class, the layer's options, and per group: its params, their steps and its hyperparameters."""
         backend = self.backend or f"auto: {_backends.resolve(None)}"
