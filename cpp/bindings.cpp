@@ -20,6 +20,10 @@
 namespace py = pybind11;
 using namespace fusedoptim;
 
+namespace fusedoptim {
+void register_norms(py::module_& m);  // norms.cpp: clip_grad_norm_'s kernels
+}
+
 namespace {
 
 using py::detail::array_descriptor_proxy;
@@ -287,6 +291,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("RULES") = rules;
   m.attr("REDUCTION_BLOCK") = kBlock;
   m.attr("REDUCTION_LANES") = kLanes;
+  m.attr("COMPILER") = FUSEDOPTIM_COMPILER;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
   m.def("_register_bfloat16", [](const py::dtype& bfloat16) { bfloat16_type_num = bfloat16.num(); },
         "Tells the extension NumPy's type number of ml_dtypes.bfloat16 (fusedoptim._native, at import).");
@@ -299,6 +304,7 @@ PYBIND11_MODULE(_kernels, m) {
     }
   });
   m.def("roof", &roof, py::arg("reads"), py::arg("writes"));
+  register_norms(m);
   m.def("num_threads", &num_threads, "Threads a step may use.");
   // fusedoptim._config validates the count (an int within its limit) before it gets here.
   m.def("set_num_threads", [](int threads) {

@@ -275,7 +275,8 @@ def unsteppable():
     return [
         ("read-only", read_only, ValueError, "params[1] is read-only"),
         ("int32", np.ones(3, np.int32), TypeError, "params[1] has dtype int32"),
-        ("non-contiguous", a[::2], ValueError, "params[1] is not C-contiguous"),
+        ("strided", a[::2], ValueError, "params[1] is not dense in memory (a strided or reversed view)"),
+        ("reversed", a[::-1], ValueError, "params[1] is not dense in memory (a strided or reversed view)"),
         ("NumPy scalar", np.float32(1.0), TypeError,
          "params[1] must be a writeable NumPy array (it is updated in place), got numpy.float32"),
         ("float", 1.0, TypeError, "params[1] must be a writeable NumPy array (it is updated in place), got float"),

@@ -38,7 +38,9 @@ def test_functional_signature_is_the_registrys(spec):
 def test_numpy_class_signature_is_the_registrys(spec):
     sig = inspect.signature(getattr(fo, spec.name))
     assert defaults(sig, spec.rule.hyper) == spec.hyper_defaults()
-    assert list(sig.parameters)[0] == "params" and list(sig.parameters)[-1] == "backend"
+    options = [p.name for p in fo._api.NUMPY_OPTIONS]
+    assert list(sig.parameters)[0] == "params" and list(sig.parameters)[-len(options):] == options
+    assert all(sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options)
     opt = getattr(fo, spec.name)([np.zeros(3, np.float32)])
     assert {k: v for k, v in opt.defaults.items()} == {**spec.hyper_defaults(), **spec.fixed}
 

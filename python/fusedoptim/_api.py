@@ -40,6 +40,8 @@ STATE_DTYPE = P("state_dtype", P.KEYWORD_ONLY, default=None)
 STATE_DTYPE_DOC = ("States are kept in each param's dtype (as torch keeps them), or in float32 with "
                    "``state_dtype=\"float32\"`` (for bfloat16 and float16 params: a more accurate state, 4 bytes "
                    "per element each).")
+# The NumPy optimizer classes' options, after the rule's hyperparameters: one place, for every class.
+NUMPY_OPTIONS = (P("backend", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False))
 
 
 def class_signature(spec, extra=()):

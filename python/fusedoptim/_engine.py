@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _backends
+from . import _backends, _norms
 from ._backends import Call, deferred_interrupts
 from ._validate import find_overlap
 
@@ -33,6 +33,7 @@ class Stateful:
     _float32_states = False  # state_dtype="float32": new state in float32, whatever the param's dtype
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
+    skip_nonfinite = False  # the NumPy layer's option: a step whose grads hold inf or NaN changes nothing
 
     # --- What a layer provides ---
 
@@ -111,9 +112,13 @@ class Stateful:
 
     def _plan(self, hyper, count=1, host=None):
         """The plan of a step with these caller-owned arguments (by default, a first step's): a
-        plan takes the step, then the host states, positionally."""
+        plan takes the step, then the host states, positionally. An ``lr`` that is callable is a
+        schedule, a function of the step number: each param's lr is its value at the step the param
+        takes (1 for its first), so it needs no state of its own and resumes with the step counts."""
         rule = self.spec.rule
         host = tuple(rule.host_states.values()) if host is None else host
+        if callable(hyper.get("lr")):
+            hyper = {**hyper, "lr": hyper["lr"](count)}
         return rule.plan(count, *host, **hyper) if rule.step else rule.plan(*host, **hyper)
 
     def _state_name(self, arg):
@@ -139,7 +144,8 @@ class Stateful:
 
     def _take_step(self, groups):
         """One step. ``groups`` holds, for each param group, its hyperparameters (``_hyper``) and
-        three lists over its params that have a grad: their keys in ``state``, the params, the grads."""
+        three lists over its params that have a grad: their keys in ``state``, the params, the grads.
+        Returns False when ``skip_nonfinite`` skipped it (a grad held inf or NaN), else True."""
         work, rule = [], self.spec.rule
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
@@ -162,23 +168,27 @@ class Stateful:
                             self._reduction(params) if rule.sums else None)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
         if not work:
-            return
+            return True
         sequential = self._shared_memory and _shares_memory(work)
         if sequential:  # as torch's for-loop steps them: one after another, each seeing those before
             work = [one for bucket in work for one in bucket.one_by_one()]
         with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the record
-            if len(work) == 1:  # the usual step: one native call checks it and steps it
+            if len(work) == 1 and not self.skip_nonfinite:  # the usual step: one native call checks and steps it
                 bucket = work[0]
                 _fill(bucket.copies)
                 _backends.step(self.backend, rule, *bucket.call)
                 self._taken(bucket)
-                return
+                return True
             backend = _backends.resolve(self.backend)
             ready = _backends.check(backend, rule, [bucket.call for bucket in work], across=not sequential)
+            # GradScaler's rule: one inf or NaN in any grad skips the whole step, after it was checked.
+            if self.skip_nonfinite and not _norms.all_finite([grad for args in ready for grad in args[2]], backend):
+                return False
             for args, bucket in zip(ready, work):
                 _fill(bucket.copies)
                 _backends.run(backend, rule, *args)
                 self._taken(bucket)
+        return True
 
     def _taken(self, bucket):
         _write_back(bucket.copies)

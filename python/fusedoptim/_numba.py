@@ -370,3 +370,38 @@ lamb_sums = _lamb_first_pass
 
 def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
     _lamb_update(param, exp_avg, exp_avg_sq, type(s[0])(_trust_ratio(*sums)), s, f)  # rounded once to the compute dtype
+
+
+# --- clip_grad_norm_ (reference.clip_factor) ---
+
+@_jit
+def _sum_of_squares(x):
+    """reference._sum_of_squares of a 1-D array."""
+    n = x.size
+    blocks = (n + BLOCK - 1) // BLOCK
+    sums = np.empty(blocks)
+    lanes = np.empty(LANES)
+    for b in range(blocks):
+        lanes[:] = 0.0
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            wide = np.float64(x[i])
+            lanes[i % LANES] += wide * wide
+        sums[b] = _fold_lanes(lanes)
+    return _combine_blocks(sums)
+
+
+def global_sum_of_squares(arrays):
+    """reference._global_sum_of_squares of a list of C-contiguous arrays."""
+    return _combine_blocks(np.array([_sum_of_squares(a.reshape(-1)) for a in arrays], dtype=np.float64))
+
+
+@_jit
+def _scale(x, factor):
+    for i in range(x.size):
+        x[i] = x[i] * factor
+
+
+def scale(arrays, factor):
+    """reference._scale of each of a list of C-contiguous arrays."""
+    for a in arrays:
+        _scale(a.reshape(-1), a.dtype.type(factor))

@@ -159,20 +159,52 @@ def distinct(written, read, name):
 
 
 def check_param(value, label):
-    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update."""
+    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update, in its
+    memory order (see ``dense_order``)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{label} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
     if value.dtype in COMPLEX_DTYPES:
         raise TypeError(f"{label} has dtype {value.dtype}; the stateful optimizers step float32 and float64 arrays "
                         f"(the functional API and fusedoptim.torch step complex ones, as pairs of reals)")
-    _check_param(value, lambda arg, i: label, "params", 0)
+    _check_param(value, lambda arg, i: label, "params", 0, any_order=True)
 
 
-def _check_param(param, name, arg, i):
+def in_place_arrays(values, arg):
+    """What is scaled in place (``clip_grad_norm_``'s grads): an array or a list of them, each a
+    writeable float32 or float64 array dense in some order, none sharing memory with another (it
+    would be scaled twice). Returns them as C-contiguous views, each in its memory order."""
+    single = not isinstance(values, (list, tuple))
+    name = default_name(single)
+    arrays = []
+    for i, value in enumerate(_as_list(values, arg, single)):
+        array = _in_place(value, name, arg, i)
+        if array.dtype not in (_storage.float32, _storage.float64):
+            raise TypeError(f"{name(arg, i)} has dtype {array.dtype}; supported: float32, float64")
+        _check_writable(array, name, arg, i, any_order=True)
+        arrays.append(array.transpose(dense_order(array)))
+    clash = find_overlap(arrays)
+    if clash is not None:
+        raise ValueError(f"{name(arg, clash[0])} and {name(arg, clash[1])} overlap in memory; each would be scaled "
+                         f"twice")
+    return arrays
+
+
+def dense_order(array):
+    """The axes of ``array`` from the slowest to the fastest in memory when its elements fill one
+    block of memory (C-contiguous, Fortran-ordered, any transpose of those), so that
+    ``array.transpose(axes)`` is a C-contiguous view of the same memory; None when no order is (a
+    strided slice, a reversed or broadcast view)."""
+    if array.flags.c_contiguous:
+        return tuple(range(array.ndim))
+    axes = tuple(sorted(range(array.ndim), key=lambda d: -array.strides[d]))
+    return axes if array.transpose(axes).flags.c_contiguous else None
+
+
+def _check_param(param, name, arg, i, any_order=False):
     if param.dtype not in _storage.PARAM_DTYPES and param.dtype not in COMPLEX_DTYPES:
         raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: {_storage.names(_storage.PARAM_DTYPES)}, "
                         f"and complex64 and complex128 as pairs of reals")
-    _check_writable(param, name, arg, i)
+    _check_writable(param, name, arg, i, any_order)
 
 
 def _reals(array):
@@ -204,8 +236,12 @@ def _kernel_grads(grads, param_dtype):
     return [g.astype(compute) for g in grads]
 
 
-def _check_writable(array, name, arg, i):
+def _check_writable(array, name, arg, i, any_order=False):
+    """Writeable, and C-contiguous (or, ``any_order``, dense in some order: ``dense_order``)."""
     if not array.flags.writeable:
         raise ValueError(f"{name(arg, i)} is read-only; it is updated in place")
-    if not array.flags.c_contiguous:
+    if any_order and dense_order(array) is None:
+        raise ValueError(f"{name(arg, i)} is not dense in memory (a strided or reversed view); it is updated in "
+                         f"place, so it cannot be copied")
+    if not any_order and not array.flags.c_contiguous:
         raise ValueError(f"{name(arg, i)} is not C-contiguous; it is updated in place, so it cannot be copied")

@@ -248,11 +248,42 @@ def _sum_of_squares(x):
     while lanes.shape[1] > 1:
         half = lanes.shape[1] // 2
         lanes = lanes[:, :half] + lanes[:, half:]
-    results = lanes[:, 0]
+    return _combine_pairwise(lanes[:, 0])
+
+
+def _combine_pairwise(sums):
+    """Sums combined pairwise in rounds, (x0 + x1), (x2 + x3), ..., an odd last one carried to the
+    next round, until one is left (0.0 when there are none): a tensor's blocks, and a list's tensors."""
+    results = np.asarray(sums, dtype=np.float64)
     while results.size > 1:
         paired = results.size // 2 * 2
         results = np.concatenate([results[0:paired:2] + results[1:paired:2], results[paired:]])
     return float(results[0]) if results.size else 0.0
+
+
+def _global_sum_of_squares(arrays):
+    """sum(x**2) over every element of every array, in float64: each array's sum in
+    ``_sum_of_squares``'s order, then the arrays' sums combined pairwise, in list order."""
+    return _combine_pairwise([_sum_of_squares(a) for a in arrays])
+
+
+def clip_factor(max_norm, total_norm):
+    """Global-norm gradient clipping, as ``torch.nn.utils.clip_grad_norm_``::
+
+        total_norm = sqrt(sum of grad * grad over every element of every grad)
+        coef       = max_norm / (total_norm + 1e-6)
+        grad       = grad * coef            (every grad; only if coef < 1, or NaN)
+
+    in float64 (the squares summed in ``_global_sum_of_squares``'s order) but the last line, whose
+    coef is rounded once to the grad's dtype. Returns coef, or None when the grads stay as they are.
+    """
+    coef = max_norm / (total_norm + 1e-6)
+    return None if coef >= 1.0 else coef
+
+
+def _scale(array, factor):
+    """``clip_factor``'s last line, in place."""
+    array[...] = array * array.dtype.type(factor)
 
 
 def _trust_ratio(param_sq, update_sq):
