@@ -51,7 +51,7 @@ def test_stateful_equals_functional(cls, kwargs, functional, spec):
     expected = [p.copy() for p in params]
     hyper = {k: v for k, v in kwargs.items() if k not in rule.initial.values()}
     states = [[initial_state(s, kwargs, p) for p in expected] for s in rule.states]
-    host = dict(rule.host_states)
+    host = dict(zip(rule.host_states, rule.host_start(kwargs)))
     opt = cls(params, **kwargs)
     for step in range(1, 6):
         opt.step(grads_for(params, step))

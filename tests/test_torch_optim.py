@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
+from fusedoptim._rules import RULES
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedoptim.torch")
@@ -29,15 +30,21 @@ VARIANTS = {"AdamW": ("Adam", {"decoupled_weight_decay": True})}
 
 
 def torch_grid(name):
-    """The flag combinations of ``name``'s case that torch.optim has: fusedoptim-only flags at their
-    torch value, caller-owned step arguments (NAdam's mu_product, which torch keeps in state) dropped."""
+    """The flag combinations of ``name``'s case that torch.optim has, each once: fusedoptim-only flags
+    at their torch value, caller-owned step arguments (host states such as NAdam's mu_product, which
+    torch keeps in state) dropped."""
     base, fixed = VARIANTS.get(name, (name, {}))
     case = next(c for c in CASES if c.torch_name == base)
     params = inspect.signature(getattr(torch.optim, name)).parameters
-    extra, owned = {"bias_correction": True, **fixed}, {"mu_product"}
-    return [{k: v for k, v in h.items() if k in params} for h in case.grid
-            if all(k in params or k in owned or extra.get(k) == v for k, v in h.items())
-            and all(h.get(k) == v for k, v in fixed.items())]
+    extra, owned = {"bias_correction": True, **fixed}, set(RULES[case.name].host_states)
+    grid = []
+    for h in case.grid:
+        if all(k in params or k in owned or extra.get(k) == v for k, v in h.items()) \
+                and all(h.get(k) == v for k, v in fixed.items()):
+            kept = {k: v for k, v in h.items() if k in params}
+            if kept not in grid:
+                grid.append(kept)
+    return grid
 
 
 TORCH_NAMES = [c.torch_name for c in CASES if c.torch_name] + list(VARIANTS)

@@ -38,13 +38,18 @@ class Stateful:
         """For each state entry (None or empty for a param that has not stepped), its steps so far."""
         return [entry["step"] if entry else 0 for entry in entries]
 
-    def _host_values(self, entries):
+    def _host_values(self, entries, hyper):
         """For each state entry, the values of the rule's host states before this step."""
         host = self.spec.rule.host_states
         if not host:
             return [()] * len(entries)
-        return [tuple(float(entry[name]) if entry and name in entry else start for name, start in host.items())
+        start = self._host_start(hyper)
+        return [tuple(float(entry[name]) if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
+
+    def _host_start(self, hyper):
+        """The host states of a param that has not stepped (see ``Rule.host_start``), as the layer keeps them."""
+        return self.spec.rule.host_start(hyper)
 
     def _new_state(self, param, fill):
         """A new state buffer shaped like ``param``, filled with ``fill``."""
@@ -95,7 +100,7 @@ class Stateful:
         """The plan of a step with these caller-owned arguments (by default, a first step's): a
         plan takes the step, then the host states, positionally."""
         rule = self.spec.rule
-        host = tuple(rule.host_states.values()) if host is None else host
+        host = self._host_start(hyper) if host is None else host
         return rule.plan(count, *host, **hyper) if rule.step else rule.plan(*host, **hyper)
 
     def _state_name(self, arg):
@@ -124,7 +129,7 @@ class Stateful:
         work = []
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
-            steps, hosts = self._steps_taken(entries), self._host_values(entries)
+            steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
                 buckets = {(steps[0], hosts[0]): (keys, params, grads, entries)}  # the usual step: one bucket
             else:

@@ -44,7 +44,11 @@ class State(NamedTuple):
 
 
 class Rule:
-    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``."""
+    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``.
+
+    ``host_states`` maps each per-param host-side state, in the plan's order, to its value before a
+    param's first step: a number, or the name of the hyperparameter it starts at (ASGD's ``eta``
+    starts at ``lr``), as ``State.initial`` names a buffer's."""
 
     def __init__(self, name, plan, states, host_states=MappingProxyType({})):
         self.name, self.plan, self.states, self.host_states = name, plan, tuple(states), MappingProxyType(host_states)
@@ -54,10 +58,17 @@ class Rule:
         self.hyper = MappingProxyType({k: p for k, p in parameters.items() if k != "step" and k not in host_states})
         self.initial = MappingProxyType({s.name: s.initial for s in self.states if s.initial})
 
+    def host_start(self, hyper):
+        """The host states' values before a param's first step, in order, under hyperparameters
+        ``hyper`` (the rule's defaults where it is silent)."""
+        return tuple(hyper.get(start, self.hyper[start].default) if isinstance(start, str) else start
+                     for start in self.host_states.values())
+
     def first_plan(self, **hyper):
         """The plan of a param's first step (the rule's defaults where ``hyper`` is silent; it may
         also give the step and host states)."""
-        return self.plan(**{**({"step": 1} if self.step else {}), **self.host_states, **hyper})
+        return self.plan(**{**({"step": 1} if self.step else {}), **dict(zip(self.host_states, self.host_start(hyper))),
+                            **hyper})
 
     def __repr__(self):
         return f"Rule({self.name!r})"

@@ -150,6 +150,11 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _new_state(self, param, fill):
         return torch.full_like(param, fill, memory_format=torch.preserve_format)
 
+    def _host_start(self, hyper):
+        # torch keeps a host state from the start as a tensor of its default dtype (ASGD's eta = lr,
+        # rounded to float32), and steps with that value.
+        return tuple(torch.tensor(value).item() for value in super()._host_start(hyper))
+
     def _order(self, param):
         if param.is_contiguous():
             return None
