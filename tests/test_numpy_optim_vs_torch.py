@@ -43,6 +43,8 @@ TRAJECTORIES = [
     (fo.NAdam, "NAdam", dict()),
     (fo.NAdam, "NAdam", dict(lr=0.01, betas=(0.8, 0.99), momentum_decay=0.01, weight_decay=0.05, maximize=True)),
     (fo.NAdam, "NAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
+    (fo.ASGD, "ASGD", dict()),
+    (fo.ASGD, "ASGD", dict(lr=0.05, lambd=0.01, alpha=0.5, t0=10, weight_decay=0.05, maximize=True)),
 ]
 
 

@@ -58,7 +58,8 @@ RICHEST = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
            "Adamax": dict(lr=0.01, weight_decay=0.01),
            "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01),
            "RAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
-           "Adadelta": dict(lr=0.5, weight_decay=0.01)}
+           "Adadelta": dict(lr=0.5, weight_decay=0.01),
+           "ASGD": dict(lr=0.05, lambd=0.01, t0=3.0, weight_decay=0.01)}  # averaging from step 6 on
 
 
 @pytest.fixture(autouse=True, scope="module")

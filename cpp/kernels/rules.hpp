@@ -6,6 +6,7 @@
 #include "adagrad.hpp"
 #include "adam.hpp"
 #include "adamax.hpp"
+#include "asgd.hpp"
 #include "lamb.hpp"
 #include "lion.hpp"
 #include "nadam.hpp"
@@ -15,7 +16,7 @@
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam, NAdam, Lion, Lamb>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam, NAdam, Lion, Lamb, Asgd>;
 static_assert(std::tuple_size_v<Rules> == kNumRules);
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

@@ -2,7 +2,7 @@
 ``fusedoptim.torch.Optimizer`` (torch tensors) are two layers over it.
 
 The core owns what a step means: each param's step count and host-side state (NAdam's
-``mu_product``), buckets of params that share a dtype and those caller-owned arguments (one
+``mu_product``, ASGD's ``eta`` and ``mu``), buckets of params that share a dtype and those caller-owned arguments (one
 kernel call each), the starting values of new state, and the order that makes a step all or
 nothing: every bucket of every group is checked (one native call for the usual single bucket,
 ``_backends.step_all`` otherwise) before any is stepped, new state is kept only once the step

@@ -180,6 +180,21 @@ def lion(param, grad, exp_avg, s, f):
 
 
 @_jit
+def asgd(param, grad, ax, s, f):
+    for i in range(param.size):
+        p = param[i]
+        g = _l2_gradient(grad[i], p, s, f)
+        p = p * s.one_minus_lambd_eta
+        p = p - s.eta * g
+        param[i] = p
+        if f.averaging:
+            a = ax[i]
+            ax[i] = a + (p - a) * s.mu
+        else:
+            ax[i] = p
+
+
+@_jit
 def _fold_lanes(lanes):
     half = LANES // 2
     while half > 0:

@@ -524,6 +524,48 @@ def lamb_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, 
     )
 
 
+# --- ASGD ---
+
+class AsgdScalars(NamedTuple):
+    eta: float
+    one_minus_lambd_eta: float
+    mu: float
+    weight_decay: float
+
+
+class AsgdFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    averaging: bool  # mu != 1; with mu == 1, ax is a copy of param, as torch takes it
+
+
+def asgd_plan(step, eta, mu, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False):
+    """``eta`` and ``mu`` are this step's step size and averaging weight, computed after the
+    param's previous step (lr and 1 before its first); Plan.host_states carries the next step's,
+    as torch computes them after a step: eta = lr / (1 + lambd lr step)^alpha, mu = 1 / max(1, step - t0)."""
+    lr = at_least("lr", lr, 0.0)
+    # torch does not check lambd and alpha; negative ones can make (1 + lambd lr step)^alpha complex or 0.
+    lambd = at_least("lambd", lambd, 0.0)
+    alpha = at_least("alpha", alpha, 0.0)
+    t0 = real("t0", t0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    eta = at_least("eta", eta, 0.0)
+    mu = at_least("mu", mu, 0.0)
+    if mu > 1.0:
+        raise ValueError(f"Invalid mu: {mu} (must be in [0, 1]; 1 before the first step)")
+    step = step_number(step)
+    try:
+        eta_next = lr / (1 + lambd * lr * step) ** alpha
+    except OverflowError:  # the power is past the largest double: eta is lr / inf
+        eta_next = 0.0
+    return Plan(
+        AsgdScalars(eta, 1.0 - lambd * eta, mu, weight_decay),
+        AsgdFlags(flag("maximize", maximize), weight_decay != 0, mu != 1.0),
+        (True,),
+        {"eta": eta_next, "mu": 1.0 / max(1.0, step - t0)},
+    )
+
+
 # The order is the C++ dispatch tables' order (cpp/kernels/rules.hpp).
 RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("sgd", sgd_plan, [State("momentum_buffer", optional=True)]),
@@ -537,6 +579,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0}),
     Rule("lion", lion_plan, [State("exp_avg")]),
     Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")]),
+    Rule("asgd", asgd_plan, [State("ax")], host_states={"eta": "lr", "mu": 1.0}),
 )})
 
 _L2 = "weight_decay is L2 (added to the gradient)"
@@ -589,4 +632,11 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({spec.name: spec for 
 
     Defaults as TensorFlow Addons' ``LAMB``; weight_decay is decoupled, inside the update. The
     trust ratio is per tensor: each param is one layer.""", torch=False),
+    OptimizerSpec("ASGD", RULES["asgd"], f"""ASGD, averaged SGD (Polyak & Juditsky, 1992; ``torch.optim.ASGD``).
+
+    {_L2}. ``ax`` is the average of the params: a copy
+    of them while mu is 1 (until step t0 + 2), their running average after. ``eta`` (the step
+    size) and ``mu`` (the averaging weight) are per-param state kept on the host like the step
+    count, as torch keeps them in ``state``: the functional takes this step's and returns the
+    next step's."""),
 )})

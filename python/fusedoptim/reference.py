@@ -281,3 +281,28 @@ def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
         u = u + s.weight_decay * param
     trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
     param[...] = param - (s.lr * trust) * u
+
+
+def asgd(param, grad, ax, s, f):
+    """ASGD, averaged SGD (Polyak & Juditsky, 1992), torch's form::
+
+        g     = -grad if maximize else grad
+        g     = g + weight_decay * param                  (if weight_decay != 0)
+        param = param * (1 - lambd * eta)
+        param = param - eta * g
+        ax    = ax + (param - ax) * mu                    (if mu != 1)
+        ax    = param                                     (otherwise)
+
+    with eta and mu kept per param on the host, from the param's previous step (lr and 1 before
+    its first): after step t, eta = lr / (1 + lambd * lr * t)^alpha and mu = 1 / max(1, t - t0).
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lambd_eta
+    param[...] = p - s.eta * g
+    if f.averaging:
+        ax[...] = ax + (param - ax) * s.mu
+    else:
+        ax[...] = param
+
