@@ -11,7 +11,7 @@ namespace fusedoptim {
 
 inline constexpr int kMaxStates = 4;
 inline constexpr int kMaxScalars = 16;
-inline constexpr int kNumRules = 11;
+inline constexpr int kNumRules = 12;
 // Storage dtypes a step's operands may have, by index: float32, float64.
 inline constexpr int kNumDtypes = 2;
 

@@ -101,6 +101,10 @@ CASES = [
          [dict(lr=0.01, lambd=0.01, t0=5.0, eta=0.05, **h)
           for h in _grid(mu=[1.0, 0.25], weight_decay=[0.0, 0.05], maximize=[False, True])],
          torch_name="ASGD"),
+    # Normal-sized step sizes and bounds inside their range make both clamps bite.
+    Case("rprop", fo.rprop_, {"prevs": ("prev", False), "state_step_sizes": ("step_size", True)},
+         _grid(etas=[(0.5, 1.2), (0.3, 1.5)], step_sizes=[(1e-6, 50), (0.05, 0.8)], maximize=[False, True]),
+         takes_step=False, torch_name="Rprop"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -21,7 +21,8 @@ KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
           "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
           "Lion": dict(lr=0.01, weight_decay=0.1),
           "Lamb": dict(lr=0.01, weight_decay=0.1),
-          "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1)}
+          "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1),
+          "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}
 # (class, constructor kwargs, functional, spec)
 OPTIMIZERS = [(getattr(fo, name), KWARGS[name], getattr(fo, spec.functional), spec) for name, spec in SPECS.items()]
 IDS = [o[0].__name__ for o in OPTIMIZERS]

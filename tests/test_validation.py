@@ -147,11 +147,18 @@ def test_other_rules_name_their_arguments(backend):
     (fo.asgd_, dict(eta=-0.1), ValueError, "Invalid eta"),
     (fo.asgd_, dict(mu=1.5), ValueError, "Invalid mu"),
     (fo.asgd_, dict(step=0), ValueError, "Invalid step"),
+    (fo.rprop_, dict(etas=(1.2, 0.5)), ValueError, "Invalid etas"),
+    (fo.rprop_, dict(etas=(0.0, 1.2)), ValueError, "Invalid etas"),
+    (fo.rprop_, dict(etas=(0.5, float("inf"))), ValueError, "Invalid etaplus"),
+    (fo.rprop_, dict(etas=0.5), TypeError, "Invalid etas"),
+    (fo.rprop_, dict(step_sizes=(1e-6,)), TypeError, "Invalid step_sizes"),
+    (fo.rprop_, dict(step_sizes=(1e-6, "50")), TypeError, "Invalid step_size_max"),
 ], ids=lambda x: getattr(x, "__name__", None))
-def test_asgd_checks_its_hyperparameters(backend, functional, hyper, error, message):
-    arrays = [np.full(5, 0.5, np.float32) for _ in range(3)]
+def test_asgd_and_rprop_check_their_hyperparameters(backend, functional, hyper, error, message):
+    arrays = [np.full(5, 0.5, np.float32) for _ in range(4 if functional is fo.rprop_ else 3)]
+    host = dict(step=1, eta=0.01, mu=1.0) if functional is fo.asgd_ else {}
     with pytest.raises(error, match=message):
-        functional(*arrays, **{**dict(step=1, eta=0.01, mu=1.0), **hyper}, backend=backend)
+        functional(*arrays, **{**host, **hyper}, backend=backend)
     assert all(np.all(a == 0.5) for a in arrays)
 
 

@@ -12,11 +12,12 @@
 #include "nadam.hpp"
 #include "radam.hpp"
 #include "rmsprop.hpp"
+#include "rprop.hpp"
 #include "sgd.hpp"
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
-using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam, NAdam, Lion, Lamb, Asgd>;
+using Rules = std::tuple<Sgd, Adagrad, RMSprop, Adam, Adamax, Adadelta, RAdam, NAdam, Lion, Lamb, Asgd, Rprop>;
 static_assert(std::tuple_size_v<Rules> == kNumRules);
 
 }  // namespace fusedoptim::FUSEDOPTIM_ISA_NS

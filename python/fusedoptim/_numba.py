@@ -180,6 +180,12 @@ def lion(param, grad, exp_avg, s, f):
 
 
 @_jit
+def _minimum(a, b):
+    """np.minimum of two elements: a if smaller or NaN, else b (so min(-0, +0) is +0, the second)."""
+    return a if (a < b or a != a) else b
+
+
+@_jit
 def asgd(param, grad, ax, s, f):
     for i in range(param.size):
         p = param[i]
@@ -192,6 +198,31 @@ def asgd(param, grad, ax, s, f):
             ax[i] = a + (p - a) * s.mu
         else:
             ax[i] = p
+
+
+@_jit
+def _torch_sign(x, one):
+    """torch.sign: 1, -1, or 0 for either zero and for NaN."""
+    if x > 0:
+        return one
+    if x < 0:
+        return -one
+    return one - one
+
+
+@_jit
+def rprop(param, grad, prev, step_size, s, f):
+    one = param.dtype.type(1)
+    for i in range(param.size):
+        g = -grad[i] if f.maximize else grad[i]
+        d = g * prev[i]
+        factor = s.etaplus if d > 0 else s.etaminus if d < 0 else one
+        size = _minimum(_maximum(step_size[i] * factor, s.step_size_min), s.step_size_max)
+        step_size[i] = size
+        if factor == s.etaminus:
+            g = one - one
+        prev[i] = g
+        param[i] = param[i] - size * _torch_sign(g, one)
 
 
 @_jit

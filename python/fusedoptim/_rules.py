@@ -566,6 +566,38 @@ def asgd_plan(step, eta, mu, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_dec
     )
 
 
+# --- Rprop ---
+
+class RpropScalars(NamedTuple):
+    etaminus: float
+    etaplus: float
+    step_size_min: float
+    step_size_max: float
+
+
+class RpropFlags(NamedTuple):
+    maximize: bool
+
+
+def rprop_plan(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False):
+    """``lr`` is only where each element's step size starts (the ``step_size`` state's initial value)."""
+    at_least("lr", lr, 0.0)
+    if not isinstance(etas, (tuple, list)) or len(etas) != 2:
+        raise TypeError(f"Invalid etas: expected a pair (etaminus, etaplus), got {etas!r}")
+    etaminus, etaplus = real("etaminus (etas[0])", etas[0]), real("etaplus (etas[1])", etas[1])
+    if not 0.0 < etaminus < 1.0 < etaplus:
+        raise ValueError(f"Invalid etas: ({etaminus}, {etaplus}) (must be 0 < etaminus < 1 < etaplus)")
+    if not isinstance(step_sizes, (tuple, list)) or len(step_sizes) != 2:
+        raise TypeError(f"Invalid step_sizes: expected a pair (min, max), got {step_sizes!r}")
+    step_size_min = real("step_size_min (step_sizes[0])", step_sizes[0])
+    step_size_max = real("step_size_max (step_sizes[1])", step_sizes[1])
+    return Plan(
+        RpropScalars(etaminus, etaplus, step_size_min, step_size_max),
+        RpropFlags(flag("maximize", maximize)),
+        (True, True),
+    )
+
+
 # The order is the C++ dispatch tables' order (cpp/kernels/rules.hpp).
 RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("sgd", sgd_plan, [State("momentum_buffer", optional=True)]),
@@ -580,6 +612,7 @@ RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("lion", lion_plan, [State("exp_avg")]),
     Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")]),
     Rule("asgd", asgd_plan, [State("ax")], host_states={"eta": "lr", "mu": 1.0}),
+    Rule("rprop", rprop_plan, [State("prev"), State("step_size", "state_step_sizes", initial="lr")]),
 )})
 
 _L2 = "weight_decay is L2 (added to the gradient)"
@@ -639,4 +672,11 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({spec.name: spec for 
     size) and ``mu`` (the averaging weight) are per-param state kept on the host like the step
     count, as torch keeps them in ``state``: the functional takes this step's and returns the
     next step's."""),
+    OptimizerSpec("Rprop", RULES["rprop"], """Rprop, resilient backpropagation (Riedmiller & Braun, 1993;
+    ``torch.optim.Rprop``).
+
+    Each element has its own step size (``step_size``, starting at lr), grown by etaplus while
+    the gradient keeps its sign and shrunk by etaminus when it flips, within step_sizes; the
+    param moves by its step size against the gradient's sign. Where the sign flipped, the
+    gradient counts as 0, and ``prev`` keeps it so."""),
 )})

@@ -306,3 +306,26 @@ def asgd(param, grad, ax, s, f):
     else:
         ax[...] = param
 
+
+def rprop(param, grad, prev, step_size, s, f):
+    """Rprop, resilient backpropagation (Riedmiller & Braun, 1993), torch's form::
+
+        g         = -grad if maximize else grad
+        factor    = etaplus    where g * prev > 0
+                    etaminus   where g * prev < 0
+                    1          elsewhere (0, or NaN: torch's sign of NaN is 0)
+        step_size = min(max(step_size * factor, step_size_min), step_size_max)   (NaN stays NaN)
+        g         = 0 where factor == etaminus               (the sign flipped: no step, and no flip next time)
+        prev      = g
+        param     = param - step_size * sign(g)              (sign(NaN) = 0, as torch's)
+
+    step_size starts at lr.
+    """
+    g = -grad if f.maximize else grad
+    d = g * prev
+    one, zero = param.dtype.type(1), param.dtype.type(0)
+    factor = np.where(d > 0, s.etaplus, np.where(d < 0, s.etaminus, one))
+    step_size[...] = np.minimum(np.maximum(step_size * factor, s.step_size_min), s.step_size_max)
+    g = np.where(factor == s.etaminus, zero, g)
+    prev[...] = g
+    param[...] = param - step_size * np.where(g > 0, one, np.where(g < 0, -one, zero))
