@@ -19,10 +19,11 @@ import pytest
 
 import fusedoptim as fo
 from fusedoptim import _api
+from fusedoptim._rules import RULES
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedoptim.torch")
-from conftest import CASES, Distances, params_of, torch_default_dtype  # noqa: E402
+from conftest import CASES, Distances, assert_bitwise_equal, params_of, torch_default_dtype  # noqa: E402
 
 
 # torch classes that are another's with a flag fixed: name -> (that class, the fixed flag)
@@ -30,15 +31,21 @@ VARIANTS = {"AdamW": ("Adam", {"decoupled_weight_decay": True})}
 
 
 def torch_grid(name):
-    """The flag combinations of ``name``'s case that torch.optim has: fusedoptim-only flags at their
-    torch value, caller-owned step arguments (NAdam's mu_product, which torch keeps in state) dropped."""
+    """The flag combinations of ``name``'s case that torch.optim has, each once: fusedoptim-only flags
+    at their torch value, caller-owned step arguments (host states such as NAdam's mu_product, which
+    torch keeps in state) dropped."""
     base, fixed = VARIANTS.get(name, (name, {}))
     case = next(c for c in CASES if c.torch_name == base)
     params = inspect.signature(getattr(torch.optim, name)).parameters
-    extra, owned = {"bias_correction": True, **fixed}, {"mu_product"}
-    return [{k: v for k, v in h.items() if k in params} for h in case.grid
-            if all(k in params or k in owned or extra.get(k) == v for k, v in h.items())
-            and all(h.get(k) == v for k, v in fixed.items())]
+    extra, owned = {"bias_correction": True, **fixed}, set(RULES[case.name].host_states)
+    grid = []
+    for h in case.grid:
+        if all(k in params or k in owned or extra.get(k) == v for k, v in h.items()) \
+                and all(h.get(k) == v for k, v in fixed.items()):
+            kept = {k: v for k, v in h.items() if k in params}
+            if kept not in grid:
+                grid.append(kept)
+    return grid
 
 
 TORCH_NAMES = [c.torch_name for c in CASES if c.torch_name] + list(VARIANTS)
@@ -52,7 +59,9 @@ RICHEST = {"SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
            "Adamax": dict(lr=0.01, weight_decay=0.01),
            "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01),
            "RAdam": dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True),
-           "Adadelta": dict(lr=0.5, weight_decay=0.01)}
+           "Adadelta": dict(lr=0.5, weight_decay=0.01),
+           "ASGD": dict(lr=0.05, lambd=0.01, t0=3.0, weight_decay=0.01),  # averaging from step 6 on
+           "Rprop": dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-4, 0.5))}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -372,6 +381,33 @@ def test_views_and_non_contiguous_params_are_stepped(name):
         mask = torch.zeros(6, 10, dtype=torch.bool)
         make(mask).fill_(True)
         assert torch.equal(got[~mask], was[~mask])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_rprop_equals_torch_bitwise_nan_and_inf_included(dtype):
+    """Rprop rounds twice per element, step_size * factor and param - step, where torch rounds the
+    same two (its other products, by 0 and +-1, are exact, so no FMA changes them): ours equals
+    torch.optim.Rprop bit for bit. Its signs are torch.sign's, 0 for NaN: a NaN or zero gradient
+    leaves the param where it was. Gradients of either sign, zeros, Inf and NaN, and flips."""
+    g = torch.Generator().manual_seed(3)
+    initial = torch.randn(300, generator=g, dtype=dtype)
+    theirs, ours = initial.clone().requires_grad_(), initial.clone().requires_grad_()
+    hyper = dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-3, 0.2), maximize=True)
+    optimizers = [torch.optim.Rprop([theirs], foreach=False, **hyper), ft.Rprop([ours], **hyper)]
+    for _ in range(12):
+        grad = torch.randn(300, generator=g, dtype=dtype)
+        special = torch.randint(0, 12, (300,), generator=g)
+        grad[special == 0] = 0.0
+        grad[special == 1] = float("nan")
+        grad[special == 2] = float("inf")
+        grad[special == 3] = -float("inf")
+        theirs.grad, ours.grad = grad.clone(), grad.clone()
+        for opt in optimizers:
+            step_in_own_dtype(opt)
+        assert_bitwise_equal(ours.detach().numpy(), theirs.detach().numpy(), "params")
+        for name in ("prev", "step_size"):
+            assert_bitwise_equal(optimizers[1].state[ours][name].numpy(), optimizers[0].state[theirs][name].numpy(), name)
+    assert not theirs.isnan().any() and optimizers[0].state[theirs]["prev"].isnan().any()
 
 
 def test_transposed_param_is_stepped_in_place_without_copies():

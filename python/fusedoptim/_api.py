@@ -55,7 +55,7 @@ def docstring(spec, signature, summary=None):
     defaults = ", ".join(f"{p.name}={p.default!r}" for p in signature.parameters.values()
                          if p.default is not P.empty and p.default is not None)
     states = ", ".join(f"``{s.name}``" + (" (sometimes)" if s.optional else "") for s in spec.rule.states)
-    host = "".join(f", ``{name}`` (a float, {start!r} before the first step)"
+    host = "".join(f", ``{name}`` (a float, {start if isinstance(start, str) else repr(start)} before the first step)"
                    for name, start in spec.rule.host_states.items())
     dtype = f" {STATE_DTYPE_DOC}" if STATE_DTYPE.name in signature.parameters else ""
     return (f"{summary or spec.doc}\n\n    Defaults: {defaults}.\n    State: {states}{host}.{dtype}\n\n"

@@ -2,7 +2,7 @@
 ``fusedoptim.torch.Optimizer`` (torch tensors) are two layers over it.
 
 The core owns what a step means: each param's step count and host-side state (NAdam's
-``mu_product``), buckets of params that share a dtype and those caller-owned arguments (one
+``mu_product``, ASGD's ``eta`` and ``mu``), buckets of params that share a dtype and those caller-owned arguments (one
 kernel call each), the starting values of new state, and the order that makes a step all or
 nothing: every bucket of every group is checked (one native call for the usual single bucket,
 ``_backends.check`` otherwise) before any is stepped, new state is kept only once the step
@@ -41,13 +41,18 @@ class Stateful:
         """For each state entry (None or empty for a param that has not stepped), its steps so far."""
         return [entry["step"] if entry else 0 for entry in entries]
 
-    def _host_values(self, entries):
+    def _host_values(self, entries, hyper):
         """For each state entry, the values of the rule's host states before this step."""
         host = self.spec.rule.host_states
         if not host:
             return [()] * len(entries)
-        return [tuple(float(entry[name]) if entry and name in entry else start for name, start in host.items())
+        start = self._host_start(hyper)
+        return [tuple(float(entry[name]) if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
+
+    def _host_start(self, hyper):
+        """The host states of a param that has not stepped (see ``Rule.host_start``), as the layer keeps them."""
+        return self.spec.rule.host_start(_at_step(hyper, 1))  # ASGD's eta starts at the first step's lr
 
     def _new_state(self, param, fill):
         """A new state buffer shaped like ``param``, filled with ``fill``."""
@@ -116,9 +121,8 @@ class Stateful:
         schedule, a function of the step number: each param's lr is its value at the step the param
         takes (1 for its first), so it needs no state of its own and resumes with the step counts."""
         rule = self.spec.rule
-        host = tuple(rule.host_states.values()) if host is None else host
-        if callable(hyper.get("lr")):
-            hyper = {**hyper, "lr": hyper["lr"](count)}
+        hyper = _at_step(hyper, count)
+        host = self._host_start(hyper) if host is None else host
         return rule.plan(count, *host, **hyper) if rule.step else rule.plan(*host, **hyper)
 
     def _state_name(self, arg):
@@ -127,19 +131,20 @@ class Stateful:
 
     def _initial_fill(self, name, hyper):
         initial = self.spec.rule.initial.get(name)
-        return hyper[initial] if initial else 0.0
+        return _at_step(hyper, 1)[initial] if initial else 0.0  # Rprop's step_size starts at the first step's lr
 
     def _check_group(self, hyper, dtypes):
         """What a new param group must pass before it is added: hyperparameters the rule accepts,
         scalars and starting values that params of these dtypes can hold."""
-        plan = self._plan(hyper)
+        first = _at_step(hyper, 1)  # a schedule checked once, at its first step
+        plan = self._plan(first)
         for dtype in dtypes:
             _backends.compute_scalars(self.spec.rule, plan, dtype)  # lr=1e300 cannot step float32 params
             state = self._state_dtype(dtype)
             for name in self.spec.rule.initial.values():
                 with np.errstate(over="ignore"):
-                    if not np.isfinite(state.type(hyper[name])):
-                        raise ValueError(f"Invalid {name}: {hyper[name]:g} is not finite in {state.name}, the dtype "
+                    if not np.isfinite(state.type(first[name])):
+                        raise ValueError(f"Invalid {name}: {first[name]:g} is not finite in {state.name}, the dtype "
                                          f"of the state it starts")
 
     def _take_step(self, groups):
@@ -149,7 +154,7 @@ class Stateful:
         work, rule = [], self.spec.rule
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
-            steps, hosts = self._steps_taken(entries), self._host_values(entries)
+            steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
                 buckets = {(steps[0], hosts[0]): (keys, params, grads, entries)}  # the usual step: one bucket
             else:
@@ -252,6 +257,12 @@ class _Bucket(NamedTuple):
             yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, reduce), self.count,
                           [self.keys[k]], [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
+
+
+def _at_step(hyper, count):
+    """``hyper`` with a schedule ``lr`` (a callable) replaced by its value at step ``count``."""
+    lr = hyper.get("lr")
+    return {**hyper, "lr": lr(count)} if callable(lr) else hyper
 
 
 def _is_float32(dtype):

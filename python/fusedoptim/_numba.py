@@ -296,6 +296,52 @@ def lion(param, grad, exp_avg, s, f):
 
 
 @_jit
+def _minimum(a, b):
+    """np.minimum of two elements: a if smaller or NaN, else b (so min(-0, +0) is +0, the second)."""
+    return a if (a < b or a != a) else b
+
+
+@_jit
+def asgd(param, grad, ax, s, f):
+    for i in range(param.size):
+        p = _load(param, i, s)
+        g = _l2_gradient(_load(grad, i, s), p, s, f)
+        p = p * s.one_minus_lambd_eta
+        p = p - s.eta * g
+        _store(param, i, p)
+        if f.averaging:
+            a = _load(ax, i, s)
+            _store(ax, i, a + (p - a) * s.mu)
+        else:
+            _store(ax, i, p)
+
+
+@_jit
+def _torch_sign(x, one):
+    """torch.sign: 1, -1, or 0 for either zero and for NaN."""
+    if x > 0:
+        return one
+    if x < 0:
+        return -one
+    return one - one
+
+
+@_jit
+def rprop(param, grad, prev, step_size, s, f):
+    one = _one(s)
+    for i in range(param.size):
+        g = -_load(grad, i, s) if f.maximize else _load(grad, i, s)
+        d = g * _load(prev, i, s)
+        factor = s.etaplus if d > 0 else s.etaminus if d < 0 else one
+        size = _minimum(_maximum(_load(step_size, i, s) * factor, s.step_size_min), s.step_size_max)
+        _store(step_size, i, size)
+        if factor == s.etaminus:
+            g = one - one
+        _store(prev, i, g)
+        _store(param, i, _load(param, i, s) - size * _torch_sign(g, one))
+
+
+@_jit
 def _fold_lanes(lanes):
     half = LANES // 2
     while half > 0:

@@ -335,3 +335,51 @@ def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
     quite as computed."""
     trust = param.dtype.type(_trust_ratio(*sums))
     param[...] = param - (s.lr * trust) * _lamb_direction(param, stored(exp_avg), stored(exp_avg_sq), s, f)
+
+
+def asgd(param, grad, ax, s, f):
+    """ASGD, averaged SGD (Polyak & Juditsky, 1992), torch's form::
+
+        g     = -grad if maximize else grad
+        g     = g + weight_decay * param                  (if weight_decay != 0)
+        param = param * (1 - lambd * eta)
+        param = param - eta * g
+        ax    = ax + (param - ax) * mu                    (if mu != 1)
+        ax    = param                                     (otherwise)
+
+    with eta and mu kept per param on the host, from the param's previous step (lr and 1 before
+    its first): after step t, eta = lr / (1 + lambd * lr * t)^alpha and mu = 1 / max(1, t - t0).
+    """
+    g = -grad if f.maximize else grad
+    if f.weight_decay:
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lambd_eta
+    param[...] = p - s.eta * g
+    if f.averaging:
+        ax[...] = ax + (param - ax) * s.mu
+    else:
+        ax[...] = param
+
+
+def rprop(param, grad, prev, step_size, s, f):
+    """Rprop, resilient backpropagation (Riedmiller & Braun, 1993), torch's form::
+
+        g         = -grad if maximize else grad
+        factor    = etaplus    where g * prev > 0
+                    etaminus   where g * prev < 0
+                    1          elsewhere (0, or NaN: torch's sign of NaN is 0)
+        step_size = min(max(step_size * factor, step_size_min), step_size_max)   (NaN stays NaN)
+        g         = 0 where factor == etaminus               (the sign flipped: no step, and no flip next time)
+        prev      = g
+        param     = param - step_size * sign(g)              (sign(NaN) = 0, as torch's)
+
+    step_size starts at lr.
+    """
+    g = -grad if f.maximize else grad
+    d = g * prev
+    one, zero = param.dtype.type(1), param.dtype.type(0)
+    factor = np.where(d > 0, s.etaplus, np.where(d < 0, s.etaminus, one))
+    step_size[...] = np.minimum(np.maximum(step_size * factor, s.step_size_min), s.step_size_max)
+    g = np.where(factor == s.etaminus, zero, g)
+    prev[...] = g
+    param[...] = param - step_size * np.where(g > 0, one, np.where(g < 0, -one, zero))

@@ -194,15 +194,15 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             return [1 if entry and any(v is not None for v in entry.values()) else 0 for entry in entries]
         return [int(entry["step"]) if entry else 0 for entry in entries]
 
-    def _host_values(self, entries):
+    def _host_values(self, entries, hyper):
         # torch keeps a host state in a 0-d tensor and updates it in the tensor's dtype (NAdam's
         # ``mu_product *= mu`` in float32): the plan takes it as a NumPy scalar of that dtype, and so
-        # multiplies as torch does. A new one is torch's scalar dtype (float32 unless the default is float64).
+        # multiplies as torch does (a plan that computes with one in double, ASGD's eta, takes its value).
         host = self.spec.rule.host_states
         if not host:
             return [()] * len(entries)
-        new = _NUMPY[_get_scalar_dtype()]
-        return [tuple(entry[name].numpy()[()] if entry and name in entry else new(start) for name, start in host.items())
+        start = self._host_start(hyper)
+        return [tuple(entry[name].numpy()[()] if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
 
     def _new_state(self, param, fill):
@@ -210,6 +210,12 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             return torch.full_like(param, complex(fill, fill), memory_format=torch.preserve_format)
         dtype = torch.float32 if self._float32_states else param.dtype
         return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _host_start(self, hyper):
+        # A new one is torch's scalar dtype (float32 unless the default is float64), as torch keeps
+        # it from the start (ASGD's eta = lr, rounded to float32), and steps with that value.
+        new = _NUMPY[_get_scalar_dtype()]
+        return tuple(new(value) for value in super()._host_start(hyper))
 
     def _order(self, param):
         param = _local(param)
@@ -391,3 +397,5 @@ RAdam = twin(OPTIMIZERS["RAdam"])
 NAdam = twin(OPTIMIZERS["NAdam"])
 Lion = twin(OPTIMIZERS["Lion"])
 Lamb = twin(OPTIMIZERS["Lamb"])
+ASGD = twin(OPTIMIZERS["ASGD"])
+Rprop = twin(OPTIMIZERS["Rprop"])
