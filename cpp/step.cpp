@@ -11,9 +11,6 @@
 namespace fusedoptim {
 namespace {
 
-// Chunks start on multiples of kChunkBytes / itemsize elements, so they split pass 1 in whole blocks.
-static_assert(kChunkBytes / sizeof(double) % kBlock == 0 && kChunkBytes / sizeof(float) % kBlock == 0);
-
 std::size_t num_blocks(std::size_t size) { return (size + kBlock - 1) / kBlock; }
 
 // Combines n block results in place, pairwise in rounds (reduction.hpp); 0 when there are none.
@@ -40,11 +37,12 @@ void run_two_pass(const RuleKernels& rule, int dtype, std::size_t itemsize, cons
   auto index = [&](const Tensor& t) { return static_cast<std::size_t>(&t - tensors.data()); };
 
   const FirstPassFn first_pass = rule.first_pass[dtype];
+  // Cut in whole blocks: a block's sums come from one call, in the one order.
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     const std::size_t i = index(t);
-    first_pass(t, begin / kBlock, (end + kBlock - 1) / kBlock, scalars.data() + i * count, flags,
+    first_pass(t, begin / kBlock, num_blocks(end), scalars.data() + i * count, flags,
                block_sums.data() + offset[i], num_blocks(t.size));
-  });
+  }, kBlock);
   std::vector<double> tensor_sums(sums);
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t blocks = num_blocks(tensors[i].size);
