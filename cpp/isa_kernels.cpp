@@ -2,6 +2,7 @@
 // that level's -m flags and FUSEDOPTIM_ISA_NS, so everything here and in the headers it includes
 // lives in that level's namespace, and the level's table is the only way in.
 #include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "kernels/rules.hpp"
@@ -34,17 +35,23 @@ constexpr int planned_scalars() {
   else return Rule::S::count;
 }
 
-// Full vectors, then the tail one element at a time through the same update: every op is
-// IEEE-rounded either way, so where the split falls never changes a result.
+// One element at a time until the param is vector-aligned, full vectors, then the tail one
+// element at a time through the same update: every op is IEEE-rounded either way, so where the
+// splits fall never changes a result. The head matters for NumPy's big arrays, which start 16 B
+// past a page: unpeeled, every other 32 B vector straddles two cache lines. Equal-size arrays
+// share that offset, so aligning the param aligns them all.
 template <class Rule, class T, unsigned flags>
 void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s) {
   const Operands<T> x(t);
+  const Scalars<Scalar<T>, Rule::S::count> one(s);
   std::size_t i = begin;
   if constexpr (Wide<T>::width > 1) {
+    constexpr std::size_t bytes = Wide<T>::width * sizeof(T);
+    const std::size_t head = -reinterpret_cast<std::uintptr_t>(x.param + begin) % bytes / sizeof(T);
+    for (; i < std::min(end, begin + head); ++i) Rule::template update<flags>(one, x, i);
     const Scalars<Wide<T>, Rule::S::count> wide(s);
     for (; i + Wide<T>::width <= end; i += Wide<T>::width) Rule::template update<flags>(wide, x, i);
   }
-  const Scalars<Scalar<T>, Rule::S::count> one(s);
   for (; i < end; ++i) Rule::template update<flags>(one, x, i);
 }
 
