@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 
 from . import _api
+from ._memory import aligned_empty
 from ._engine import Stateful
 from ._rules import OPTIMIZERS
 
@@ -148,7 +150,14 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return [int(entry["step"]) if entry else 0 for entry in entries]
 
     def _new_state(self, param, fill):
-        return torch.full_like(param, fill, memory_format=torch.preserve_format)
+        """A state like ``torch.full_like(param, fill, memory_format=torch.preserve_format)``, in
+        memory placed as ``fusedoptim.zeros_like`` places it: torch's allocator would give every
+        state of a large param the same offset in its page, and 4 KiB pages (README, "Memory
+        placement")."""
+        strides = torch.empty_like(param, device="meta", memory_format=torch.preserve_format).stride()
+        raw = torch.from_numpy(aligned_empty(param.numel() * param.element_size(), np.uint8))
+        state = raw.view(param.dtype).as_strided(param.shape, strides)
+        return state.fill_(fill)
 
     def _order(self, param):
         if param.is_contiguous():
