@@ -66,7 +66,8 @@ void for_each_chunk(const std::vector<Item>& items, std::size_t itemsize, const 
     for (const Item& item : items) fn(item, 0, item.size);
     return;
   }
-  const std::size_t work = std::min(kChunkBytes / itemsize, (total + threads * kChunksPerThread - 1) / (threads * kChunksPerThread));
+  const std::size_t chunks = threads * kChunksPerThread;
+  const std::size_t work = std::min(kChunkBytes / itemsize, (total + chunks - 1) / chunks);
   std::vector<Piece<Item>> pieces;
   std::vector<std::size_t> first;
   split(items, work, grain ? grain : kCutBytes / itemsize, pieces, first);
