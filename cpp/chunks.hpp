@@ -9,9 +9,9 @@
 
 namespace fusedoptim {
 
-// A thread joins a step only for this much of every operand: fp32 Adam takes ~25 us over it on
-// Zen 3, about what waking a sleeping worker takes on a VM (parallel.cpp), so a second thread
-// pays once a step is about twice this.
+// A thread joins a step only for this much of every operand: one thread steps fp32 Adam over it
+// in ~20 us on Zen 3, about what waking a sleeping worker takes on a VM (15-25 us, parallel.cpp),
+// so a second thread pays once a step is about twice this.
 inline constexpr std::size_t kThreadBytes = 128 * 1024;
 // At most this much of every operand per chunk: big enough that handing a chunk out is free.
 inline constexpr std::size_t kChunkBytes = 64 * 1024;
