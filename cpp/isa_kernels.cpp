@@ -46,8 +46,8 @@ void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double
   const Scalars<Scalar<T>, Rule::S::count> one(s);
   std::size_t i = begin;
   if constexpr (Wide<T>::width > 1) {
-    constexpr std::size_t bytes = Wide<T>::width * sizeof(T);
-    const std::size_t head = -reinterpret_cast<std::uintptr_t>(x.param + begin) % bytes / sizeof(T);
+    constexpr std::size_t item = sizeof(*x.param), bytes = Wide<T>::width * item;  // as the param is stored
+    const std::size_t head = -reinterpret_cast<std::uintptr_t>(x.param + begin) % bytes / item;
     for (; i < std::min(end, begin + head); ++i) Rule::template update<flags>(one, x, i);
     const Scalars<Wide<T>, Rule::S::count> wide(s);
     for (; i + Wide<T>::width <= end; i += Wide<T>::width) Rule::template update<flags>(wide, x, i);
