@@ -9,8 +9,16 @@ A step is all or nothing. Every group and bucket is checked (hyperparameters, sh
 overlaps across the whole step) before any param, state or step count changes, and bad input
 raises TypeError / ValueError naming the param by its position across all groups, as
 ``step(grads)`` takes it. A Ctrl-C during a step takes effect once the step is complete.
-Params are checked when they are added: each must be a writeable, C-contiguous float32 or
-float64 ndarray with memory of its own.
+Params are checked when they are added: each must be a writeable float64, float32, bfloat16
+(``ml_dtypes.bfloat16``) or float16 ndarray with memory of its own, dense in some order. Grads
+may be in their param's dtype or another of float32, bfloat16, float16; states are kept in each
+param's dtype, or in float32 with ``state_dtype="float32"``. A Fortran-ordered param (or any
+transpose of a C-contiguous one) is stepped in its memory order, as its C-contiguous transpose,
+with state buffers in the same layout; LAMB's norm of it then sums in that order.
+
+Beyond the rule's hyperparameters, every class takes the layer's options: ``state_dtype`` and
+(``_api.NUMPY_OPTIONS``) ``backend`` and ``skip_nonfinite``. ``lr`` may be a schedule: a function
+of the step number (see ``Stateful._plan``). ``clip_grad_norm_`` clips the grads before a step.
 
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """
@@ -18,15 +26,15 @@ Every class here is made from its entry in the rule registry (``_rules.OPTIMIZER
 from __future__ import annotations
 
 import copy
-import inspect
+import textwrap
 
 import numpy as np
 
-from . import _api
+from . import _api, _backends
 from ._engine import Stateful
 from ._memory import aligned_full
-from ._rules import OPTIMIZERS
-from ._validate import check_param, find_overlap
+from ._rules import OPTIMIZERS, flag
+from ._validate import check_param, dense_order, find_overlap
 
 
 class Optimizer(Stateful):
@@ -34,11 +42,19 @@ class Optimizer(Stateful):
 
     _viewed = False
 
-    def __init__(self, params, defaults, backend=None):
+    def __init__(self, params, defaults, backend=None, skip_nonfinite=False, state_dtype=None):
         self.defaults = defaults
+        _backends.resolve(backend)  # an unknown or unavailable backend could never step
         self.backend = backend
+        self._set_state_dtype(state_dtype)
+        #: With True, a step whose grads hold inf or NaN changes nothing (params, state, step counts),
+        #: as torch's GradScaler skips it, and ``step`` returns False.
+        self.skip_nonfinite = flag("skip_nonfinite", skip_nonfinite)
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
+        if isinstance(params, dict):  # list() would take its keys for params
+            raise TypeError("params must be an array, or a list of arrays or of param groups, got dict (a lone "
+                            "group goes in a list)")
         groups = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -70,9 +86,32 @@ class Optimizer(Stateful):
                              f"memory of its own")
         self._check_group(self._hyper(group), {p.dtype for p in params})
         self.param_groups.append(group)
+        if not all(p.flags.c_contiguous for p in params):
+            self._viewed = True  # the kernel takes such params, their grads and states in memory order
+
+    # --- How the arrays are stepped (see Stateful) ---
 
     def _new_state(self, param, fill):
-        return aligned_full(param.shape, param.dtype, fill)
+        """A state buffer on a cache line, laid out as ``param`` is (its memory order), in the state dtype."""
+        dtype, order = self._state_dtype(param.dtype), self._order(param)
+        if order is None:
+            return aligned_full(param.shape, dtype, fill)
+        return aligned_full([param.shape[d] for d in order], dtype, fill).transpose(np.argsort(order))
+
+    def _order(self, param):
+        return None if param.flags.c_contiguous else dense_order(param)
+
+    def _writable(self, array, order, copies):
+        return array if order is None else array.transpose(order)
+
+    def _readable(self, grad, order):
+        if order is None:
+            return grad
+        try:
+            grad = np.asarray(grad)
+        except Exception:  # the validator names what is wrong with it
+            return grad
+        return grad.transpose(order) if grad.ndim == len(order) else grad
 
     def _namer(self, indices):
         """Names operand k of a call over the params at ``indices`` as step()'s user knows it:
@@ -84,6 +123,8 @@ class Optimizer(Stateful):
             if len(self.param_groups) > 1:
                 g, j = next((g, i - ix.start) for g, (_, ix) in enumerate(self._indexed()) if i in ix)
                 label += f" (param {j} of group {g})"
+            if not self._params()[i].flags.c_contiguous:
+                label += " (as the param's transpose, in its memory order)"  # the shapes an error shows
             return label
 
         return name
@@ -96,7 +137,8 @@ class Optimizer(Stateful):
             i += len(group["params"])
 
     def step(self, grads):
-        """Takes one step for every param with a gradient."""
+        """Takes one step for every param with a gradient (``grads`` in the order of the params across
+        all groups; None skips a param). Returns False when ``skip_nonfinite`` skipped the step, else True."""
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         indexed = list(self._indexed())
         n = indexed[-1][1].stop
@@ -109,7 +151,7 @@ class Optimizer(Stateful):
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
             work.append((self._hyper(group), keys, params, group_grads))
-        self._take_step(work)
+        return self._take_step(work)
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -146,21 +188,39 @@ class Optimizer(Stateful):
                     v = np.asarray(v)
                     if v.shape != param.shape:
                         raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
-                    buf = aligned_full(param.shape, param.dtype)
-                    buf[...] = v
+                    buf = self._new_state(param, 0.0)
+                    with np.errstate(over="ignore"):
+                        buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf
         for saved, group in zip(groups, self.param_groups):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
         self.state = new_state
 
+    def __repr__(self):
+        """The class, the layer's options, and per group: its params, their steps and its hyperparameters."""
+        backend = self.backend or f"auto: {_backends.resolve(None)}"
+        lines = [f"{type(self).__name__}(backend={backend!r}, skip_nonfinite={self.skip_nonfinite}"]
+        for g, (group, indices) in enumerate(self._indexed()):
+            params = group["params"]
+            dtypes = "/".join(sorted({p.dtype.name for p in params}))
+            steps = sorted({self.state.get(i, {}).get("step", 0) for i in indices})
+            taken = f"{steps[0]} to {steps[-1]}" if len(steps) > 1 else steps[0]
+            lines.append(f"  group {g}: {len(params)} param{'s' * (len(params) != 1)}, "
+                         f"{sum(p.size for p in params):,} {dtypes} elements, {taken} step{'s' * (steps != [1])} taken")
+            hyper = ", ".join(f"{k}={v!r}" for k, v in group.items() if k != "params")
+            lines += textwrap.wrap(hyper, 100, initial_indent="    ", subsequent_indent="    ")
+        return "\n".join(lines) + ")"
+
 
 def stateful(spec, base=Optimizer):
-    """The NumPy optimizer class of an optimizer: its signature and defaults from the registry."""
-    signature = _api.class_signature(spec, [inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None)])
+    """The NumPy optimizer class of an optimizer: its signature and defaults from the registry, then
+    the layer's options."""
+    signature = _api.class_signature(spec, _api.NUMPY_OPTIONS)
     hyper = [name for name in signature.parameters if name in spec.rule.hyper]
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    options = "".join(f", {p.name}={p.name}" for p in _api.NUMPY_OPTIONS)
     init = _api.compile_function("__init__", signature,
-                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend)\n",
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), state_dtype=state_dtype{options})\n",
                                  {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
                                  None)
     doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")
@@ -178,3 +238,5 @@ RAdam = stateful(OPTIMIZERS["RAdam"])
 NAdam = stateful(OPTIMIZERS["NAdam"])
 Lion = stateful(OPTIMIZERS["Lion"])
 Lamb = stateful(OPTIMIZERS["Lamb"])
+ASGD = stateful(OPTIMIZERS["ASGD"])
+Rprop = stateful(OPTIMIZERS["Rprop"])
