@@ -1,8 +1,11 @@
 """Where fusedoptim puts the buffers it owns, and the allocators it offers (README, "Memory placement")."""
 
+from __future__ import annotations
+
 import itertools
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 CACHE_LINE = 64
 HUGE_PAGE = 2 << 20
@@ -47,7 +50,7 @@ def _shape_and_dtype(a, dtype):
     return a.shape, a.dtype if dtype is None else np.dtype(dtype)
 
 
-def empty_like(a, dtype=None):
+def empty_like(a: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarray:
     """An uninitialised array with the shape and dtype of ``a``, placed for fast steps.
 
     Like ``np.empty_like`` (C order), but the buffer starts on a cache line and, from 2 MiB
@@ -57,6 +60,6 @@ def empty_like(a, dtype=None):
     return aligned_empty(*_shape_and_dtype(a, dtype))
 
 
-def zeros_like(a, dtype=None):
+def zeros_like(a: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarray:
     """``empty_like`` filled with zeros (``np.zeros_like``, placed for fast steps)."""
     return aligned_full(*_shape_and_dtype(a, dtype))
