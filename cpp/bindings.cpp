@@ -306,6 +306,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("roof", &roof, py::arg("reads"), py::arg("writes"));
   register_norms(m);
   m.def("num_threads", &num_threads, "Threads a step may use.");
+  m.attr("THREAD_BYTES") = kThreadBytes;  // a step uses one thread per this many bytes of each operand
   // fusedoptim._config validates the count (an int within its limit) before it gets here.
   m.def("set_num_threads", [](int threads) {
     if (threads < 1) throw py::value_error("Invalid num_threads: " + std::to_string(threads) + " (must be >= 1)");
@@ -314,8 +315,8 @@ PYBIND11_MODULE(_kernels, m) {
   });
   m.def("_pool_stats", [] {
     const PoolStats stats = pool_stats();
-    return std::make_pair(stats.workers, stats.wakeups);
-  }, "(workers alive, times any worker has woken to run a job), for tests.");
+    return std::make_pair(stats.workers, stats.offers);
+  }, "(workers alive, jobs offered to workers so far), for tests.");
   m.def("_hold_pool_locks", [](double seconds) {
     py::gil_scoped_release nogil;
     hold_pool_locks(std::chrono::milliseconds(static_cast<long long>(seconds * 1000)));

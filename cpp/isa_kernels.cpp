@@ -2,6 +2,7 @@
 // that level's -m flags and FUSEDOPTIM_ISA_NS, so everything here and in the headers it includes
 // lives in that level's namespace, and the level's table is the only way in.
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -56,18 +57,24 @@ constexpr int planned_scalars() {
   else return Rule::S::count;
 }
 
-// Full vectors, then the tail one element at a time through the same update: every op is
-// IEEE-rounded either way, so where the split falls never changes a result.
+// One element at a time until the param is vector-aligned, full vectors, then the tail one
+// element at a time through the same update: every op is IEEE-rounded either way, so where the
+// splits fall never changes a result. The head matters for NumPy's big arrays, which start 16 B
+// past a page: unpeeled, every other 32 B vector straddles two cache lines. Equal-size arrays
+// share that offset, so aligning the param aligns them all.
 template <class Rule, class L, unsigned flags>
 void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s) {
   using T = typename L::Compute;
   const Operands<L> x(t);
+  const Scalars<Scalar<T>, Rule::S::count> one(s);
   std::size_t i = begin;
   if constexpr (Wide<T>::width > 1) {
+    constexpr std::size_t item = sizeof(*x.param), bytes = Wide<T>::width * item;  // as the param is stored
+    const std::size_t head = -reinterpret_cast<std::uintptr_t>(x.param + begin) % bytes / item;
+    for (; i < std::min(end, begin + head); ++i) Rule::template update<flags>(one, x, i);
     const Scalars<Wide<T>, Rule::S::count> wide(s);
     for (; i + Wide<T>::width <= end; i += Wide<T>::width) Rule::template update<flags>(wide, x, i);
   }
-  const Scalars<Scalar<T>, Rule::S::count> one(s);
   for (; i < end; ++i) Rule::template update<flags>(one, x, i);
 }
 

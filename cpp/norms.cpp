@@ -58,9 +58,6 @@ std::vector<Array> arrays_of(const py::list& list, bool writeable, std::vector<p
   return arrays;
 }
 
-// Chunks of kChunkBytes / sizeof(double) elements: whole blocks for either dtype.
-static_assert(kChunkBytes / sizeof(double) % kBlock == 0);
-
 double sum_of_squares(const std::vector<Array>& arrays) {
   const ContractFpEnv contract;  // the pool's workers hold one too
   const NormKernels& kernels = active_norms();
@@ -68,11 +65,11 @@ double sum_of_squares(const std::vector<Array>& arrays) {
   std::vector<std::size_t> offset(n + 1, 0);  // where each array's block sums start
   for (std::size_t i = 0; i < n; ++i) offset[i + 1] = offset[i] + num_blocks(arrays[i].size);
   std::vector<double> block_sums(offset[n]);
+  // Cut in whole blocks: a block's sum comes from one call, in the one order.
   for_each_chunk(arrays, sizeof(double), [&](const Array& a, std::size_t begin, std::size_t end) {
     const std::size_t i = static_cast<std::size_t>(&a - arrays.data());
-    kernels.block_sums[a.dtype](a.data, a.size, begin / kBlock, (end + kBlock - 1) / kBlock,
-                                block_sums.data() + offset[i]);
-  });
+    kernels.block_sums[a.dtype](a.data, a.size, begin / kBlock, num_blocks(end), block_sums.data() + offset[i]);
+  }, kBlock);
   std::vector<double> array_sums(n);
   for (std::size_t i = 0; i < n; ++i)
     array_sums[i] = combine_pairwise(block_sums.data() + offset[i], offset[i + 1] - offset[i]);

@@ -11,9 +11,6 @@
 namespace fusedoptim {
 namespace {
 
-// Chunks start on multiples of kChunkBytes / itemsize elements, so they split pass 1 in whole blocks.
-static_assert(kChunkBytes / 8 % kBlock == 0 && kChunkBytes / 4 % kBlock == 0 && kChunkBytes / 2 % kBlock == 0);
-
 // Pass 1 over every tensor's blocks on the step's threads, each block's sums into their own
 // slot; then, per tensor, the sums combined in the one fixed order, passed to the hook if any,
 // and turned into its scalars; then pass 2, chunked like any rule. So no result depends on the thread count or the split.
@@ -28,11 +25,12 @@ void run_two_pass(const RuleKernels& rule, int layout, std::size_t itemsize, con
   auto index = [&](const Tensor& t) { return static_cast<std::size_t>(&t - tensors.data()); };
 
   const FirstPassFn first_pass = rule.first_pass[layout];
+  // Cut in whole blocks: a block's sums come from one call, in the one order.
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     const std::size_t i = index(t);
-    first_pass(t, begin / kBlock, (end + kBlock - 1) / kBlock, scalars.data() + i * count, flags,
+    first_pass(t, begin / kBlock, num_blocks(end), scalars.data() + i * count, flags,
                block_sums.data() + offset[i], num_blocks(t.size));
-  });
+  }, kBlock);
   std::vector<double> tensor_sums(n * sums);
   for (std::size_t i = 0; i < n; ++i) {
     const std::size_t blocks = num_blocks(tensors[i].size);

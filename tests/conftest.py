@@ -420,6 +420,6 @@ def run_python(code, blocked=(), env=None):
     assert done.returncode == 0, done.stderr
     return done
 
-# Together above the size at which a step starts using threads (1 << 17 elements), split so
-# chunk bounds fall mid-vector and tensors end mid-chunk.
+# Together big enough for three threads (fusedoptim._kernels.THREAD_BYTES of each operand per
+# thread, fp32 or fp64), split so that tensors end mid-chunk and mid-vector.
 BIG = [150001, 37, 70003]

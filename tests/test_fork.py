@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
 ]
 
-N = 1 << 17  # 8 chunks of fp32: the smallest step that uses the pool
+N = 1 << 17  # fp32: enough for 4 threads (THREAD_BYTES of each operand per thread)
 CHILD_SECONDS = 10  # a child's one step takes milliseconds; this long only when it is stuck
 KILLED = "hung (killed)"
 

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fusedoptim as fo
-from conftest import BIG, CASES, DTYPES, assert_bitwise_equal, make_problem, run, supported_isas
+from conftest import BIG, CASE_BY_NAME, CASES, DTYPES, assert_bitwise_equal, make_problem, run, supported_isas
 
 pytestmark = pytest.mark.skipif("cpp" not in fo.available_backends(), reason="needs the cpp extension")
 
@@ -36,6 +38,38 @@ def test_thread_counts_agree_bitwise(case, dtype, isa, threads):
                         assert_bitwise_equal(s, e, f"{case.name} {hyper} {level} {count} threads: {arg}[{i}]")
 
 
+# Lists of small tensors, empty ones among them, now and then one big enough to be cut inside
+# (LAMB's first pass cuts only between its 1024-element blocks).
+small_lists = st.lists(st.one_of(st.integers(0, 3000), st.sampled_from([0, 1, 1023, 1024, 1025]),
+                                 st.integers(0, 40000)), min_size=1, max_size=150)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_lists_of_small_tensors_agree_bitwise_for_every_thread_count(data, threads):
+    """A step is split by total work across tensor boundaries; no cut changes a bit."""
+    case = CASE_BY_NAME[data.draw(st.sampled_from(["adam", "lamb", "sgd", "rmsprop"]), label="rule")]
+    hyper = data.draw(st.sampled_from(case.grid), label="hyper")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    sizes = data.draw(small_lists, label="sizes")
+    short = 2 * fo._backends._kernels.THREAD_BYTES // np.dtype(dtype).itemsize - sum(sizes)
+    if short > 0:  # a filler somewhere in the list, so that two threads or more take part
+        sizes.insert(data.draw(st.integers(0, len(sizes)), label="filler at"), short)
+    offsets = data.draw(st.lists(st.sampled_from([0, 4, 8, 16, 24, 32, 48]), min_size=len(sizes) * 6,
+                                 max_size=len(sizes) * 6), label="offsets")
+    problem = make_problem(case, hyper, dtype, sizes, steps=2, seed=data.draw(st.integers(0, 2**32 - 1)),
+                           specials=False)
+    expected = run(case, hyper, problem, 1, offsets, "numpy", None)
+    for count in (1, 2, 3, 4):
+        fo.set_num_threads(count)
+        got = run(case, hyper, problem, 1, offsets, "cpp", None)
+        for i, (p, e) in enumerate(zip(got[0], expected[0])):
+            assert_bitwise_equal(p, e, f"{case.name} {hyper} {count} threads: params[{i}]")
+        for arg in got[1]:
+            for i, (s, e) in enumerate(zip(got[1][arg], expected[1][arg])):
+                assert_bitwise_equal(s, e, f"{case.name} {hyper} {count} threads: {arg}[{i}]")
+
+
 def test_set_num_threads(threads):
     previous = fo.set_num_threads(3)
     assert fo.get_num_threads() == 3
@@ -62,8 +96,12 @@ def pool_stats():
     return fo._backends._kernels._pool_stats()
 
 
+# fp32 elements per thread a step pays for: a step of k * PER_THREAD elements uses k threads.
+PER_THREAD = fo._backends._kernels.THREAD_BYTES // 4
+
+
 def adam_step(n):
-    """One fp32 Adam step over n elements: n * 4 B / 64 KiB chunks, as many threads as that allows."""
+    """One fp32 Adam step over n elements, on up to n // PER_THREAD threads."""
     p, g, m, v = (np.full(n, 0.5, np.float32) for _ in range(4))
     fo.adam_(p, g, m, v, step=1, lr=0.1)
     return p
@@ -71,11 +109,11 @@ def adam_step(n):
 
 def test_pool_shrinks_to_the_setting(threads):
     fo.set_num_threads(64)
-    adam_step(64 * 16384)  # 64 chunks: 63 workers
+    adam_step(64 * PER_THREAD)  # 64 threads: 63 workers
     assert pool_stats()[0] == 63
     fo.set_num_threads(2)
     assert pool_stats()[0] == 1  # the surplus has exited before set_num_threads returns
-    adam_step(1 << 18)
+    adam_step(4 * PER_THREAD)
     assert pool_stats()[0] == 1
     fo.set_num_threads(1)
     assert pool_stats()[0] == 0
@@ -83,12 +121,14 @@ def test_pool_shrinks_to_the_setting(threads):
 
 def test_a_step_wakes_only_the_workers_it_uses(threads):
     fo.set_num_threads(64)
-    adam_step(64 * 16384)
+    adam_step(64 * PER_THREAD)
     workers, before = pool_stats()
     assert workers == 63
-    adam_step(8 * 16384)  # 8 chunks: the caller and 7 workers
+    adam_step(8 * PER_THREAD)  # the caller and 7 workers
     workers, after = pool_stats()
     assert workers == 63 and after - before == 7
+    adam_step(2 * PER_THREAD - 1)  # too small for a second thread
+    assert pool_stats() == (63, after)
 
 
 def test_thread_counts_give_one_result_after_the_pool_grew_and_shrank(threads):

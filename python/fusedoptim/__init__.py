@@ -12,6 +12,7 @@ from .functional import (adadelta_, adagrad_, adam_, adamax_, adamw_, asgd_, lam
 from .optim import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lamb, Lion, NAdam, Optimizer, RAdam, RMSprop,
                     Rprop)
 from ._config import get_num_threads, isa_levels, set_isa, set_num_threads, show_config
+from ._memory import empty_like, zeros_like
 from ._norms import clip_grad_norm_
 
 __all__ = [
@@ -20,6 +21,6 @@ __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "RAdam", "NAdam", "Lion", "Lamb", "ASGD", "Rprop",
     "Optimizer",
     "available_backends", "isa_levels", "set_isa", "set_num_threads", "get_num_threads", "show_config",
-    "clip_grad_norm_", "reference",
+    "zeros_like", "empty_like", "clip_grad_norm_", "reference",
 ]
 __version__ = "0.1.0"

@@ -54,6 +54,7 @@ import torch
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from . import _api, _storage
+from ._memory import aligned_empty
 from ._engine import Stateful
 from ._rules import OPTIMIZERS
 
@@ -209,10 +210,19 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 for entry in entries]
 
     def _new_state(self, param, fill):
+        """A state like ``torch.full_like(param, fill, memory_format=torch.preserve_format)``; that of a
+        plain CPU param in memory placed as ``fusedoptim.zeros_like`` places it (torch's allocator
+        would give every state of a large param one offset in its page, and 4 KiB pages: README,
+        "Memory placement")."""
         if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
-            return torch.full_like(param, complex(fill, fill), memory_format=torch.preserve_format)
-        dtype = torch.float32 if self._float32_states else param.dtype
-        return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
+            dtype, fill = param.dtype, complex(fill, fill)
+        else:
+            dtype = torch.float32 if self._float32_states else param.dtype
+        if type(param) not in (torch.Tensor, torch.nn.Parameter) or param.device.type != "cpu":  # DTensor, meta
+            return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
+        strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
+        raw = torch.from_numpy(aligned_empty(param.numel() * dtype.itemsize, np.uint8))
+        return raw.view(dtype).as_strided(param.shape, strides).fill_(fill)
 
     def _host_start(self, hyper):
         # A new one is torch's scalar dtype (float32 unless the default is float64), as torch keeps
