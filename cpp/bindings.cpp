@@ -92,6 +92,39 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
   return false;
 }
 
+// Sets the modes of a validated step's tensors (see step): a bad operand here is a bug of the
+// caller's, not the user's input, so it throws.
+void set_modes(const py::tuple& modes, bool single, std::vector<Tensor>& tensors) {
+  if (modes.size() != 5) throw std::invalid_argument("modes: (masters, compensations, keys, rounding, grad_scale)");
+  const std::size_t n = tensors.size();
+  PyObject* ones[3];
+  PyObject* const* lists[3] = {};
+  for (int k = 0; k < 3; ++k)
+    if (!modes[k].is_none() && !(lists[k] = operand_items(modes[k], single, n, ones[k])))
+      throw std::invalid_argument("modes: a list per param");
+  const int rounding = modes[3].cast<int>();
+  if (rounding < 0 || rounding > static_cast<int>(Rounding::kahan)) throw std::invalid_argument("modes: rounding");
+  const double grad_scale = modes[4].cast<double>();
+  for (std::size_t i = 0; i < n; ++i) {
+    Tensor& t = tensors[i];
+    t.rounding = static_cast<Rounding>(rounding);
+    t.grad_scale = grad_scale;
+    Dtype dtype = Dtype::float32;
+    if (lists[0]) {
+      if (!plain_array(lists[0][i], dtype, true, nullptr, true) || num_elements(array_proxy(lists[0][i])) != t.size)
+        throw std::invalid_argument("modes: masters must be float32 arrays like their params");
+      t.master = array_proxy(lists[0][i])->data;
+    }
+    dtype = t.param_dtype;
+    if (lists[1]) {
+      if (!plain_array(lists[1][i], dtype, true, nullptr, true) || num_elements(array_proxy(lists[1][i])) != t.size)
+        throw std::invalid_argument("modes: compensations must be arrays like their params");
+      t.compensation = array_proxy(lists[1][i])->data;
+    }
+    if (lists[2]) t.key = py::reinterpret_borrow<py::object>(lists[2][i]).cast<std::uint32_t>();
+  }
+}
+
 // One step of rule `r` (its index in every ISA table) over a list of tensors (or one tensor), in place.
 //
 // Python's validator (_validate.operands) is the one judge of a step's input and the one
@@ -109,8 +142,12 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
 // step updates slot k, whose entry then must be operands like `grads`.
+//
+// `modes` (validated steps only: _backends.run, after _validate.operands checked them) sets what
+// a param is beyond its storage (dispatch.hpp's Tensor, _storage.Precision): None, or a tuple
+// (masters, compensations, keys, rounding, grad_scale), the lists None where unused.
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool check_only, bool validated) {
+          unsigned flags, bool check_only, bool validated, const py::object& modes) {
   const RuleKernels& rule = active_isa().rules[r];
   if (scalars.size() != static_cast<std::size_t>(rule.num_planned))
     throw std::invalid_argument(std::string(rule.name) + ": expected " + std::to_string(rule.num_planned) + " scalars");
@@ -147,8 +184,12 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     }
     t.grad = array_proxy(operand[1][i])->data;
   }
+  if (!modes.is_none()) {
+    if (!validated) return false;
+    set_modes(py::reinterpret_borrow<py::tuple>(modes), single, tensors);
+  }
   if (n == 0) dtypes[0] = dtypes[1] = Dtype::float32;  // nothing to step: any layout does
-  Tensor first{nullptr, nullptr, {}, 0, dtypes[0], dtypes[1], {}};
+  Tensor first = n ? tensors[0] : Tensor{nullptr, nullptr, {}, 0, dtypes[0], dtypes[1], {}};
   for (int k = 0; k < kMaxStates; ++k) first.state_dtype[k] = dtypes[2 + k];
   const int layout = layout_of(first, used, !validated);
   if (layout < 0) return false;
@@ -166,6 +207,8 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     span(t.grad, t.size * itemsize(t.grad_dtype));
     for (int k = 0; k < kMaxStates; ++k)
       if (t.state[k]) span(t.state[k], t.size * itemsize(t.state_dtype[k]));
+    if (t.master) span(t.master, t.size * itemsize(Dtype::float32));
+    if (t.compensation) span(t.compensation, t.size * itemsize(t.param_dtype));
   }
   if (any_overlap(spans)) return false;
   // A scalar finite in double but not in the compute dtype (lr=1e300 on float32): decline, so
@@ -257,11 +300,11 @@ PYBIND11_MODULE(_kernels, m) {
     const RuleKernels& rule = compiled_isas().front()->rules[r];
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-              unsigned flags, bool check_only, bool validated) {
-            return step(r, params, grads, states, used, scalars, flags, check_only, validated);
+              unsigned flags, bool check_only, bool validated, const py::object& modes) {
+            return step(r, params, grads, states, used, scalars, flags, check_only, validated, modes);
           },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
-          py::arg("check_only") = false, py::arg("validated") = false);
+          py::arg("check_only") = false, py::arg("validated") = false, py::arg("modes") = py::none());
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));

@@ -57,19 +57,23 @@ def resolve(backend):
     return name
 
 
-def step(backend, rule, plan, params, grads, states, name=None):
+def step(backend, rule, plan, params, grads, states, name=None, precision=_storage.PLAIN, found_inf=False):
     """Validates and runs one step of ``rule`` on ``backend`` (a name, or None for the default).
     ``states`` holds the caller's argument for each of ``rule.states``, in that order; ``name``
-    names operands in errors (see ``_validate.operands``)."""
+    names operands in errors (see ``_validate.operands``); ``precision`` (``_storage.Precision``)
+    sets the params' modes and the loss scale. With ``found_inf`` the step is checked, not run."""
     backend = resolve(backend)
-    if backend == "cpp":
+    if backend == "cpp" and precision.plain() and not found_inf:
         # The extension recognizes the common case itself, in microseconds for hundreds of
         # tensors, and steps it; anything else it declines untouched, for the validator to
         # judge (and word the error) below.
         if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags)):
             return
-    params, grads, slots = operands(rule, plan, params, grads, states, name)
-    run(backend, rule, plan, params, grads, slots)
+    params, grads, slots, precision = operands(rule, plan, params, grads, states, name, precision)
+    if not found_inf:
+        run(backend, rule, plan, params, grads, slots, precision)
+    elif params:
+        compute_scalars(rule, plan, params[0].dtype)  # checked as run checks it
 
 
 class Call(NamedTuple):
@@ -81,6 +85,7 @@ class Call(NamedTuple):
     grads: list
     states: tuple
     name: Callable | None = None
+    precision: _storage.Precision = _storage.PLAIN
 
 
 def step_all(backend, rule, calls):
@@ -98,16 +103,16 @@ def check(backend, rule, calls, across=True):
     """Checks every call of a step, and with ``across`` the overlaps between calls, stepping
     nothing; returns each call as ``run``'s arguments (plan, params, grads, slots)."""
     ready = []
-    for plan, params, grads, states, name in calls:
-        if backend == "cpp" and getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars,
-                                                             _bits(plan.flags), check_only=True):
+    for plan, params, grads, states, name, precision in calls:
+        if backend == "cpp" and precision.plain() and getattr(_kernels, rule.name)(
+                params, grads, states, _used(plan), plan.scalars, _bits(plan.flags), check_only=True):
             slots = [value if used else None for value, used in zip(states, plan.uses)]
-            ready.append((plan, list(params), list(grads), slots))  # as the fast path would step them
+            ready.append((plan, list(params), list(grads), slots, precision))  # as the fast path would step them
             continue
-        params, grads, slots = operands(rule, plan, params, grads, states, name)
+        params, grads, slots, precision = operands(rule, plan, params, grads, states, name, precision)
         if params:
             compute_scalars(rule, plan, params[0].dtype)  # raises for a scalar the dtype cannot hold
-        ready.append((plan, params, grads, slots))
+        ready.append((plan, params, grads, slots, precision))
     if across and len(ready) > 1:
         _distinct_calls(rule, calls, ready)
     return ready
@@ -116,12 +121,14 @@ def check(backend, rule, calls, across=True):
 def _distinct_calls(rule, calls, ready):
     """``_validate.distinct`` over the operands of every call, read-only grads last."""
     written, read, blocks = [], [], []  # blocks: (first index in written + read, call, argument)
-    for c, (_, params, grads, slots) in enumerate(ready):
+    for c, (_, params, grads, slots, precision) in enumerate(ready):
         used = [(state.arg, slot) for state, slot in zip(rule.states, slots) if slot is not None]
-        for arg, arrays in [("params", params), *used]:
+        modes = [(arg, arrays) for arg, arrays in [("master_params", precision.masters),
+                                                   ("compensations", precision.compensations)] if arrays is not None]
+        for arg, arrays in [("params", params), *used, *modes]:
             blocks.append((len(written), c, arg))
             written += arrays
-    for c, (_, _, grads, _) in enumerate(ready):
+    for c, (_, _, grads, _, _) in enumerate(ready):
         blocks.append((len(written) + len(read), c, "grads"))
         read += grads
 
@@ -130,21 +137,28 @@ def _distinct_calls(rule, calls, ready):
         return (calls[c].name or default_name(False))(arg, k - start)
 
     read = iter(distinct(written, read, name))
-    for _, _, grads, _ in ready:
+    for _, _, grads, _, _ in ready:
         grads[:] = [next(read) for _ in grads]  # with any copies distinct() made
 
 
-def run(backend, rule, plan, params, grads, slots):
+def run(backend, rule, plan, params, grads, slots, precision=_storage.PLAIN):
     """Runs one validated step. ``slots`` follows ``rule.states``, None where unused."""
     if not params:
         return
     with _fpenv.contract():  # the caller's MXCSR (flush-to-zero, say) must not change a result
         scalars = compute_scalars(rule, plan, params[0].dtype)
+        # Rounded once to the compute dtype, as the scalars; a scale that overflows it (1e300 on
+        # float32) is Inf, and every grad divided by it is zero or NaN, as the reference divides.
+        with np.errstate(over="ignore"):
+            grad_scale = float(scalars[0].dtype.type(precision.grad_scale))
         if backend == "cpp":
             # The kernels round each double scalar to the compute dtype once, exactly as
             # compute_scalars does, under the same environment.
+            modes = None if precision.plain() else (
+                precision.masters, precision.compensations, precision.keys,
+                _storage.ROUNDINGS.index(precision.rounding), grad_scale)
             if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars,
-                                                _bits(plan.flags), validated=True):
+                                                _bits(plan.flags), validated=True, modes=modes):
                 raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
             return
         if backend == "numpy":
@@ -153,14 +167,13 @@ def run(backend, rule, plan, params, grads, slots):
             # results are copied back once all are done, with Ctrl-C deferred: an exception part way
             # (MemoryError, KeyboardInterrupt) leaves every operand as it was, as the cpp backend's
             # one native call does. The copies cost memory, not bits.
-            written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
-            results = [_storage.reference_step(kernel, param, grad, states, scalars, plan.flags)
-                       for (param, *states), grad in zip(written, grads)]
+            results = [_storage.reference_step(kernel, param, grad, [s[i] if s is not None else None for s in slots],
+                                               scalars, plan.flags, *precision.of(i), precision.rounding, grad_scale)
+                       for i, (param, grad) in enumerate(zip(params, grads))]
             with deferred_interrupts():
-                for arrays, new in zip(written, results):
-                    for a, b in zip(arrays, new):
-                        if a is not None:
-                            np.copyto(a, b)
+                for written in results:
+                    for array, new in written:
+                        np.copyto(array, new)
             return
         from . import _numba  # compiles on first use, so importing fusedoptim stays fast
 
@@ -169,8 +182,12 @@ def run(backend, rule, plan, params, grads, slots):
         view = _numba.storage_view
         with deferred_interrupts():  # one jitted call per tensor: a Ctrl-C between two waits for the rest
             for i, (param, grad) in enumerate(zip(params, grads)):
-                states = (view(s[i]) if s is not None else unused for s in slots)
-                kernel(view(param), view(grad), *states, scalars, plan.flags)
+                states = [view(s[i]) if s is not None else unused for s in slots]
+                if precision.plain():
+                    kernel(view(param), view(grad), *states, scalars, plan.flags)
+                else:
+                    _numba.step_with_modes(kernel, view(param), view(grad), states, scalars, plan.flags,
+                                           *precision.of(i), precision.rounding, grad_scale)
 
 
 def compute_scalars(rule, plan, param_dtype):

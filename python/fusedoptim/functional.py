@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from . import _api, _backends
 from ._rules import OPTIMIZERS
+from ._storage import Precision, rounding_key
+from ._validate import found_inf_value, grad_scale_value, rounding_mode, seed_value
 
 
 def functional(spec):
@@ -26,16 +28,33 @@ def functional(spec):
     rule, signature = spec.rule, _api.functional_signature(spec)
     given = [name for name in signature.parameters if name in rule.hyper or name in rule.host_states or name == "step"]
     plan_args = ", ".join([f"{name}={name}" for name in given] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    counted = "step" if rule.step else "0"
     body = (f"    plan = _plan({plan_args})\n"
-            f"    _step(backend, _rule, plan, params, grads, ({''.join(s.arg + ', ' for s in rule.states)}))\n")
+            f"    precision = _precision(params, {counted}, master_params, compensations, rounding, seed, grad_scale)\n"
+            f"    skip = _found_inf(found_inf)\n"
+            f"    _step(backend, _rule, plan, params, grads, ({''.join(s.arg + ', ' for s in rule.states)}), None, "
+            f"precision, skip)\n")
     if rule.host_states:
         values = ", ".join(f"plan.host_states[{name!r}]" for name in rule.host_states)
-        body += f"    return {values}\n"
-    namespace = {"_plan": rule.plan, "_step": _backends.step, "_rule": rule,
+        given = ", ".join(rule.host_states)
+        body += f"    return ({given}) if skip else ({values})\n"  # a skipped step keeps them
+    namespace = {"_plan": rule.plan, "_step": _backends.step, "_rule": rule, "_precision": _precision,
+                 "_found_inf": found_inf_value,
                  **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}
     returns = f"\n\n    Returns the {', '.join(rule.host_states)} for the next step." if rule.host_states else ""
     return _api.compile_function(spec.functional, signature, body, namespace,
                                  _api.docstring(spec, signature, spec.doc + returns))
+
+
+def _precision(params, step, master_params, compensations, rounding, seed, grad_scale):
+    """The ``_storage.Precision`` of a functional call; stochastic rounding keys each param by its
+    position in ``params``."""
+    rounding, seed, grad_scale = rounding_mode(rounding), seed_value(seed), grad_scale_value(grad_scale)
+    keys = None
+    if rounding == "stochastic":
+        n = len(params) if isinstance(params, (list, tuple)) else 1
+        keys = [rounding_key(seed, step, i) for i in range(n)]
+    return Precision(rounding, master_params, compensations, keys, grad_scale)
 
 
 sgd_ = functional(OPTIMIZERS["SGD"])

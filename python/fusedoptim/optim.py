@@ -36,10 +36,12 @@ class Optimizer(Stateful):
 
     _viewed = False
 
-    def __init__(self, params, defaults, backend=None, state_dtype=None):
+    def __init__(self, params, defaults, backend=None, state_dtype=None, master_weights=False, rounding="nearest",
+                 seed=0):
         self.defaults = defaults
         self.backend = backend
         self._set_state_dtype(state_dtype)
+        self._set_precision(master_weights, rounding, seed)
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
         groups = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
@@ -64,6 +66,7 @@ class Optimizer(Stateful):
         seen = {id(p) for p in existing}
         for j, p in enumerate(params):
             check_param(p, f"params[{len(existing) + j}]")  # one that no step could update fails now
+            self._check_modes([p.dtype.name], f"params[{len(existing) + j}]")
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
@@ -74,8 +77,12 @@ class Optimizer(Stateful):
         self._check_group(self._hyper(group), {p.dtype for p in params})
         self.param_groups.append(group)
 
-    def _new_state(self, param, fill):
-        return aligned_full(param.shape, self._state_dtype(param.dtype), fill)
+    def _new_state(self, param, fill, name=None):
+        if fill is param:
+            buffer = aligned_full(param.shape, self._state_dtype(param.dtype, name))
+            buffer[...] = param
+            return buffer
+        return aligned_full(param.shape, self._state_dtype(param.dtype, name), fill)
 
     def _namer(self, indices):
         """Names operand k of a call over the params at ``indices`` as step()'s user knows it:
@@ -98,8 +105,10 @@ class Optimizer(Stateful):
             yield group, range(i, i + len(group["params"]))
             i += len(group["params"])
 
-    def step(self, grads):
-        """Takes one step for every param with a gradient."""
+    def step(self, grads, *, grad_scale=None, found_inf=False):
+        """Takes one step for every param with a gradient. Loss scaling: every grad is divided by
+        ``grad_scale`` inside the kernel; with ``found_inf`` true the step changes nothing (no param,
+        state or step count), after checking its input as any step does."""
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         indexed = list(self._indexed())
         n = indexed[-1][1].stop
@@ -112,7 +121,7 @@ class Optimizer(Stateful):
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
             work.append((self._hyper(group), keys, params, group_grads))
-        self._take_step(work)
+        self._take_step(work, grad_scale, found_inf)
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -149,7 +158,7 @@ class Optimizer(Stateful):
                     v = np.asarray(v)
                     if v.shape != param.shape:
                         raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
-                    buf = aligned_full(param.shape, self._state_dtype(param.dtype))
+                    buf = aligned_full(param.shape, self._state_dtype(param.dtype, k))
                     with np.errstate(over="ignore"):
                         buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf
@@ -164,7 +173,8 @@ def stateful(spec, base=Optimizer):
     hyper = [name for name in signature.parameters if name in spec.rule.hyper]
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
     init = _api.compile_function("__init__", signature,
-                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend, state_dtype)\n",
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend, state_dtype, "
+                                 f"master_weights, rounding, seed)\n",
                                  {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
                                  None)
     doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")

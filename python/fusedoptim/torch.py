@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import torch
 
 from . import _api, _storage
@@ -43,6 +44,7 @@ from ._engine import Stateful
 from ._rules import OPTIMIZERS
 
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_LAYER_OPTIONS = tuple(p.name for p in _api.LAYER_OPTIONS)  # Optimizer.__init__'s, in its order
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
@@ -52,9 +54,13 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     _shared_memory = True
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
+    # torch.amp.GradScaler hands a step its scale and inf flag (attributes grad_scale, found_inf)
+    # instead of unscaling the grads and skipping the step itself, as for torch's fused optimizers.
+    _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, state_dtype=None):
+    def __init__(self, params, defaults, state_dtype=None, master_weights=False, rounding="nearest", seed=0):
         self._set_state_dtype(state_dtype)
+        self._set_precision(master_weights, rounding, seed)
         torch.optim.Optimizer.__init__(self, params, defaults)
         if self._eager:
             for group in self.param_groups:
@@ -74,26 +80,27 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
                 if isinstance(p, torch.Tensor):
                     _check_tensor(p, f"param {j} of the new group", "param")
+                    self._check_modes([str(p.dtype).removeprefix("torch.")], f"param {j} of the new group")
                     _check_not_expanded(p, f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
 
     def load_state_dict(self, state_dict):
-        """As torch's; with ``state_dtype="float32"`` the states are then float32 copies of the
-        saved ones (torch casts every state to its param's dtype, rounding float32 state to bf16)."""
+        """As torch's; float32 states (``state_dtype="float32"``, master weights) are then float32
+        copies of the saved ones (torch casts every state to its param's dtype, rounding float32
+        state to bf16)."""
         torch.optim.Optimizer.load_state_dict(self, state_dict)
-        if not self._float32_states:
-            return
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
         host = ("step", *self.spec.rule.host_states)
         for param, i in zip([p for group in self.param_groups for p in group["params"]], saved):
             for key, value in state_dict["state"].get(i, {}).items():
-                if key not in host and torch.is_tensor(value) and value.is_floating_point():
+                wide = self._state_dtype(_storage.bfloat16, key) == np.float32  # float32 even for a bf16 param
+                if wide and key not in host and torch.is_tensor(value) and value.is_floating_point():
                     self.state[param][key] = value.to(dtype=torch.float32, copy=True)
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
-                    if p.default is not inspect.Parameter.empty and name != _api.STATE_DTYPE.name}
+                    if p.default is not inspect.Parameter.empty and name not in _LAYER_OPTIONS}
         for group in self.param_groups:
             for key, value in defaults.items():
                 group.setdefault(key, value)  # checkpoints from torch versions before a flag existed
@@ -135,7 +142,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 params.append(p)
                 grads.append(grad)
             groups.append((self._hyper(group), params, params, grads))
-        self._take_step(groups)
+        self._take_step(groups, getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         return loss
 
     def _where(self, g, j):
@@ -164,9 +171,15 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             return [1 if entry and any(v is not None for v in entry.values()) else 0 for entry in entries]
         return [int(entry["step"]) if entry else 0 for entry in entries]
 
-    def _new_state(self, param, fill):
-        dtype = torch.float32 if self._float32_states else param.dtype
+    def _new_state(self, param, fill, name=None):
+        dtype = torch.float32 if self._state_dtype(_storage.bfloat16, name) == np.float32 else param.dtype
+        if fill is param:
+            return param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
         return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _indices(self, keys):
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        return [index[id(key)] for key in keys]
 
     def _order(self, param):
         if param.is_contiguous():
@@ -254,15 +267,16 @@ def twin(spec, base=Optimizer, **layout):
         theirs = inspect.signature(getattr(torch.optim, spec.name)).parameters.values()
         signature = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
             p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
-            [_api.STATE_DTYPE])
+            list(_api.LAYER_OPTIONS))
         summary = f"``torch.optim.{spec.name}`` on fusedoptim's kernel: {spec.doc}"
     else:
         signature = _api.class_signature(spec)
         summary = f"{spec.doc}\n\n    A ``torch.optim.Optimizer``; torch has no {spec.name} of its own."
-    names = [name for name in signature.parameters if name not in ("self", "params", _api.STATE_DTYPE.name)]
+    names = [name for name in signature.parameters if name not in ("self", "params", *_LAYER_OPTIONS)]
     defaults = ", ".join([f"{name}={name}" for name in names] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    options = ", ".join(_LAYER_OPTIONS)
     init = _api.compile_function("__init__", signature,
-                                 f"    _base.__init__(self, params, dict({defaults}), state_dtype)\n",
+                                 f"    _base.__init__(self, params, dict({defaults}), {options})\n",
                                  {"_base": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
     attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, summary), "spec": spec,
                   "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
