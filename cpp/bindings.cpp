@@ -258,6 +258,23 @@ void roof(const py::list& reads, const py::list& writes) {
                  [&](const Streams& x, std::size_t begin, std::size_t end) { kernel(x, begin, end); });
 }
 
+// unscale_and_check_ on validated grads (_backends.unscale_and_check): plain, C-contiguous,
+// writeable arrays of storage dtypes, distinct.
+bool unscale_and_check(const py::list& arrays, double inv_scale) {
+  std::vector<Grad> grads;
+  std::size_t total = 0;
+  for (py::handle h : arrays) {
+    Dtype dtype;
+    if (!plain_array(h.ptr(), dtype, false, nullptr, true)) throw py::value_error("unscale_and_check: bad grad");
+    const auto* a = array_proxy(h.ptr());
+    grads.push_back({a->data, num_elements(a), dtype});
+    total += grads.back().size;
+  }
+  if (total < kKeepGilElements) return run_unscale(grads, inv_scale);
+  py::gil_scoped_release nogil;  // `arrays` (the caller's own list) keeps them alive
+  return run_unscale(grads, inv_scale);
+}
+
 // [first byte, one past the last byte) that an array's elements occupy, for any strides.
 std::pair<std::uintptr_t, std::uintptr_t> byte_span(const py::array& a) {
   auto low = reinterpret_cast<std::uintptr_t>(a.data()), high = low;
@@ -314,6 +331,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("REDUCTION_BLOCK") = kBlock;
   m.attr("REDUCTION_LANES") = kLanes;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
+  m.def("unscale_and_check", &unscale_and_check, py::arg("grads"), py::arg("inv_scale"));
   m.def("_register_bfloat16", [](const py::dtype& bfloat16) { bfloat16_type_num = bfloat16.num(); },
         "Tells the extension NumPy's type number of ml_dtypes.bfloat16 (fusedoptim._native, at import).");
   m.def("isa", [] { return std::string(active_isa().name); }, "The ISA level in use.");

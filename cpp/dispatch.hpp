@@ -87,9 +87,20 @@ struct RuleKernels {
   BetweenPassesFn between_passes;                  // null for one-pass rules
 };
 
+// unscale_and_check_ over elements [begin, end) of a grad stored as `dtype`: each multiplied by
+// inv_scale (rounded to the compute dtype) and stored back; returns whether any stored result is
+// Inf or NaN.
+struct Grad {
+  void* data;
+  std::size_t size;
+  Dtype dtype;
+};
+using UnscaleFn = bool (*)(const Grad&, std::size_t begin, std::size_t end, double inv_scale);
+
 struct IsaTable {
   const char* name;
   std::array<RuleKernels, kNumRules> rules;
+  UnscaleFn unscale;
 };
 
 // The bandwidth roof's operands (bench only): fp32 arrays of `size` elements, read and written once each.

@@ -187,14 +187,14 @@ void add_block(T* x, const T* y, std::size_t n) {
   for (; k < n; ++k) (Scalar<T>::load(x + k) + Scalar<T>::load(y + k)).store(x + k);
 }
 
-// x[k] /= d
-template <class T>
-void divide_block(T* x, std::size_t n, T d) {
+// x[k] = op(x[k], d), op an operator of the vector types (the same IEEE op at every width).
+template <class T, class Op>
+void map_block(T* x, std::size_t n, T d, Op op) {
   const auto wide = Wide<T>::broadcast(d);
   const auto one = Scalar<T>::broadcast(d);
   std::size_t k = 0;
-  for (; k + Wide<T>::width <= n; k += Wide<T>::width) (Wide<T>::load(x + k) / wide).store(x + k);
-  for (; k < n; ++k) (Scalar<T>::load(x + k) / one).store(x + k);
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) op(Wide<T>::load(x + k), wide).store(x + k);
+  for (; k < n; ++k) op(Scalar<T>::load(x + k), one).store(x + k);
 }
 
 // Kahan: param = round(x), then compensation = round(x - param), both as S.
@@ -266,7 +266,7 @@ struct Staged {
       }
     }
     tensor.grad = in(t.grad, t.grad_dtype, begin, n, buffer[1], t.grad_scale != 1.0);
-    if (t.grad_scale != 1.0) divide_block(buffer[1], n, static_cast<T>(t.grad_scale));
+    if (t.grad_scale != 1.0) map_block(buffer[1], n, static_cast<T>(t.grad_scale), [](auto g, auto s) { return g / s; });
     for (int k = 0; k < kMaxStates; ++k)
       if (t.state[k]) tensor.state[k] = const_cast<void*>(in(t.state[k], t.state_dtype[k], begin, n, buffer[2 + k], false));
   }
@@ -364,9 +364,54 @@ constexpr RuleKernels kernels_of(std::integer_sequence<int, k...>) {
             {range_at<Rule, k>()...}, {}, nullptr};
 }
 
+// --- unscale_and_check_ (_storage.unscale is its specification) ---
+
+// Whether any of x[0, n) is Inf or NaN: x - x is 0 for every finite x and NaN otherwise.
+template <class T>
+bool any_non_finite(const T* x, std::size_t n) {
+  auto wide = Wide<T>::broadcast(0);
+  auto one = Scalar<T>::broadcast(0);
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) {
+    const auto v = Wide<T>::load(x + k);
+    wide = wide + (v - v);
+  }
+  for (; k < n; ++k) one = one + (Scalar<T>::load(x + k) - Scalar<T>::load(x + k));
+  T lanes[Wide<T>::width];
+  wide.store(lanes);
+  bool found = one.v != one.v;
+  for (const T lane : lanes) found |= lane != lane;
+  return found;
+}
+
+// Block by block: widened, multiplied, stored back, and the stored values (widened again) checked.
+template <class T>
+bool unscale_range(const Grad& g, std::size_t begin, std::size_t end, double inv_scale) {
+  alignas(64) T buffer[kBlock];
+  bool found = false;
+  with_storage<T>(g.dtype, [&](auto* type) {
+    using S = std::remove_pointer_t<decltype(type)>;
+    S* data = static_cast<S*>(g.data);
+    for (std::size_t i = begin; i < end; i += kBlock) {
+      const std::size_t n = std::min(kBlock, end - i);
+      widen_block<T, S>(data + i, n, buffer);
+      map_block(buffer, n, static_cast<T>(inv_scale), [](auto x, auto s) { return x * s; });
+      narrow_block<T, S>(buffer, n, data + i);
+      if constexpr (!std::is_same_v<S, T>) widen_block<T, S>(data + i, n, buffer);
+      found |= any_non_finite(buffer, n);
+    }
+  });
+  return found;
+}
+
+bool unscale(const Grad& g, std::size_t begin, std::size_t end, double inv_scale) {
+  return g.dtype == Dtype::float64 ? unscale_range<double>(g, begin, end, inv_scale)
+                                   : unscale_range<float>(g, begin, end, inv_scale);
+}
+
 template <class... R>
 constexpr IsaTable table_of(const char* name, std::tuple<R...>*) {
-  return {name, {kernels_of<R>(std::make_integer_sequence<int, kNumLayouts>{})...}};
+  return {name, {kernels_of<R>(std::make_integer_sequence<int, kNumLayouts>{})...}, &unscale};
 }
 
 }  // namespace

@@ -7,7 +7,8 @@ package never imports torch.
 
 from . import reference
 from ._backends import available as available_backends
-from .functional import adadelta_, adagrad_, adam_, adamax_, adamw_, lamb_, lion_, nadam_, radam_, rmsprop_, sgd_
+from .functional import (adadelta_, adagrad_, adam_, adamax_, adamw_, lamb_, lion_, nadam_, radam_, rmsprop_, sgd_,
+                         unscale_and_check_)
 from .optim import SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lamb, Lion, NAdam, Optimizer, RAdam, RMSprop
 from ._config import get_num_threads, isa_levels, set_isa, set_num_threads, show_config
 
@@ -15,6 +16,6 @@ __all__ = [
     "sgd_", "adagrad_", "rmsprop_", "adam_", "adamw_", "adamax_", "adadelta_", "radam_", "nadam_", "lion_", "lamb_",
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "RAdam", "NAdam", "Lion", "Lamb", "Optimizer",
     "available_backends", "isa_levels", "set_isa", "set_num_threads", "get_num_threads", "show_config",
-    "reference",
+    "reference", "unscale_and_check_",
 ]
 __version__ = "0.1.0"

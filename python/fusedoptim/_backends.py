@@ -15,7 +15,8 @@ import _signal
 
 from . import _fpenv, _native, _storage, reference
 from ._rules import Plan
-from ._validate import default_name, distinct, operands
+from ._rules import real
+from ._validate import default_name, distinct, operands, unscale_operands
 
 BACKENDS = ("cpp", "numba", "numpy")
 
@@ -188,6 +189,31 @@ def run(backend, rule, plan, params, grads, slots, precision=_storage.PLAIN):
                 else:
                     _numba.step_with_modes(kernel, view(param), view(grad), states, scalars, plan.flags,
                                            *precision.of(i), precision.rounding, grad_scale)
+
+
+def unscale_and_check(backend, grads, inv_scale):
+    """Validates, then multiplies every grad by ``inv_scale`` in place (_storage.unscale); returns
+    whether any result is Inf or NaN."""
+    backend = resolve(backend)
+    grads = unscale_operands(grads)
+    inv_scale = real("inv_scale", inv_scale)
+    if not grads:
+        return False
+    with _fpenv.contract(), deferred_interrupts():
+        if backend == "cpp":
+            return _kernels.unscale_and_check(grads, inv_scale)
+        found = False
+        for grad in grads:
+            compute = _storage.compute_dtype(grad.dtype)
+            if backend == "numpy":
+                new, bad = _storage.unscale(grad, inv_scale)
+                np.copyto(grad, new)
+            else:
+                from . import _numba
+
+                bad = _numba.unscale(_numba.storage_view(grad), compute.type(inv_scale), np.empty(0, compute))
+            found |= bool(bad)
+        return found
 
 
 def compute_scalars(rule, plan, param_dtype):

@@ -163,6 +163,17 @@ def step_with_modes(kernel, param, grad, states, scalars, flags, master, compens
 
 
 @_jit
+def unscale(grad, inv_scale, s):
+    """_storage.unscale in place on a storage_view; ``s`` an array of the compute dtype (its type only)."""
+    found = False
+    for i in range(grad.size):
+        _store(grad, i, _load(grad, i, s) * inv_scale)
+        x = _load(grad, i, s)
+        found |= x - x != 0  # NaN for Inf and NaN: the C++ kernels' test
+    return found
+
+
+@_jit
 def _widen_into(a, out, s):
     for i in range(out.size):
         out[i] = _load(a, i, s)

@@ -33,7 +33,7 @@ defined by ``reference_step`` and the same on every backend, ISA level and threa
   (The param's old value is not read.)
 
 Loss scaling: with ``grad_scale`` each grad is widened, then divided by ``grad_scale`` (rounded
-once to the compute dtype), before the rule reads it.
+once to the compute dtype), before the rule reads it. ``unscale`` defines unscale_and_check_.
 """
 
 from __future__ import annotations
@@ -200,3 +200,13 @@ def reference_step(kernel, param, grad, states, scalars, flags, master=None, com
     if rounding == "stochastic":
         return [(param, narrow_stochastic(x, key)), *out]
     return [(param, narrow(x, param.dtype)), *out]
+
+
+def unscale(grad, inv_scale):
+    """unscale_and_check_ of one grad: (its new value, whether any new element is Inf or NaN). The
+    grad is widened to its compute dtype, multiplied by ``inv_scale`` (rounded once to that dtype),
+    stored back to nearest even; the stored values are checked."""
+    compute = compute_dtype(grad.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = narrow(widen(grad, compute) * compute.type(inv_scale), grad.dtype)
+    return new, not np.isfinite(widen(new, compute)).all()

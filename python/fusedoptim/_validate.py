@@ -240,6 +240,21 @@ def _precision(precision, params, name, listed):
     return precision._replace(masters=masters, compensations=compensations), extra
 
 
+def unscale_operands(grads):
+    """unscale_and_check_'s grads (an array or a list): writeable, C-contiguous arrays of a storage
+    dtype, no two sharing memory; as a list."""
+    single = not isinstance(grads, (list, tuple))
+    name = default_name(single)
+    grads = [_in_place(g, name, "grads", i) for i, g in enumerate(_as_list(grads, "grads", single))]
+    for i, grad in enumerate(grads):
+        if grad.dtype not in _storage.PARAM_DTYPES:
+            raise TypeError(f"{name('grads', i)} has dtype {grad.dtype}; supported: "
+                            f"{_storage.names(_storage.PARAM_DTYPES)}")
+        _check_writable(grad, name, "grads", i)
+    distinct(grads, [], lambda k: name("grads", k))
+    return grads
+
+
 def distinct(written, read, name):
     """Checks that no array of ``written`` shares memory with any other operand, and returns
     ``read`` with a copy of each array that overlaps an earlier one of ``read``: reading one

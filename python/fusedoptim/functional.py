@@ -57,6 +57,17 @@ def _precision(params, step, master_params, compensations, rounding, seed, grad_
     return Precision(rounding, master_params, compensations, keys, grad_scale)
 
 
+def unscale_and_check_(grads, inv_scale, *, backend=None):
+    """Unscales gradients in place and reports Inf/NaN, in one pass (as torch's GradScaler.unscale_).
+
+    ``grads``: an array or a list of writeable, C-contiguous float64, float32, bfloat16 or float16
+    arrays. Each element is widened to its compute dtype (float64 for float64, else float32),
+    multiplied by ``inv_scale`` (1 / the loss scale, rounded once to that dtype) and stored back,
+    rounded to nearest even. Returns True when any stored element is Inf or NaN (then skip the
+    step: ``found_inf=True``). Bad input raises before any grad changes."""
+    return _backends.unscale_and_check(backend, grads, inv_scale)
+
+
 sgd_ = functional(OPTIMIZERS["SGD"])
 adagrad_ = functional(OPTIMIZERS["Adagrad"])
 rmsprop_ = functional(OPTIMIZERS["RMSprop"])
