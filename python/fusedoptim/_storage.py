@@ -116,7 +116,8 @@ class Precision(NamedTuple):
     grad_scale: float = 1.0  # already rounded to the compute dtype
 
     def plain(self):
-        return self.rounding == "nearest" and self.masters is None and self.grad_scale == 1.0
+        return (self.rounding == "nearest" and self.masters is None and self.compensations is None
+                and self.grad_scale == 1.0)
 
     def of(self, i):
         """Param i's (master, compensation, key)."""

@@ -200,7 +200,7 @@ _MODE_DTYPES = {"master_params": ((_storage.bfloat16, _storage.float16), "bfloat
 def _precision(precision, params, name, listed):
     """Checks a step's param modes against its params; returns the precision with its arrays as
     checked, and [(argument, arrays)] of the arrays it writes."""
-    if precision.plain() and precision.compensations is None:
+    if precision.plain():
         return precision, []
     rounding = rounding_mode(precision.rounding)
     dtype = params[0].dtype if params else None

@@ -53,7 +53,7 @@ def _precision(params, step, master_params, compensations, rounding, seed, grad_
     keys = None
     if rounding == "stochastic":
         n = len(params) if isinstance(params, (list, tuple)) else 1
-        keys = [rounding_key(seed, step, i) for i in range(n)]
+        keys = [rounding_key(seed, step or 0, i) for i in range(n)]  # a rule without a count: the seed alone
     return Precision(rounding, master_params, compensations, keys, grad_scale)
 
 
