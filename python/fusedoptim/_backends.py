@@ -89,17 +89,6 @@ class Call(NamedTuple):
     precision: _storage.Precision = _storage.PLAIN
 
 
-def step_all(backend, rule, calls):
-    """Steps several calls as one step: every call is checked, and no call may write memory that
-    another one uses, before any of them runs. Bad input modifies nothing."""
-    if len(calls) == 1:
-        step(backend, rule, *calls[0])  # one native call checks and steps it as a whole
-        return
-    backend = resolve(backend)
-    for args in check(backend, rule, calls):
-        run(backend, rule, *args)
-
-
 def check(backend, rule, calls, across=True):
     """Checks every call of a step, and with ``across`` the overlaps between calls, stepping
     nothing; returns each call as ``run``'s arguments (plan, params, grads, slots)."""

@@ -5,7 +5,7 @@ The core owns what a step means: each param's step count and host-side state (NA
 ``mu_product``), buckets of params that share a dtype and those caller-owned arguments (one
 kernel call each), the starting values of new state, and the order that makes a step all or
 nothing: every bucket of every group is checked (one native call for the usual single bucket,
-``_backends.step_all`` otherwise) before any is stepped, new state is kept only once the step
+``_backends.check`` otherwise) before any is stepped, new state is kept only once the step
 has been taken, and a Ctrl-C cannot come between the kernels and the record of the step. A
 layer supplies only how its tensors are stored and viewed, and how it names them in errors.
 Per-param work is done a whole group at a time: a step of hundreds of small tensors must not
