@@ -95,8 +95,10 @@ def test_grad_scaler_hands_the_scale_to_the_kernel():
     for _ in range(3):
         g = (torch.randn(300, generator=gen) * 1e-2).half()
         p.grad = (g.float() * scaler.get_scale()).half()
+        scaled = p.grad.clone()
         q.grad = g.clone()
         scaler.step(opt)
+        assert torch.equal(p.grad, scaled)  # GradScaler did not unscale the grads itself: the kernel divided
         scaler.update()
         plain.step()
         assert torch.equal(p, q) and torch.equal(opt.state[p]["master_param"], plain.state[q]["master_param"])

@@ -54,7 +54,8 @@ FUNCTIONAL_OPTIONS = (P("master_params", P.KEYWORD_ONLY, default=None), P("compe
                       P("found_inf", P.KEYWORD_ONLY, default=False))
 FUNCTIONAL_OPTIONS_DOC = ("Low precision: ``master_params`` (float32 copies of bfloat16 or float16 params, "
                           "stepped; the params get them rounded), ``rounding`` \"nearest\", \"stochastic\" (bfloat16 "
-                          "params; bits hashed from ``seed``, ``step`` and each param's position) or \"kahan\" "
+                          "params; bits hashed from ``seed``, ``step`` and each param's position: a rule without "
+                          "``step`` needs a new seed each step) or \"kahan\" "
                           "(with ``compensations``, arrays like the params); ``grad_scale`` divides every grad; "
                           "``found_inf`` checks the step and changes nothing.")
 

@@ -12,7 +12,9 @@ raises TypeError / ValueError naming the param by its position across all groups
 Params are checked when they are added: each must be a writeable, C-contiguous float64, float32,
 bfloat16 (``ml_dtypes.bfloat16``) or float16 ndarray with memory of its own. Grads may be in
 their param's dtype or another of float32, bfloat16, float16; states are kept in each param's
-dtype, or in float32 with ``state_dtype="float32"``.
+dtype, or in float32 with ``state_dtype="float32"``. bfloat16 and float16 params may keep a float32
+master copy (``master_weights=True``) or round stochastically or with Kahan compensation
+(``rounding=``); ``step(grads, grad_scale=, found_inf=)`` takes a loss scale (``_storage``).
 
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """

@@ -14,8 +14,11 @@ not dense (a strided slice of a bigger tensor) is stepped on a contiguous copy t
 written back. float64, float32, bfloat16 and float16 CPU tensors with dense gradients are
 supported (states in each param's dtype, as torch keeps them, or in float32 with
 ``state_dtype="float32"``; a bfloat16 step computes in float32 and rounds each stored value once,
-to nearest even); anything else raises TypeError / ValueError naming the param before anything
-is modified. ``capturable``,
+to nearest even; ``master_weights``, ``rounding`` and ``seed`` as in the NumPy classes, see
+README "Low precision"); anything else raises TypeError / ValueError naming the param before anything
+is modified. ``torch.amp.GradScaler`` hands a step its ``grad_scale`` and ``found_inf``
+(``_step_supports_amp_scaling``, as torch's fused optimizers): grads are unscaled inside the kernel
+and left as they are, and a step with an Inf/NaN grad changes nothing. ``capturable``,
 ``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
 accepted and ignored.
 
