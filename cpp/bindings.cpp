@@ -20,6 +20,10 @@
 namespace py = pybind11;
 using namespace fusedoptim;
 
+namespace fusedoptim {
+void register_norms(py::module_& m);  // norms.cpp: clip_grad_norm_'s kernels
+}
+
 namespace {
 
 using py::detail::array_descriptor_proxy;
@@ -143,12 +147,29 @@ void set_modes(const py::tuple& modes, bool single, std::vector<Tensor>& tensors
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
 // step updates slot k, whose entry then must be operands like `grads`.
 //
+// `reduce_sums` (None, or a callable; two-pass rules only) is called between the passes with a
+// float64 array of each tensor's sums (num_tensors x num_sums), which it may change in place:
+// a tensor sharded across processes gets its whole norm that way (fusedoptim.torch, DTensors).
+//
 // `modes` (validated steps only: _backends.run, after _validate.operands checked them) sets what
 // a param is beyond its storage (dispatch.hpp's Tensor, _storage.Precision): None, or a tuple
 // (masters, compensations, keys, rounding, grad_scale), the lists None where unused.
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool check_only, bool validated, const py::object& modes) {
+          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums, const py::object& modes) {
   const RuleKernels& rule = active_isa().rules[r];
+  SumsHook hook;
+  if (!reduce_sums.is_none()) {
+    if (!rule.num_sums) throw std::invalid_argument(std::string(rule.name) + ": reduce_sums is for two-pass rules");
+    hook = [&reduce_sums](double* sums, std::size_t n, std::size_t k) {
+      py::gil_scoped_acquire gil;
+      py::array_t<double> rows({n, k});  // owned, so the callable cannot keep a view of this step's buffer
+      std::copy(sums, sums + n * k, rows.mutable_data());
+      reduce_sums(rows);
+      if (rows.ndim() != 2 || static_cast<std::size_t>(rows.shape(0)) != n || static_cast<std::size_t>(rows.shape(1)) != k)
+        throw std::invalid_argument("reduce_sums must change the sums in place");
+      std::copy(rows.data(), rows.data() + n * k, sums);
+    };
+  }
   if (scalars.size() != static_cast<std::size_t>(rule.num_planned))
     throw std::invalid_argument(std::string(rule.name) + ": expected " + std::to_string(rule.num_planned) + " scalars");
   if (flags >= (1u << rule.num_flags)) throw std::invalid_argument(std::string(rule.name) + ": bad flags");
@@ -220,7 +241,7 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
 
   const std::size_t param_itemsize = itemsize(dtypes[0]);
   if (total < kKeepGilElements) {
-    run_step(rule, layout, param_itemsize, tensors, s, flags);
+    run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
     return true;
   }
   std::vector<py::object> alive;  // the arrays, even if another thread empties the caller's lists
@@ -229,7 +250,7 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     if (items)
       for (std::size_t i = 0; i < n; ++i) alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
   py::gil_scoped_release nogil;
-  run_step(rule, layout, param_itemsize, tensors, s, flags);
+  run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
   return true;
 }
 
@@ -317,11 +338,13 @@ PYBIND11_MODULE(_kernels, m) {
     const RuleKernels& rule = compiled_isas().front()->rules[r];
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-              unsigned flags, bool check_only, bool validated, const py::object& modes) {
-            return step(r, params, grads, states, used, scalars, flags, check_only, validated, modes);
+              unsigned flags, bool check_only, bool validated, const py::object& reduce_sums,
+              const py::object& modes) {
+            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums, modes);
           },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
-          py::arg("check_only") = false, py::arg("validated") = false, py::arg("modes") = py::none());
+          py::arg("check_only") = false, py::arg("validated") = false, py::arg("reduce_sums") = py::none(),
+          py::arg("modes") = py::none());
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));
@@ -330,6 +353,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("RULES") = rules;
   m.attr("REDUCTION_BLOCK") = kBlock;
   m.attr("REDUCTION_LANES") = kLanes;
+  m.attr("COMPILER") = FUSEDOPTIM_COMPILER;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
   m.def("unscale_and_check", &unscale_and_check, py::arg("grads"), py::arg("inv_scale"));
   m.def("_register_bfloat16", [](const py::dtype& bfloat16) { bfloat16_type_num = bfloat16.num(); },
@@ -343,6 +367,7 @@ PYBIND11_MODULE(_kernels, m) {
     }
   });
   m.def("roof", &roof, py::arg("reads"), py::arg("writes"));
+  register_norms(m);
   m.def("num_threads", &num_threads, "Threads a step may use.");
   // fusedoptim._config validates the count (an int within its limit) before it gets here.
   m.def("set_num_threads", [](int threads) {

@@ -12,7 +12,7 @@ namespace fusedoptim {
 
 inline constexpr int kMaxStates = 4;
 inline constexpr int kMaxScalars = 16;
-inline constexpr int kNumRules = 10;
+inline constexpr int kNumRules = 12;
 // How an operand is stored. Compute is float64 for float64 params, else float32: loads widen
 // exactly, stores round to nearest even (cpp/kernels/common.hpp).
 enum class Dtype : std::uint8_t { float32, float64, bfloat16, float16 };

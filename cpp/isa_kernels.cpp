@@ -7,7 +7,7 @@
 #include <utility>
 
 #include "kernels/rules.hpp"
-#include "reduction.hpp"
+#include "square_sums.hpp"
 #include "simd/scalar.hpp"
 #if defined(FUSEDOPTIM_AVX512)
 #include "simd/avx512.hpp"
@@ -72,45 +72,20 @@ void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double
   for (; i < end; ++i) Rule::template update<flags>(one, x, i);
 }
 
-// Pass 1 of a two-pass rule, block by block in the order of reduction.hpp. A full block runs in
-// whole vectors, kLanes elements per round, so each vector feeds fixed lanes; only the last block
-// of a tensor can leave a tail, which feeds its lanes one element at a time.
+// Pass 1 of a two-pass rule, block by block, each block's sums in the order of reduction.hpp.
 template <class Rule, class L, unsigned flags>
 void first_pass_range(const Tensor& t, std::size_t first, std::size_t last, const double* s, double* block_sums,
                       std::size_t stride) {
   using T = typename L::Compute;
-  constexpr int N = Rule::num_sums;
-  constexpr std::size_t groups = kLanes / Wide<T>::width;
   const Operands<L> x(t);
   const Scalars<Wide<T>, Rule::S::count> wide(s);
   const Scalars<Scalar<T>, Rule::S::count> one(s);
   for (std::size_t b = first; b < last; ++b) {
     const std::size_t begin = b * kBlock, end = std::min(begin + kBlock, t.size);
-    typename Wide<T>::SquareSum acc[N][groups];
-    for (auto& sums : acc)
-      for (auto& a : sums) a = Wide<T>::SquareSum::zero();
-    std::size_t i = begin;
-    for (; i + kLanes <= end; i += kLanes)
-      for (std::size_t g = 0; g < groups; ++g) {
-        const auto values = Rule::template first_pass<flags>(wide, x, i + g * Wide<T>::width);
-        for (int k = 0; k < N; ++k) acc[k][g].add(values[k]);
-      }
-    double lanes[N][kLanes];
-    for (int k = 0; k < N; ++k)
-      for (std::size_t g = 0; g < groups; ++g) acc[k][g].store(lanes[k] + g * Wide<T>::width);
-    for (; i < end; ++i) {
-      const auto values = Rule::template first_pass<flags>(one, x, i);
-      for (int k = 0; k < N; ++k) {
-        typename Scalar<T>::SquareSum lane{lanes[k][i % kLanes]};
-        lane.add(values[k]);
-        lane.store(&lanes[k][i % kLanes]);
-      }
-    }
-    for (int k = 0; k < N; ++k) {
-      for (std::size_t half = kLanes / 2; half > 0; half /= 2)
-        for (std::size_t j = 0; j < half; ++j) lanes[k][j] = lanes[k][j] + lanes[k][j + half];
-      block_sums[k * stride + b] = lanes[k][0];
-    }
+    const auto sums = block_square_sums<Wide<T>, Scalar<T>, Rule::num_sums>(
+        begin, end, [&](std::size_t i) { return Rule::template first_pass<flags>(wide, x, i); },
+        [&](std::size_t i) { return Rule::template first_pass<flags>(one, x, i); });
+    for (int k = 0; k < Rule::num_sums; ++k) block_sums[k * stride + b] = sums[k];
   }
 }
 

@@ -16,8 +16,9 @@
 //    carried to the next round, until one is left.
 // Double keeps float32 squares exact and their sums far more accurate than float would.
 //
-// Constants only: a function here would be compiled once per ISA level with that level's flags,
-// and the linker could keep any one copy for every caller.
+// Constants and declarations only: a function defined here would be compiled once per ISA level
+// with that level's flags, and the linker could keep any one copy for every caller. A block's
+// lanes run at an ISA level (square_sums.hpp); combining the blocks is host work (reduction.cpp).
 #pragma once
 #include <cstddef>
 
@@ -25,5 +26,13 @@ namespace fusedoptim {
 
 inline constexpr std::size_t kLanes = 16;    // a multiple of every vector width
 inline constexpr std::size_t kBlock = 1024;  // a multiple of kLanes: a full block is whole vectors
+
+// The blocks of a tensor of `size` elements, the last one possibly partial.
+std::size_t num_blocks(std::size_t size);
+
+// Combines n sums in place, pairwise in rounds: (x0 + x1), (x2 + x3), ..., an odd last one carried
+// to the next round, until one is left; 0 when there are none. Blocks into a tensor's sum, and
+// tensors into a list's (clip_grad_norm_), as reference._combine_pairwise does.
+double combine_pairwise(double* x, std::size_t n);
 
 }  // namespace fusedoptim

@@ -154,6 +154,16 @@ CASES = [
     Case("lamb", fo.lamb_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
          [dict(lr=0.01, **h) for h in _grid(weight_decay=[0.0, 0.05], maximize=[False, True],
                                             bias_correction=[True, False])]),
+    # eta and mu are per-call scalars like step: mu = 1 copies param into ax, mu < 1 averages. t0 = 5
+    # makes torch's runs (which keep eta and mu themselves) average from step 8 on.
+    Case("asgd", fo.asgd_, {"axs": ("ax", False)},
+         [dict(lr=0.01, lambd=0.01, t0=5.0, eta=0.05, **h)
+          for h in _grid(mu=[1.0, 0.25], weight_decay=[0.0, 0.05], maximize=[False, True])],
+         torch_name="ASGD"),
+    # Normal-sized step sizes and bounds inside their range make both clamps bite.
+    Case("rprop", fo.rprop_, {"prevs": ("prev", False), "state_step_sizes": ("step_size", True)},
+         _grid(etas=[(0.5, 1.2), (0.3, 1.5)], step_sizes=[(1e-6, 50), (0.05, 0.8)], maximize=[False, True]),
+         takes_step=False, torch_name="Rprop"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
@@ -375,8 +385,9 @@ def params_of(opt):
 
 @contextlib.contextmanager
 def torch_default_dtype(dtype):
-    """torch keeps per-param scalar state (step, NAdam's mu_product) in its default dtype: a float64 run
-    steps with float64 as the default, so that those scalars are float64 too, as ours are on the host."""
+    """torch keeps per-param scalar state (step, NAdam's mu_product, ASGD's eta and mu) in its default
+    dtype: a float64 run steps with float64 as the default, so that those scalars are float64 too, as
+    ours are on the host."""
     import torch  # only the tests that have it call this
 
     previous = torch.get_default_dtype()

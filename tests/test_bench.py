@@ -22,5 +22,12 @@ def test_bench_prints_every_contender_for_every_case(capsys):
 
 
 def test_bench_rejects_unknown_rules():
-    with pytest.raises(SystemExit, match="unknown rules"):
-        main(["bench", "--rules", "nope", "--sizes", "16"])
+    with pytest.raises(SystemExit, match="unknown rules: nope; known"):
+        main(["bench", "--rules", "adam,nope", "--sizes", "16"])
+
+
+def test_bench_takes_the_registrys_optimizer_names_in_any_case(capsys):
+    """AdamW is an optimizer of its own (Adam with decoupled weight decay), so it can be benchmarked."""
+    assert main(["bench", "--sizes", "16", "--repeat", "1", "--rules", "AdamW,sgd", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "adamw, 16 (16 elements), 1 thread" in out and "SGD-momentum, 16 (16 elements), 1 thread" in out

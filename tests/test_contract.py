@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from conftest import (BF16, CASES, F32, PLAIN_STORAGES, STORAGES, Storage, assert_bitwise_equal,
                       assert_matches_reference, make_problem, run)
+from fusedoptim._rules import RULES
 
 
 ODD_SIZES = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 1023, 1025]
@@ -53,8 +54,17 @@ def test_list_call_equals_per_tensor_calls(case):
 
 @pytest.mark.parametrize("case", CASES, ids=repr)
 def test_step_changes_params(case):
-    """Guards the comparisons above against a kernel that does nothing on every backend."""
+    """Guards the comparisons above against a kernel that does nothing on every backend: a first
+    step from the states a fresh optimizer starts with moves every param. (From random states it
+    need not: Rprop does not step where the gradient's sign flipped.)"""
     hyper = case.grid[0]
-    problem = make_problem(case, hyper, np.float32, [100], steps=1, seed=3, specials=False)
-    params, _ = run(case, hyper, problem, 1, [0] * 64, None, None)
-    assert np.all(params[0] != problem[0][0])
+    params, states, grads = make_problem(case, hyper, np.float32, [100], steps=1, seed=3, specials=False)
+    rule = RULES[case.name]
+
+    def start(arg):
+        initial = rule.initial.get(case.states[arg][0])
+        return hyper.get(initial, rule.hyper[initial].default) if initial else 0.0
+
+    fresh = {arg: [np.full_like(a, start(arg)) for a in arrays] for arg, arrays in states.items()}
+    stepped, _ = run(case, hyper, (params, fresh, grads), 1, [0] * 64, None, None)
+    assert np.all(stepped[0] != params[0])

@@ -28,7 +28,8 @@ KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
           "RAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
           "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
           "Lion": dict(lr=0.01, weight_decay=0.1),
-          "Lamb": dict(lr=0.01, weight_decay=0.1)}
+          "Lamb": dict(lr=0.01, weight_decay=0.1), "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1),
+          "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}
 TORCH_DTYPES = {BF16: torch.bfloat16, F16: torch.float16}
 
 
@@ -51,7 +52,7 @@ def functional_run(spec, params, state_dtype, steps):
     hyper = {k: v for k, v in kwargs.items() if k not in rule.initial.values()}
     states = [[np.full(p.shape, kwargs[s.initial] if s.initial else 0.0, state_dtype or p.dtype) for p in params]
               for s in rule.states]
-    host = dict(rule.host_states)
+    host = dict(zip(rule.host_states, rule.host_start(kwargs)))
     for step in range(1, steps + 1):
         counted = {"step": step} if rule.step else {}
         returned = getattr(fo, spec.functional)(params, grads(params, step), *states, **hyper, **counted, **host,

@@ -38,7 +38,9 @@ def test_functional_signature_is_the_registrys(spec):
 def test_numpy_class_signature_is_the_registrys(spec):
     sig = inspect.signature(getattr(fo, spec.name))
     assert defaults(sig, spec.rule.hyper) == spec.hyper_defaults()
-    assert list(sig.parameters)[0] == "params" and list(sig.parameters)[-1] == "backend"
+    options = [p.name for p in fo._api.NUMPY_OPTIONS]
+    assert list(sig.parameters)[0] == "params" and list(sig.parameters)[-len(options):] == options
+    assert all(sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY for name in options)
     opt = getattr(fo, spec.name)([np.zeros(3, np.float32)])
     assert {k: v for k, v in opt.defaults.items()} == {**spec.hyper_defaults(), **spec.fixed}
 
@@ -99,10 +101,16 @@ def test_a_mismatched_extension_is_refused():
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_docstrings_show_the_formula_and_the_defaults(spec):
-    for obj in (getattr(fo, spec.functional), getattr(fo, spec.name)):
+    """Every hyperparameter default of a signature, lr included, is shown as its signature has it.
+    (A hyperparameter that only starts a state, such as Rprop's lr, is not the functional's.)"""
+    functional, cls = getattr(fo, spec.functional), getattr(fo, spec.name)
+    for obj in (functional, cls):
         doc = inspect.getdoc(obj)
         assert reference.formula(spec.rule.name).strip().splitlines()[0].strip() in doc
-        assert "Defaults: " in doc and f"lr={spec.hyper_defaults()['lr']!r}" in doc
+        shown = doc.split("Defaults: ", 1)[1].split("\n", 1)[0]
+        hyper = defaults(inspect.signature(obj), spec.rule.hyper)
+        assert "lr" in hyper or (obj is functional and "lr" in spec.rule.initial.values())
+        assert all(f"{name}={value!r}" in shown for name, value in hyper.items()), (shown, hyper)
 
 
 def test_signatures_are_compiled_not_wrapped():

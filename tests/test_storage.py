@@ -206,7 +206,8 @@ def adam_operands(param, grad, state, n=5):
     (F16, F16, F64, "exp_avgs is float64 but params is float16; with float16 params, exp_avgs may be float16, float32"),
     (F64, F64, BF16, "exp_avgs is bfloat16 but params is float64; with float64 params, exp_avgs may be float64, "
                      "float32"),
-    (np.dtype(np.int32), F32, F32, "params has dtype int32; supported: float64, float32, bfloat16, float16"),
+    (np.dtype(np.int32), F32, F32, "params has dtype int32; supported: float64, float32, bfloat16, float16, and "
+                                   "complex64 and complex128 as pairs of reals"),
 ])
 def test_unsupported_storage_is_a_type_error_naming_the_argument(param, grad, state, message, backend):
     p, g, m, v = adam_operands(param, grad, state)

@@ -142,6 +142,29 @@ def test_other_rules_name_their_arguments(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("functional, hyper, error, message", [
+    (fo.asgd_, dict(lambd=-1e-4), ValueError, "Invalid lambd"),  # torch does not check: its eta can turn complex
+    (fo.asgd_, dict(alpha=-0.5), ValueError, "Invalid alpha"),
+    (fo.asgd_, dict(t0=float("nan")), ValueError, "Invalid t0"),
+    (fo.asgd_, dict(eta=-0.1), ValueError, "Invalid eta"),
+    (fo.asgd_, dict(mu=1.5), ValueError, "Invalid mu"),
+    (fo.asgd_, dict(step=0), ValueError, "Invalid step"),
+    (fo.rprop_, dict(etas=(1.2, 0.5)), ValueError, "Invalid etas"),
+    (fo.rprop_, dict(etas=(0.0, 1.2)), ValueError, "Invalid etas"),
+    (fo.rprop_, dict(etas=(0.5, float("inf"))), ValueError, "Invalid etaplus"),
+    (fo.rprop_, dict(etas=0.5), TypeError, "Invalid etas"),
+    (fo.rprop_, dict(step_sizes=(1e-6,)), TypeError, "Invalid step_sizes"),
+    (fo.rprop_, dict(step_sizes=(1e-6, "50")), TypeError, "Invalid step_size_max"),
+], ids=lambda x: getattr(x, "__name__", None))
+def test_asgd_and_rprop_check_their_hyperparameters(backend, functional, hyper, error, message):
+    arrays = [np.full(5, 0.5, np.float32) for _ in range(4 if functional is fo.rprop_ else 3)]
+    host = dict(step=1, eta=0.01, mu=1.0) if functional is fo.asgd_ else {}
+    with pytest.raises(error, match=message):
+        functional(*arrays, **{**host, **hyper}, backend=backend)
+    assert all(np.all(a == 0.5) for a in arrays)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_size_zero_and_empty_lists(backend):
     e = np.zeros(0, np.float32)
     fo.adam_(e, e.copy(), e.copy(), e.copy(), step=1, backend=backend)

@@ -73,6 +73,18 @@ struct Vec<float> {
     __m256 take_a = _mm256_or_ps(_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ), _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
     return {_mm256_blendv_ps(b.v, a.v, take_a)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __m256 take_a = _mm256_or_ps(_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ), _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
+    return {_mm256_blendv_ps(b.v, a.v, take_a)};
+  }
+  // All ones where true; ordered compares, so false where either side is NaN (see Scalar).
+  struct Mask {
+    __m256 m;
+  };
+  friend Mask operator>(Vec a, Vec b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ)}; }
+  friend Mask operator<(Vec a, Vec b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)}; }
+  friend Mask operator==(Vec a, Vec b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ)}; }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_ps(b.v, a.v, m.m)}; }
   // Exactly np.sign (see Scalar::sign): 1, -1, itself (NaN) under disjoint masks; +0 where none holds.
   friend Vec sign(Vec a) {
     const __m256 zero = _mm256_setzero_ps();
@@ -122,6 +134,18 @@ struct Vec<double> {
     __m256d take_a = _mm256_or_pd(_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ), _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
     return {_mm256_blendv_pd(b.v, a.v, take_a)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __m256d take_a = _mm256_or_pd(_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ), _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
+    return {_mm256_blendv_pd(b.v, a.v, take_a)};
+  }
+  // All ones where true; ordered compares, so false where either side is NaN (see Scalar).
+  struct Mask {
+    __m256d m;
+  };
+  friend Mask operator>(Vec a, Vec b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ)}; }
+  friend Mask operator<(Vec a, Vec b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ)}; }
+  friend Mask operator==(Vec a, Vec b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ)}; }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_pd(b.v, a.v, m.m)}; }
   friend Vec sign(Vec a) {
     const __m256d zero = _mm256_setzero_pd();
     __m256d pos = _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0));

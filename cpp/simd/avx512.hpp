@@ -70,6 +70,16 @@ struct Vec<float> {
     __mmask16 take_a = _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
     return {_mm512_mask_blend_ps(take_a, b.v, a.v)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __mmask16 take_a = _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
+    return {_mm512_mask_blend_ps(take_a, b.v, a.v)};
+  }
+  // A bit per lane, set where true; ordered compares, so clear where either side is NaN (see Scalar).
+  using Mask = __mmask16;
+  friend Mask operator>(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ); }
+  friend Mask operator<(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend Mask operator==(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
   // Exactly np.sign (see Scalar::sign): 1, -1, itself (NaN) under disjoint masks; +0 where none holds.
   friend Vec sign(Vec a) {
     const __m512 zero = _mm512_setzero_ps();
@@ -118,6 +128,16 @@ struct Vec<double> {
     __mmask8 take_a = _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
     return {_mm512_mask_blend_pd(take_a, b.v, a.v)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __mmask8 take_a = _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
+    return {_mm512_mask_blend_pd(take_a, b.v, a.v)};
+  }
+  // A bit per lane, set where true; ordered compares, so clear where either side is NaN (see Scalar).
+  using Mask = __mmask8;
+  friend Mask operator>(Vec a, Vec b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ); }
+  friend Mask operator<(Vec a, Vec b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend Mask operator==(Vec a, Vec b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_pd(m, b.v, a.v)}; }
   friend Vec sign(Vec a) {
     const __m512d zero = _mm512_setzero_pd();
     __m512d s = _mm512_mask_mov_pd(zero, _mm512_cmp_pd_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_pd(1.0));

@@ -133,6 +133,26 @@ struct Scalar {
   friend Scalar abs(Scalar a) { return {std::fabs(a.v)}; }
   // Exactly np.maximum: a wins if greater or NaN, else b (so ties, like max(-0, +0), give b).
   friend Scalar maximum(Scalar a, Scalar b) { return {(a.v > b.v || a.v != a.v) ? a.v : b.v}; }
+  // Exactly np.minimum: a wins if smaller or NaN, else b.
+  friend Scalar minimum(Scalar a, Scalar b) { return {(a.v < b.v || a.v != a.v) ? a.v : b.v}; }
+  // Comparisons give a mask for select; like C++'s own, they are false where either side is NaN.
+  using Mask = bool;
+  friend Mask operator>(Scalar a, Scalar b) { return a.v > b.v; }
+  friend Mask operator<(Scalar a, Scalar b) { return a.v < b.v; }
+  friend Mask operator==(Scalar a, Scalar b) { return a.v == b.v; }
+  // a where m holds, else b. Through the bits, as sign is, so that GCC emits no branch: with ?:
+  // it branched, and Rprop's selects on random signs ran 15x slower than at the avx2 level.
+  friend Scalar select(Mask m, Scalar a, Scalar b) {
+    using Bits = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
+    Bits x, y;
+    std::memcpy(&x, &a.v, sizeof x);
+    std::memcpy(&y, &b.v, sizeof y);
+    const Bits keep = Bits(0) - Bits(m);  // all ones where m holds
+    const Bits bits = (x & keep) | (y & ~keep);
+    T r;
+    std::memcpy(&r, &bits, sizeof r);
+    return {r};
+  }
   // Exactly np.sign: +1 above zero, -1 below, +0 for either zero (np.sign(-0.0) is +0.0), NaN stays NaN.
   // Written without branches: on random data a chain of ?: mispredicts and ran Lion 15x slower.
   friend Scalar sign(Scalar a) {

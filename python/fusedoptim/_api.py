@@ -58,6 +58,8 @@ FUNCTIONAL_OPTIONS_DOC = ("Low precision: ``master_params`` (float32 copies of b
                           "``step`` needs a new seed each step) or \"kahan\" "
                           "(with ``compensations``, arrays like the params); ``grad_scale`` divides every grad; "
                           "``found_inf`` checks the step and changes nothing.")
+# The NumPy optimizer classes' options, after the rule's hyperparameters: one place, for every class.
+NUMPY_OPTIONS = (P("backend", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False))
 
 
 def class_signature(spec, extra=()):
@@ -71,7 +73,7 @@ def docstring(spec, signature, summary=None):
     defaults = ", ".join(f"{p.name}={p.default!r}" for p in signature.parameters.values()
                          if p.default is not P.empty and p.default is not None)
     states = ", ".join(f"``{s.name}``" + (" (sometimes)" if s.optional else "") for s in spec.rule.states)
-    host = "".join(f", ``{name}`` (a float, {start!r} before the first step)"
+    host = "".join(f", ``{name}`` (a float, {start if isinstance(start, str) else repr(start)} before the first step)"
                    for name, start in spec.rule.host_states.items())
     dtype = f" {STATE_DTYPE_DOC} {PRECISION_DOC}" if STATE_DTYPE.name in signature.parameters else \
         f" {FUNCTIONAL_OPTIONS_DOC}" if "master_params" in signature.parameters else ""

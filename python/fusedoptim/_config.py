@@ -1,6 +1,7 @@
 """What this installation can run, and the ISA level and threads in use."""
 
 import numbers
+from importlib import metadata
 
 from . import _backends, _env, _native
 
@@ -60,10 +61,26 @@ def get_num_threads():
     return _native.module().num_threads() if _native.module() else 1
 
 
+def versions():
+    """{name: version} of fusedoptim and the packages it runs with (None: not installed), read from
+    their metadata: reporting torch's version must not import it."""
+    from . import __version__
+
+    found = {"fusedoptim": __version__}
+    for name in ("numpy", "numba", "torch"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def show_config(file=None):
-    """Prints the backends available, the ISA levels compiled and supported, the one selected, and threads."""
+    """Prints the versions, the extension's compiler, the backends available and selected, and the
+    cpp backend's ISA levels (compiled, supported, selected) and threads."""
     kernels = _native.module()
-    lines = [
+    lines = [f"{name + ' version':<19}: {version or 'not installed'}" for name, version in versions().items()]
+    lines += [
         f"backends available : {', '.join(_backends.available())}",
         f"backend selected   : {_backends.resolve(None)}",
     ]
@@ -71,8 +88,10 @@ def show_config(file=None):
         lines.append(f"cpp extension      : not importable ({_native.error})")
     else:
         levels = ", ".join(f"{name}{'' if ok else ' (unsupported by this CPU)'}" for name, ok in kernels.isa_levels())
-        lines += [f"ISA levels compiled: {levels}", f"ISA level selected : {kernels.isa()}",
-                  f"threads            : {kernels.num_threads()}"]
+        lines += [f"cpp extension      : built by {kernels.COMPILER}",
+                  f"ISA levels compiled: {levels}",
+                  f"ISA level selected : {kernels.isa()} (applies to the cpp backend only)",
+                  f"threads            : {kernels.num_threads()} (the cpp backend's; numba and numpy use one)"]
     print("\n".join(lines), file=file)
 
 

@@ -2,7 +2,7 @@
 ``fusedoptim.torch.Optimizer`` (torch tensors) are two layers over it.
 
 The core owns what a step means: each param's step count and host-side state (NAdam's
-``mu_product``), buckets of params that share a dtype and those caller-owned arguments (one
+``mu_product``, ASGD's ``eta`` and ``mu``), buckets of params that share a dtype and those caller-owned arguments (one
 kernel call each), the starting values of new state, and the order that makes a step all or
 nothing: every bucket of every group is checked (one native call for the usual single bucket,
 ``_backends.check`` otherwise) before any is stepped, new state is kept only once the step
@@ -14,11 +14,12 @@ cost a Python call per tensor.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
 
-from . import _backends
+from . import _backends, _norms
 from ._backends import Call, deferred_interrupts
 from ._rules import flag
 from ._storage import Precision, rounding_key
@@ -40,6 +41,7 @@ class Stateful:
     _seed = 0  # stochastic rounding's seed
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
+    skip_nonfinite = False  # the NumPy layer's option: a step whose grads hold inf or NaN changes nothing
 
     # --- What a layer provides ---
 
@@ -47,13 +49,18 @@ class Stateful:
         """For each state entry (None or empty for a param that has not stepped), its steps so far."""
         return [entry["step"] if entry else 0 for entry in entries]
 
-    def _host_values(self, entries):
+    def _host_values(self, entries, hyper):
         """For each state entry, the values of the rule's host states before this step."""
         host = self.spec.rule.host_states
         if not host:
             return [()] * len(entries)
-        return [tuple(float(entry[name]) if entry and name in entry else start for name, start in host.items())
+        start = self._host_start(hyper)
+        return [tuple(float(entry[name]) if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
+
+    def _host_start(self, hyper):
+        """The host states of a param that has not stepped (see ``Rule.host_start``), as the layer keeps them."""
+        return self.spec.rule.host_start(_at_step(hyper, 1))  # ASGD's eta starts at the first step's lr
 
     def _new_state(self, param, fill, name=None):
         """A new buffer for state ``name`` of ``param`` (dtype: ``_state_dtype``), shaped like it,
@@ -83,6 +90,11 @@ class Stateful:
 
     def _namer(self, keys):
         """``name(arg, k)``: how errors name operand k of argument ``arg`` of a call over these params."""
+        return None
+
+    def _reduction(self, params):
+        """For a two-pass rule (``Rule.sums``), what a call over ``params`` does with each tensor's
+        sums between the passes (``reduce`` of ``_backends.step``); None: they are the whole tensors'."""
         return None
 
     def _record(self, keys, entries, created, count, host_states):
@@ -148,9 +160,12 @@ class Stateful:
 
     def _plan(self, hyper, count=1, host=None):
         """The plan of a step with these caller-owned arguments (by default, a first step's): a
-        plan takes the step, then the host states, positionally."""
+        plan takes the step, then the host states, positionally. An ``lr`` that is callable is a
+        schedule, a function of the step number: each param's lr is its value at the step the param
+        takes (1 for its first), so it needs no state of its own and resumes with the step counts."""
         rule = self.spec.rule
-        host = tuple(rule.host_states.values()) if host is None else host
+        hyper = _at_step(hyper, count)
+        host = self._host_start(hyper) if host is None else host
         return rule.plan(count, *host, **hyper) if rule.step else rule.plan(*host, **hyper)
 
     def _state_name(self, arg):
@@ -159,30 +174,33 @@ class Stateful:
 
     def _initial_fill(self, name, hyper):
         initial = self.spec.rule.initial.get(name)
-        return hyper[initial] if initial else 0.0
+        return _at_step(hyper, 1)[initial] if initial else 0.0  # Rprop's step_size starts at the first step's lr
 
     def _check_group(self, hyper, dtypes):
         """What a new param group must pass before it is added: hyperparameters the rule accepts,
         scalars and starting values that params of these dtypes can hold."""
-        plan = self._plan(hyper)
+        first = _at_step(hyper, 1)  # a schedule checked once, at its first step
+        plan = self._plan(first)
         for dtype in dtypes:
             _backends.compute_scalars(self.spec.rule, plan, dtype)  # lr=1e300 cannot step float32 params
             state = self._state_dtype(dtype)
             for name in self.spec.rule.initial.values():
                 with np.errstate(over="ignore"):
-                    if not np.isfinite(state.type(hyper[name])):
-                        raise ValueError(f"Invalid {name}: {hyper[name]:g} is not finite in {state.name}, the dtype "
+                    if not np.isfinite(state.type(first[name])):
+                        raise ValueError(f"Invalid {name}: {first[name]:g} is not finite in {state.name}, the dtype "
                                          f"of the state it starts")
 
     def _take_step(self, groups, grad_scale=None, found_inf=False):
         """One step. ``groups`` holds, for each param group, its hyperparameters (``_hyper``) and
         three lists over its params that have a grad: their keys in ``state``, the params, the grads.
-        Grads are divided by ``grad_scale``; with ``found_inf`` the step is checked and nothing changes."""
+        Grads are divided by ``grad_scale``; with ``found_inf`` the step is checked and nothing changes.
+        Returns False when it was skipped (``found_inf``, or ``skip_nonfinite`` and a grad held inf
+        or NaN), else True."""
         grad_scale, skip = grad_scale_value(grad_scale), found_inf_value(found_inf)
-        work = []
+        work, rule = [], self.spec.rule
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
-            steps, hosts = self._steps_taken(entries), self._host_values(entries)
+            steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
                 buckets = {(steps[0], hosts[0]): (keys, params, grads, entries)}  # the usual step: one bucket
             else:
@@ -202,31 +220,35 @@ class Stateful:
                 if self._rounding == "stochastic":
                     keys_ = [rounding_key(self._seed, count, i) for i in self._indices(keys)]
                 precision = Precision(self._rounding, modes.get(MASTER), modes.get(COMPENSATION), keys_, grad_scale)
-                call = Call(plan, arrays, readable, states, self._namer(keys), precision)
+                call = Call(plan, arrays, readable, states, self._namer(keys),
+                            self._reduction(params) if rule.sums else None, precision)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
         if not work:
-            return
+            return True
         sequential = self._shared_memory and _shares_memory(work)
         if sequential:  # as torch's for-loop steps them: one after another, each seeing those before
             work = [one for bucket in work for one in bucket.one_by_one()]
-        rule = self.spec.rule
         if skip:  # checked as a step would be, then nothing: no param, state or count changes
             _backends.check(_backends.resolve(self.backend), rule, [bucket.call for bucket in work],
                             across=not sequential)
-            return
+            return False
         with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the record
-            if len(work) == 1:  # the usual step: one native call checks it and steps it
+            if len(work) == 1 and not self.skip_nonfinite:  # the usual step: one native call checks and steps it
                 bucket = work[0]
                 _fill(bucket.copies)
                 _backends.step(self.backend, rule, *bucket.call)
                 self._taken(bucket)
-                return
+                return True
             backend = _backends.resolve(self.backend)
             ready = _backends.check(backend, rule, [bucket.call for bucket in work], across=not sequential)
+            # GradScaler's rule: one inf or NaN in any grad skips the whole step, after it was checked.
+            if self.skip_nonfinite and not _norms.all_finite([grad for args in ready for grad in args[2]], backend):
+                return False
             for args, bucket in zip(ready, work):
                 _fill(bucket.copies)
                 _backends.run(backend, rule, *args)
                 self._taken(bucket)
+        return True
 
     def _taken(self, bucket):
         _write_back(bucket.copies)
@@ -291,13 +313,20 @@ class _Bucket(NamedTuple):
         for k in range(len(call.params)):
             states = tuple(None if slot is None else [slot[k]] for slot in call.states)
             name = call.name and (lambda arg, _, k=k: call.name(arg, k))
+            reduce = call.reduce and functools.partial(_one_row, call.reduce, k, len(call.params))
             created = None if self.created is None else [self.created[k]]
             precision = p._replace(**{field: [getattr(p, field)[k]] for field in ("masters", "compensations", "keys")
                                       if getattr(p, field) is not None})
-            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, precision), self.count,
-                          [self.keys[k]],
-                          [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
+            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, reduce, precision),
+                          self.count, [self.keys[k]], [self.entries[k]], created,
+                          [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
+
+
+def _at_step(hyper, count):
+    """``hyper`` with a schedule ``lr`` (a callable) replaced by its value at step ``count``."""
+    lr = hyper.get("lr")
+    return {**hyper, "lr": lr(count)} if callable(lr) else hyper
 
 
 def _is_float32(dtype):
@@ -308,6 +337,14 @@ def _is_float32(dtype):
         return np.dtype(dtype) == np.float32
     except TypeError:
         return False
+
+
+def _one_row(reduce, k, n, sums):
+    """``reduce`` of a call over n params, for the call of its param k alone: the other rows are zero."""
+    rows = np.zeros((n, sums.shape[1]))
+    rows[k] = sums[0]
+    reduce(rows)
+    sums[0] = rows[k]
 
 
 def _shares_memory(work):

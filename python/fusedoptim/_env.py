@@ -6,12 +6,14 @@ $FUSEDOPTIM_ISA          the cpp backend's ISA level, one the CPU supports (any 
 $FUSEDOPTIM_BACKEND      auto, cpp, numba or numpy (any case)
 
 An empty variable counts as unset. A bad value raises ValueError at ``import fusedoptim``,
-naming the variable, the value and what is accepted. The extension reads no environment: the
+naming the variable, the value and what is accepted; the ``fusedoptim`` command says the same in
+one line and exits. The extension reads no environment: the
 package hands it the values (``_config`` does), so no two places can disagree about them.
 Read once because a lookup in os.environ costs about a microsecond, more than a small step.
 """
 
 import os
+import sys
 
 from . import _native
 
@@ -73,6 +75,22 @@ def _backend():
     return name
 
 
-NUM_THREADS = _num_threads()  # the default thread count: the variable, else the CPUs
-ISA = _isa()  # None: the best level the CPU supports
-BACKEND = _backend()
+def _is_the_command():
+    """Whether this process is the ``fusedoptim`` command: its script, or ``python -m fusedoptim``
+    (while Python finds the module to run, ``sys.argv[0]`` is "-m")."""
+    if os.path.splitext(os.path.basename(sys.argv[0]))[0] == "fusedoptim":
+        return True
+    argv = getattr(sys, "orig_argv", ["-m", "fusedoptim"])  # Python 3.9 has no orig_argv
+    return sys.argv[:1] == ["-m"] and "-m" in argv and argv[argv.index("-m") + 1:][:1] == ["fusedoptim"]
+
+
+try:
+    NUM_THREADS = _num_threads()  # the default thread count: the variable, else the CPUs
+    ISA = _isa()  # None: the best level the CPU supports
+    BACKEND = _backend()
+except ValueError as error:
+    # The command's own code runs only once the package has imported, so it cannot catch this:
+    # the package says it for it, in one line rather than a traceback.
+    if _is_the_command():
+        sys.exit(f"fusedoptim: {error}")
+    raise

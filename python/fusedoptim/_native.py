@@ -25,7 +25,8 @@ def _mismatches(kernels):
         found.append(f"rules {names} != {list(RULES)}")
     for native, rule in zip(kernels.RULES, RULES.values()):
         plan = rule.first_plan()
-        mine = {"num_planned": len(plan.scalars), "num_flags": len(plan.flags), "num_states": len(rule.states)}
+        mine = {"num_planned": len(plan.scalars), "num_flags": len(plan.flags), "num_states": len(rule.states),
+                "num_sums": len(rule.sums)}
         theirs = {k: native[k] for k in mine}
         if mine != theirs:
             found.append(f"{rule.name}: {theirs} != {mine}")

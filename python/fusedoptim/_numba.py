@@ -135,25 +135,30 @@ def _store_typed(a, i, v):
 # --- Param modes and loss scaling (_storage's semantics), around an unchanged rule ---
 #
 # As the C++ catch-all stages blocks, a step with modes stages the whole param and grad in arrays
-# of the compute dtype: the rule steps those (and the states in place), and these helpers load
-# and store them.
+# of the compute dtype (stage_in): the rule steps those (and the states in place), and stage_out
+# stores the param back.
 
-def step_with_modes(kernel, param, grad, states, scalars, flags, master, compensation, key, rounding, grad_scale):
-    """One tensor's step of ``kernel`` with a master, a compensation, stochastic rounding (``key``)
-    or a ``grad_scale`` (a float already rounded to the compute dtype); operands as ``storage_view``s."""
+def stage_in(param, grad, scalars, master, compensation, grad_scale):
+    """(the param the rule steps, the grad it reads) for a step with modes, as ``_storage.widened``
+    says: the master itself (stepped in place) or a compute-dtype copy of the param (plus its
+    compensation); a compute-dtype copy of the grad divided by ``grad_scale`` (a float already
+    rounded to the compute dtype). Operands are ``storage_view``s."""
     compute = type(scalars[0])
     g = np.empty(grad.size, compute)
     _widen_into(grad, g, scalars)
     if grad_scale != 1.0:
         _divide(g, compute(grad_scale))
     if master is not None:
-        x = master.reshape(-1)  # stepped in place
-    else:
-        x = np.empty(param.size, compute)
-        _widen_into(param, x, scalars)
-        if compensation is not None:
-            _add_widened(x, storage_view(compensation), scalars)
-    kernel(x, g, *states, scalars, flags)
+        return master.reshape(-1), g
+    x = np.empty(param.size, compute)
+    _widen_into(param, x, scalars)
+    if compensation is not None:
+        _add_widened(x, storage_view(compensation), scalars)
+    return x, g
+
+
+def stage_out(x, param, scalars, compensation, key, rounding):
+    """Stores the stepped ``x`` (from ``stage_in``) into ``param`` as ``_storage.narrowed`` says."""
     if compensation is not None:
         _narrow_kahan(x, param, storage_view(compensation), scalars)
     elif rounding == "stochastic":
@@ -396,6 +401,52 @@ def lion(param, grad, exp_avg, s, f):
 
 
 @_jit
+def _minimum(a, b):
+    """np.minimum of two elements: a if smaller or NaN, else b (so min(-0, +0) is +0, the second)."""
+    return a if (a < b or a != a) else b
+
+
+@_jit
+def asgd(param, grad, ax, s, f):
+    for i in range(param.size):
+        p = _load(param, i, s)
+        g = _l2_gradient(_load(grad, i, s), p, s, f)
+        p = p * s.one_minus_lambd_eta
+        p = p - s.eta * g
+        _store(param, i, p)
+        if f.averaging:
+            a = _load(ax, i, s)
+            _store(ax, i, a + (p - a) * s.mu)
+        else:
+            _store(ax, i, p)
+
+
+@_jit
+def _torch_sign(x, one):
+    """torch.sign: 1, -1, or 0 for either zero and for NaN."""
+    if x > 0:
+        return one
+    if x < 0:
+        return -one
+    return one - one
+
+
+@_jit
+def rprop(param, grad, prev, step_size, s, f):
+    one = _one(s)
+    for i in range(param.size):
+        g = -_load(grad, i, s) if f.maximize else _load(grad, i, s)
+        d = g * _load(prev, i, s)
+        factor = s.etaplus if d > 0 else s.etaminus if d < 0 else one
+        size = _minimum(_maximum(_load(step_size, i, s) * factor, s.step_size_min), s.step_size_max)
+        _store(step_size, i, size)
+        if factor == s.etaminus:
+            g = one - one
+        _store(prev, i, g)
+        _store(param, i, _load(param, i, s) - size * _torch_sign(g, one))
+
+
+@_jit
 def _fold_lanes(lanes):
     half = LANES // 2
     while half > 0:
@@ -462,6 +513,46 @@ def _lamb_update(param, exp_avg, exp_avg_sq, trust, s, f):
 
 def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
     """Two jitted passes around the host-side trust ratio, as the C++ kernel runs them."""
-    param_sq, update_sq = _lamb_first_pass(param, grad, exp_avg, exp_avg_sq, s, f)
-    trust = type(s[0])(_trust_ratio(param_sq, update_sq))  # rounded once to the compute dtype
-    _lamb_update(param, exp_avg, exp_avg_sq, trust, s, f)
+    lamb_update(param, exp_avg, exp_avg_sq, lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f), s, f)
+
+
+lamb_sums = _lamb_first_pass
+
+
+def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
+    _lamb_update(param, exp_avg, exp_avg_sq, type(s[0])(_trust_ratio(*sums)), s, f)  # rounded once to the compute dtype
+
+
+# --- clip_grad_norm_ (reference.clip_factor) ---
+
+@_jit
+def _sum_of_squares(x):
+    """reference._sum_of_squares of a 1-D array."""
+    n = x.size
+    blocks = (n + BLOCK - 1) // BLOCK
+    sums = np.empty(blocks)
+    lanes = np.empty(LANES)
+    for b in range(blocks):
+        lanes[:] = 0.0
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            wide = np.float64(x[i])
+            lanes[i % LANES] += wide * wide
+        sums[b] = _fold_lanes(lanes)
+    return _combine_blocks(sums)
+
+
+def global_sum_of_squares(arrays):
+    """reference._global_sum_of_squares of a list of C-contiguous arrays."""
+    return _combine_blocks(np.array([_sum_of_squares(a.reshape(-1)) for a in arrays], dtype=np.float64))
+
+
+@_jit
+def _scale(x, factor):
+    for i in range(x.size):
+        x[i] = x[i] * factor
+
+
+def scale(arrays, factor):
+    """reference._scale of each of a list of C-contiguous arrays."""
+    for a in arrays:
+        _scale(a.reshape(-1), a.dtype.type(factor))

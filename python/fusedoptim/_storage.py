@@ -10,8 +10,8 @@ Each operand is stored as one of float64, float32, bfloat16 (``ml_dtypes.bfloat1
 Loading an operand widens it to the compute dtype, exactly (every bfloat16, float16 and float32
 value is a float32 and a float64 value). Storing rounds the computed value to the storage dtype
 once, to nearest even: subnormals are kept, values past the largest finite one round to Inf (ties
-to even there too: 65520 is float16's tie between 65504 and Inf), NaN stays NaN. ``reference_step``
-is the executable specification of these semantics, around the reference's math; the cpp kernels
+to even there too: 65520 is float16's tie between 65504 and Inf), NaN stays NaN. ``widened`` and
+``narrowed`` are the executable specification of these semantics, around the reference's math; the cpp kernels
 (``cpp/kernels/common.hpp``, ``cpp/simd/``) and the numba ones (``_numba``) do the same, element
 by element.
 
@@ -166,38 +166,40 @@ def narrow_stochastic(values, key):
     return rounded.astype(np.uint16).view(bfloat16).reshape(values.shape)
 
 
-def reference_step(kernel, param, grad, states, scalars, flags, master=None, compensation=None, key=None,
-                   rounding="nearest", grad_scale=1.0):
-    """One tensor's step of the reference function ``kernel`` on arrays of any storage dtypes,
-    with the param modes and loss scale above; returns [(operand, its new value)] for every
-    operand the step writes, each new value in the operand's storage dtype.
-
-    The reference computes in the compute dtype only: it runs on copies of the operands widened
-    to it (exact), then each written operand is rounded once to its storage dtype."""
+def widened(param, grad, states, master=None, compensation=None, grad_scale=1.0):
+    """Copies of a tensor's operands widened to its compute dtype (exact), for the reference to
+    step in place: ([param, *states], grad), unused states None. Each written copy knows its
+    storage dtype (``stored``). With the modes above, the param's copy is its master's, or the
+    param plus its compensation (added in the compute dtype); the grad is divided by
+    ``grad_scale`` (a float already rounded to the compute dtype). ``narrowed`` stores the results."""
     compute = compute_dtype(param.dtype)
 
-    def widened(array):
+    def copy(array):
         if array is None:
             return None
-        copy = widen(array, compute).view(_Widened)
-        copy.storage = array.dtype
-        return copy
+        wide = widen(array, compute).view(_Widened)
+        wide.storage = array.dtype
+        return wide
 
-    x = widened(master if master is not None else param)
+    x = copy(master if master is not None else param)
     if compensation is not None:
         x[...] = x + widen(compensation, compute)
     g = widen(grad, compute)
     if grad_scale != 1.0:
         g = g / compute.type(grad_scale)
-    written = [x, *map(widened, states)]
-    kernel(written[0], g, *written[1:], scalars, flags)
-    x = x.view(np.ndarray)
-    out = [(s, narrow(new.view(np.ndarray), s.dtype)) for s, new in zip(states, written[1:]) if s is not None]
+    return [x, *map(copy, states)], g
+
+
+def narrowed(written, param, states, master=None, compensation=None, key=None, rounding="nearest"):
+    """[(operand, its new value)] for every operand of a step of the reference on ``written`` (from
+    ``widened``): each state rounded once to its storage dtype, and the param stored as its mode says."""
+    x, *wide_states = (None if w is None else w.view(np.ndarray) for w in written)
+    out = [(state, narrow(new, state.dtype)) for state, new in zip(states, wide_states) if state is not None]
     if master is not None:
         return [(master, x), (param, narrow(x, param.dtype)), *out]
     if compensation is not None:
         rounded = narrow(x, param.dtype)
-        return [(param, rounded), (compensation, narrow(x - widen(rounded, compute), param.dtype)), *out]
+        return [(param, rounded), (compensation, narrow(x - widen(rounded, x.dtype), param.dtype)), *out]
     if rounding == "stochastic":
         return [(param, narrow_stochastic(x, key)), *out]
     return [(param, narrow(x, param.dtype)), *out]

@@ -7,6 +7,9 @@ import numpy as np
 from . import _native, _storage
 from ._rules import real, type_name
 
+# A complex step is the step of the pairs of reals it stores, as torch steps complex params (view_as_real).
+COMPLEX_DTYPES = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
+
 _byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # moved in NumPy 2
 
 _find_overlap_native = getattr(_native.module(), "find_overlap", None)
@@ -125,7 +128,8 @@ def found_inf_value(found_inf):
 
 
 def operands(rule, plan, params, grads, states, name=None, precision=_storage.PLAIN):
-    """Checks a whole step; returns (params, grads, slots) as lists of arrays.
+    """Checks a whole step; returns (params, grads, slots, precision), the operands as lists of
+    arrays (of reals: a complex operand as the pairs of reals it stores).
 
     ``states`` holds what the caller passed for each of ``rule.states``, in that (kernel slot)
     order: a list, a single array, or None. ``slots`` has a list of arrays for each state the
@@ -161,24 +165,24 @@ def operands(rule, plan, params, grads, states, name=None, precision=_storage.PL
     for i in range(n):
         param = _in_place(params[i], name, "params", i)
         _check_param(param, name, "params", i)
-        if i and param.dtype != checked_params[0].dtype:
+        if i and _reals(param).dtype != checked_params[0].dtype:
             raise TypeError(f"{name('params', i)} is {param.dtype} but {name('params', 0)} is "
-                            f"{checked_params[0].dtype}: one call steps one dtype")
-        checked_params.append(param)
+                            f"{params[0].dtype}: one call steps one precision")
+        checked_params.append(_reals(param))
         grad = _as_array(grads[i], name, "grads", i)
         _check_like(grad, param, name, "grads", i, _storage.grad_dtypes(param.dtype))
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)  # read only, so a contiguous copy is as good
-        checked_grads.append(grad)
+        checked_grads.append(_reals(grad))
         for arg, given, slot in zip(args, slots, checked_slots):
             if slot is not None:
                 buf = _in_place(given[i], name, arg, i)
                 _check_like(buf, param, name, arg, i, _storage.state_dtypes(param.dtype))
-                if i and buf.dtype != slot[0].dtype:
-                    raise TypeError(f"{name(arg, i)} is {buf.dtype} but {name(arg, 0)} is {slot[0].dtype}: one call "
+                if i and _reals(buf).dtype != slot[0].dtype:
+                    raise TypeError(f"{name(arg, i)} is {buf.dtype} but {name(arg, 0)} is {given[0].dtype}: one call "
                                     f"keeps each state in one dtype")
                 _check_writable(buf, name, arg, i)
-                slot.append(buf)
+                slot.append(_reals(buf))
     if n:
         checked_grads = _kernel_grads(checked_grads, checked_params[0].dtype)
     precision, extra = _precision(precision, checked_params, name, listed)
@@ -270,20 +274,66 @@ def distinct(written, read, name):
 
 
 def check_param(value, label):
-    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update."""
+    """A param an optimizer keeps (fusedoptim.Adam(params)): one that every step can update, in its
+    memory order (see ``dense_order``)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{label} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
-    _check_param(value, lambda arg, i: label, "params", 0)
+    if value.dtype in COMPLEX_DTYPES:
+        raise TypeError(f"{label} has dtype {value.dtype}; the stateful optimizers step float32 and float64 arrays "
+                        f"(the functional API and fusedoptim.torch step complex ones, as pairs of reals)")
+    _check_param(value, lambda arg, i: label, "params", 0, any_order=True)
 
 
-def _check_param(param, name, arg, i):
-    if param.dtype not in _storage.PARAM_DTYPES:
-        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: {_storage.names(_storage.PARAM_DTYPES)}")
-    _check_writable(param, name, arg, i)
+def in_place_arrays(values, arg):
+    """What is scaled in place (``clip_grad_norm_``'s grads): an array or a list of them, each a
+    writeable float32 or float64 array dense in some order, none sharing memory with another (it
+    would be scaled twice). Returns them as C-contiguous views, each in its memory order."""
+    single = not isinstance(values, (list, tuple))
+    name = default_name(single)
+    arrays = []
+    for i, value in enumerate(_as_list(values, arg, single)):
+        array = _in_place(value, name, arg, i)
+        if array.dtype not in (_storage.float32, _storage.float64):
+            raise TypeError(f"{name(arg, i)} has dtype {array.dtype}; supported: float32, float64")
+        _check_writable(array, name, arg, i, any_order=True)
+        arrays.append(array.transpose(dense_order(array)))
+    clash = find_overlap(arrays)
+    if clash is not None:
+        raise ValueError(f"{name(arg, clash[0])} and {name(arg, clash[1])} overlap in memory; each would be scaled "
+                         f"twice")
+    return arrays
+
+
+def dense_order(array):
+    """The axes of ``array`` from the slowest to the fastest in memory when its elements fill one
+    block of memory (C-contiguous, Fortran-ordered, any transpose of those), so that
+    ``array.transpose(axes)`` is a C-contiguous view of the same memory; None when no order is (a
+    strided slice, a reversed or broadcast view)."""
+    if array.flags.c_contiguous:
+        return tuple(range(array.ndim))
+    axes = tuple(sorted(range(array.ndim), key=lambda d: -array.strides[d]))
+    return axes if array.transpose(axes).flags.c_contiguous else None
+
+
+def _check_param(param, name, arg, i, any_order=False):
+    if param.dtype not in _storage.PARAM_DTYPES and param.dtype not in COMPLEX_DTYPES:
+        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: {_storage.names(_storage.PARAM_DTYPES)}, "
+                        f"and complex64 and complex128 as pairs of reals")
+    _check_writable(param, name, arg, i, any_order)
+
+
+def _reals(array):
+    """A C-contiguous complex array as the pairs of reals it stores (a trailing axis of 2, as torch's
+    view_as_real); a real array as it is."""
+    real = COMPLEX_DTYPES.get(array.dtype)
+    return array if real is None else array.reshape(-1).view(real).reshape(*array.shape, 2)
 
 
 def _check_like(array, param, name, arg, i, dtypes):
-    """Shaped like ``param`` and of one of ``dtypes`` (those an operand of ``param``'s dtype may have)."""
+    """Shaped like ``param`` and of one of ``dtypes`` (those an operand of ``param``'s dtype may have;
+    a complex param's operands are of its own dtype)."""
+    if param.dtype in COMPLEX_DTYPES:
+        dtypes = (param.dtype,)
     if array.shape != param.shape:
         raise ValueError(f"{name(arg, i)} has shape {array.shape} but {name('params', i)} has shape {param.shape}")
     if array.dtype not in dtypes:
@@ -301,8 +351,12 @@ def _kernel_grads(grads, param_dtype):
     return [g.astype(compute) for g in grads]
 
 
-def _check_writable(array, name, arg, i):
+def _check_writable(array, name, arg, i, any_order=False):
+    """Writeable, and C-contiguous (or, ``any_order``, dense in some order: ``dense_order``)."""
     if not array.flags.writeable:
         raise ValueError(f"{name(arg, i)} is read-only; it is updated in place")
-    if not array.flags.c_contiguous:
+    if any_order and dense_order(array) is None:
+        raise ValueError(f"{name(arg, i)} is not dense in memory (a strided or reversed view); it is updated in "
+                         f"place, so it cannot be copied")
+    if not any_order and not array.flags.c_contiguous:
         raise ValueError(f"{name(arg, i)} is not C-contiguous; it is updated in place, so it cannot be copied")

@@ -7,8 +7,9 @@ bytes, so "% of roof" is how close a step comes to that. Every fusedoptim and to
 times the optimizer's ``step()``, Python overhead included, as a user calls it. Medians of
 many repeats; on a shared machine, rerun before trusting a close call.
 
-Rules come from the rule registry and contenders from ``CONTENDERS``: a rule or contender added
-there appears here with no other change.
+A bench "rule" is an optimizer of the registry (``_rules.OPTIMIZERS``) by its class name in lower
+case (``adam``, ``adamw``); by default, one optimizer per rule. Contenders come from
+``contenders()``: an optimizer or contender added there appears here with no other change.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import _backends, _native, optim
-from ._config import get_num_threads, isa_levels, set_isa, set_num_threads
+from ._config import MAX_THREADS, _checked_threads, get_num_threads, isa_levels, set_isa, set_num_threads
 from ._memory import aligned_full
-from ._rules import OPTIMIZERS, RULES
+from ._rules import OPTIMIZERS
 
 # Hyperparameters a rule is benchmarked with, where its defaults are not the usual use.
 HYPER = {"sgd": dict(lr=1e-3, momentum=0.9)}
@@ -37,9 +38,13 @@ DEEPSPEED = ("DeepSpeed CPUAdam (not installable here; the issue's figures, same
              "72% of roof at 16M elements; 4,096 elements 24 us; 192 tensors 0.72 ms.")
 
 
+NAMES = {spec.name.lower(): spec for spec in OPTIMIZERS.values()}  # what --rules takes, in any case
+RULES = [name for name, spec in NAMES.items() if not spec.fixed]  # the default: one optimizer per rule
+
+
 def optimizer_class(rule):
-    """fusedoptim's stateful optimizer for a rule (None if it has none)."""
-    spec = next((s for s in OPTIMIZERS.values() if s.rule.name == rule and not s.fixed), None)
+    """fusedoptim's stateful optimizer of a bench name (None if there is none)."""
+    spec = NAMES.get(rule)
     return getattr(optim, spec.name) if spec else None
 
 
@@ -244,7 +249,8 @@ def run(rules=None, sizes=SIZES, threads=None, min_time=0.3, repeat=7, progress=
 
 def _states_used(rule):
     """How many state buffers the benchmarked configuration of a rule reads and writes."""
-    return sum(RULES[rule].first_plan(**HYPER.get(rule, {})).uses)
+    spec = NAMES[rule]
+    return sum(spec.rule.first_plan(**spec.fixed, **HYPER.get(rule, {})).uses)
 
 
 def _traffic(rule):
@@ -326,20 +332,30 @@ def main(argv=None):
 def add_arguments(parser):
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats: under a minute")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw a chart (needs matplotlib)")
-    parser.add_argument("--rules", help="comma-separated rule names (default: all)")
-    parser.add_argument("--threads", type=int, help="the N of '1 and N threads' (default: fusedoptim's)")
+    parser.add_argument("--rules", help="comma-separated optimizer names, any case (default: one per rule)")
+    parser.add_argument("--threads", type=thread_count, help="the N of '1 and N threads' (default: fusedoptim's)")
     parser.add_argument("--sizes", help=argparse.SUPPRESS)  # e.g. "4096,192 tensors": for tests
     parser.add_argument("--repeat", type=int, help=argparse.SUPPRESS)
+
+
+def thread_count(text):
+    """argparse's type of --threads: what set_num_threads takes."""
+    try:
+        return _checked_threads(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads from 1 to {MAX_THREADS}, "
+                                         f"got {text!r}") from e
 
 
 def command(args):
     sizes = SIZES if not args.quick else QUICK_SIZES
     if args.sizes:
         sizes = [s if not s.strip().isdigit() else int(s) for s in args.sizes.split(",")]
-    rules = args.rules.split(",") if args.rules else None
-    unknown = set(rules or ()) - set(RULES)
+    rules = [name.strip().lower() for name in args.rules.split(",")] if args.rules else None
+    unknown = [name for name in rules or () if name not in NAMES]
     if unknown:
-        raise SystemExit(f"unknown rules: {', '.join(sorted(unknown))}; known: {', '.join(RULES)}")
+        known = ", ".join(spec.name for spec in OPTIMIZERS.values())
+        raise SystemExit(f"unknown rules: {', '.join(unknown)}; known (any case): {known}")
     repeat = args.repeat or (3 if args.quick else 7)
     min_time = 0.0 if args.repeat else (0.1 if args.quick else 0.3)
     rows = run(rules, sizes, args.threads, min_time=min_time, repeat=repeat)

@@ -9,12 +9,19 @@ A step is all or nothing. Every group and bucket is checked (hyperparameters, sh
 overlaps across the whole step) before any param, state or step count changes, and bad input
 raises TypeError / ValueError naming the param by its position across all groups, as
 ``step(grads)`` takes it. A Ctrl-C during a step takes effect once the step is complete.
-Params are checked when they are added: each must be a writeable, C-contiguous float64, float32,
-bfloat16 (``ml_dtypes.bfloat16``) or float16 ndarray with memory of its own. Grads may be in
-their param's dtype or another of float32, bfloat16, float16; states are kept in each param's
-dtype, or in float32 with ``state_dtype="float32"``. bfloat16 and float16 params may keep a float32
-master copy (``master_weights=True``) or round stochastically or with Kahan compensation
-(``rounding=``); ``step(grads, grad_scale=, found_inf=)`` takes a loss scale (``_storage``).
+Params are checked when they are added: each must be a writeable float64, float32, bfloat16
+(``ml_dtypes.bfloat16``) or float16 ndarray with memory of its own, dense in some order. Grads
+may be in their param's dtype or another of float32, bfloat16, float16; states are kept in each
+param's dtype, or in float32 with ``state_dtype="float32"``. A Fortran-ordered param (or any
+transpose of a C-contiguous one) is stepped in its memory order, as its C-contiguous transpose,
+with state buffers in the same layout; LAMB's norm of it then sums in that order. bfloat16 and
+float16 params may keep a float32 master copy (``master_weights=True``) or round stochastically or
+with Kahan compensation (``rounding=``, ``seed``); ``step(grads, grad_scale=, found_inf=)`` takes a
+loss scale (``_storage``).
+
+Beyond the rule's hyperparameters, every class takes the layer's options: ``state_dtype`` and
+(``_api.NUMPY_OPTIONS``) ``backend`` and ``skip_nonfinite``. ``lr`` may be a schedule: a function
+of the step number (see ``Stateful._plan``). ``clip_grad_norm_`` clips the grads before a step.
 
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """
@@ -22,15 +29,15 @@ Every class here is made from its entry in the rule registry (``_rules.OPTIMIZER
 from __future__ import annotations
 
 import copy
-import inspect
+import textwrap
 
 import numpy as np
 
-from . import _api
+from . import _api, _backends
 from ._engine import Stateful
 from ._memory import aligned_full
-from ._rules import OPTIMIZERS
-from ._validate import check_param, find_overlap
+from ._rules import OPTIMIZERS, flag
+from ._validate import check_param, dense_order, find_overlap
 
 
 class Optimizer(Stateful):
@@ -38,14 +45,21 @@ class Optimizer(Stateful):
 
     _viewed = False
 
-    def __init__(self, params, defaults, backend=None, state_dtype=None, master_weights=False, rounding="nearest",
-                 seed=0):
+    def __init__(self, params, defaults, backend=None, skip_nonfinite=False, state_dtype=None, master_weights=False,
+                 rounding="nearest", seed=0):
         self.defaults = defaults
+        _backends.resolve(backend)  # an unknown or unavailable backend could never step
         self.backend = backend
         self._set_state_dtype(state_dtype)
         self._set_precision(master_weights, rounding, seed)
+        #: With True, a step whose grads hold inf or NaN changes nothing (params, state, step counts),
+        #: as torch's GradScaler skips it, and ``step`` returns False.
+        self.skip_nonfinite = flag("skip_nonfinite", skip_nonfinite)
         self.param_groups = []
         self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
+        if isinstance(params, dict):  # list() would take its keys for params
+            raise TypeError("params must be an array, or a list of arrays or of param groups, got dict (a lone "
+                            "group goes in a list)")
         groups = [params] if isinstance(params, (np.ndarray, np.generic)) else list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -78,13 +92,37 @@ class Optimizer(Stateful):
                              f"memory of its own")
         self._check_group(self._hyper(group), {p.dtype for p in params})
         self.param_groups.append(group)
+        if not all(p.flags.c_contiguous for p in params):
+            self._viewed = True  # the kernel takes such params, their grads and states in memory order
+
+    # --- How the arrays are stepped (see Stateful) ---
 
     def _new_state(self, param, fill, name=None):
+        """A state buffer on a cache line, laid out as ``param`` is (its memory order), in the state dtype."""
+        dtype, order = self._state_dtype(param.dtype, name), self._order(param)
+        if order is None:
+            buffer = aligned_full(param.shape, dtype, 0.0 if fill is param else fill)
+        else:
+            buffer = aligned_full([param.shape[d] for d in order], dtype, 0.0 if fill is param else fill).transpose(
+                np.argsort(order))
         if fill is param:
-            buffer = aligned_full(param.shape, self._state_dtype(param.dtype, name))
             buffer[...] = param
-            return buffer
-        return aligned_full(param.shape, self._state_dtype(param.dtype, name), fill)
+        return buffer
+
+    def _order(self, param):
+        return None if param.flags.c_contiguous else dense_order(param)
+
+    def _writable(self, array, order, copies):
+        return array if order is None else array.transpose(order)
+
+    def _readable(self, grad, order):
+        if order is None:
+            return grad
+        try:
+            grad = np.asarray(grad)
+        except Exception:  # the validator names what is wrong with it
+            return grad
+        return grad.transpose(order) if grad.ndim == len(order) else grad
 
     def _namer(self, indices):
         """Names operand k of a call over the params at ``indices`` as step()'s user knows it:
@@ -96,6 +134,8 @@ class Optimizer(Stateful):
             if len(self.param_groups) > 1:
                 g, j = next((g, i - ix.start) for g, (_, ix) in enumerate(self._indexed()) if i in ix)
                 label += f" (param {j} of group {g})"
+            if not self._params()[i].flags.c_contiguous:
+                label += " (as the param's transpose, in its memory order)"  # the shapes an error shows
             return label
 
         return name
@@ -108,9 +148,11 @@ class Optimizer(Stateful):
             i += len(group["params"])
 
     def step(self, grads, *, grad_scale=None, found_inf=False):
-        """Takes one step for every param with a gradient. Loss scaling: every grad is divided by
-        ``grad_scale`` inside the kernel; with ``found_inf`` true the step changes nothing (no param,
-        state or step count), after checking its input as any step does."""
+        """Takes one step for every param with a gradient (``grads`` in the order of the params across
+        all groups; None skips a param). Loss scaling: every grad is divided by ``grad_scale`` inside
+        the kernel; with ``found_inf`` true the step changes nothing (no param, state or step count),
+        after checking its input as any step does. Returns False when the step was skipped
+        (``found_inf``, ``skip_nonfinite``), else True."""
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         indexed = list(self._indexed())
         n = indexed[-1][1].stop
@@ -123,7 +165,7 @@ class Optimizer(Stateful):
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
             work.append((self._hyper(group), keys, params, group_grads))
-        self._take_step(work, grad_scale, found_inf)
+        return self._take_step(work, grad_scale, found_inf)
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -160,7 +202,7 @@ class Optimizer(Stateful):
                     v = np.asarray(v)
                     if v.shape != param.shape:
                         raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
-                    buf = aligned_full(param.shape, self._state_dtype(param.dtype, k))
+                    buf = self._new_state(param, 0.0, k)
                     with np.errstate(over="ignore"):
                         buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf
@@ -168,15 +210,32 @@ class Optimizer(Stateful):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
         self.state = new_state
 
+    def __repr__(self):
+        """The class, the layer's options, and per group: its params, their steps and its hyperparameters."""
+        backend = self.backend or f"auto: {_backends.resolve(None)}"
+        lines = [f"{type(self).__name__}(backend={backend!r}, skip_nonfinite={self.skip_nonfinite}"]
+        for g, (group, indices) in enumerate(self._indexed()):
+            params = group["params"]
+            dtypes = "/".join(sorted({p.dtype.name for p in params}))
+            steps = sorted({self.state.get(i, {}).get("step", 0) for i in indices})
+            taken = f"{steps[0]} to {steps[-1]}" if len(steps) > 1 else steps[0]
+            lines.append(f"  group {g}: {len(params)} param{'s' * (len(params) != 1)}, "
+                         f"{sum(p.size for p in params):,} {dtypes} elements, {taken} step{'s' * (steps != [1])} taken")
+            hyper = ", ".join(f"{k}={v!r}" for k, v in group.items() if k != "params")
+            lines += textwrap.wrap(hyper, 100, initial_indent="    ", subsequent_indent="    ")
+        return "\n".join(lines) + ")"
+
 
 def stateful(spec, base=Optimizer):
-    """The NumPy optimizer class of an optimizer: its signature and defaults from the registry."""
-    signature = _api.class_signature(spec, [inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None)])
+    """The NumPy optimizer class of an optimizer: its signature and defaults from the registry, then
+    the layer's options."""
+    signature = _api.class_signature(spec, _api.NUMPY_OPTIONS)
     hyper = [name for name in signature.parameters if name in spec.rule.hyper]
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    options = "".join(f", {p.name}={p.name}" for p in _api.NUMPY_OPTIONS)
     init = _api.compile_function("__init__", signature,
-                                 f"    Optimizer.__init__(self, params, dict({defaults}), backend, state_dtype, "
-                                 f"master_weights, rounding, seed)\n",
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), state_dtype=state_dtype{options}, "
+                                 f"master_weights=master_weights, rounding=rounding, seed=seed)\n",
                                  {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
                                  None)
     doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")
@@ -194,3 +253,5 @@ RAdam = stateful(OPTIMIZERS["RAdam"])
 NAdam = stateful(OPTIMIZERS["NAdam"])
 Lion = stateful(OPTIMIZERS["Lion"])
 Lamb = stateful(OPTIMIZERS["Lamb"])
+ASGD = stateful(OPTIMIZERS["ASGD"])
+Rprop = stateful(OPTIMIZERS["Rprop"])
