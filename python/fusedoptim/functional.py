@@ -18,6 +18,10 @@ Every function here is made from its entry in the rule registry (``_rules.OPTIMI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from numpy.typing import ArrayLike
+
 from . import _api, _backends
 from ._rules import OPTIMIZERS
 from ._storage import Precision, rounding_key
@@ -58,7 +62,7 @@ def _precision(params, step, master_params, compensations, rounding, seed, grad_
     return Precision(rounding, master_params, compensations, keys, grad_scale)
 
 
-def unscale_and_check_(grads, inv_scale, *, backend=None):
+def unscale_and_check_(grads: ArrayLike | Sequence[ArrayLike], inv_scale: float, *, backend: str | None = None) -> bool:
     """Unscales gradients in place and reports Inf/NaN, in one pass (as torch's GradScaler.unscale_).
 
     ``grads``: an array or a list of writeable, C-contiguous float64, float32, bfloat16 or float16
