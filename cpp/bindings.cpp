@@ -96,6 +96,39 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
   return false;
 }
 
+// Sets the modes of a validated step's tensors (see step): a bad operand here is a bug of the
+// caller's, not the user's input, so it throws.
+void set_modes(const py::tuple& modes, bool single, std::vector<Tensor>& tensors) {
+  if (modes.size() != 5) throw std::invalid_argument("modes: (masters, compensations, keys, rounding, grad_scale)");
+  const std::size_t n = tensors.size();
+  PyObject* ones[3];
+  PyObject* const* lists[3] = {};
+  for (int k = 0; k < 3; ++k)
+    if (!modes[k].is_none() && !(lists[k] = operand_items(modes[k], single, n, ones[k])))
+      throw std::invalid_argument("modes: a list per param");
+  const int rounding = modes[3].cast<int>();
+  if (rounding < 0 || rounding > static_cast<int>(Rounding::kahan)) throw std::invalid_argument("modes: rounding");
+  const double grad_scale = modes[4].cast<double>();
+  for (std::size_t i = 0; i < n; ++i) {
+    Tensor& t = tensors[i];
+    t.rounding = static_cast<Rounding>(rounding);
+    t.grad_scale = grad_scale;
+    Dtype dtype = Dtype::float32;
+    if (lists[0]) {
+      if (!plain_array(lists[0][i], dtype, true, nullptr, true) || num_elements(array_proxy(lists[0][i])) != t.size)
+        throw std::invalid_argument("modes: masters must be float32 arrays like their params");
+      t.master = array_proxy(lists[0][i])->data;
+    }
+    dtype = t.param_dtype;
+    if (lists[1]) {
+      if (!plain_array(lists[1][i], dtype, true, nullptr, true) || num_elements(array_proxy(lists[1][i])) != t.size)
+        throw std::invalid_argument("modes: compensations must be arrays like their params");
+      t.compensation = array_proxy(lists[1][i])->data;
+    }
+    if (lists[2]) t.key = py::reinterpret_borrow<py::object>(lists[2][i]).cast<std::uint32_t>();
+  }
+}
+
 // One step of rule `r` (its index in every ISA table) over a list of tensors (or one tensor), in place.
 //
 // Python's validator (_validate.operands) is the one judge of a step's input and the one
@@ -117,8 +150,12 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 // `reduce_sums` (None, or a callable; two-pass rules only) is called between the passes with a
 // float64 array of each tensor's sums (num_tensors x num_sums), which it may change in place:
 // a tensor sharded across processes gets its whole norm that way (fusedoptim.torch, DTensors).
+//
+// `modes` (validated steps only: _backends.run, after _validate.operands checked them) sets what
+// a param is beyond its storage (dispatch.hpp's Tensor, _storage.Precision): None, or a tuple
+// (masters, compensations, keys, rounding, grad_scale), the lists None where unused.
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums) {
+          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums, const py::object& modes) {
   const RuleKernels& rule = active_isa().rules[r];
   SumsHook hook;
   if (!reduce_sums.is_none()) {
@@ -168,8 +205,12 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     }
     t.grad = array_proxy(operand[1][i])->data;
   }
+  if (!modes.is_none()) {
+    if (!validated) return false;
+    set_modes(py::reinterpret_borrow<py::tuple>(modes), single, tensors);
+  }
   if (n == 0) dtypes[0] = dtypes[1] = Dtype::float32;  // nothing to step: any layout does
-  Tensor first{nullptr, nullptr, {}, 0, dtypes[0], dtypes[1], {}};
+  Tensor first = n ? tensors[0] : Tensor{nullptr, nullptr, {}, 0, dtypes[0], dtypes[1], {}};
   for (int k = 0; k < kMaxStates; ++k) first.state_dtype[k] = dtypes[2 + k];
   const int layout = layout_of(first, used, !validated);
   if (layout < 0) return false;
@@ -187,6 +228,8 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     span(t.grad, t.size * itemsize(t.grad_dtype));
     for (int k = 0; k < kMaxStates; ++k)
       if (t.state[k]) span(t.state[k], t.size * itemsize(t.state_dtype[k]));
+    if (t.master) span(t.master, t.size * itemsize(Dtype::float32));
+    if (t.compensation) span(t.compensation, t.size * itemsize(t.param_dtype));
   }
   if (any_overlap(spans)) return false;
   // A scalar finite in double but not in the compute dtype (lr=1e300 on float32): decline, so
@@ -236,6 +279,23 @@ void roof(const py::list& reads, const py::list& writes) {
                  [&](const Streams& x, std::size_t begin, std::size_t end) { kernel(x, begin, end); });
 }
 
+// unscale_and_check_ on validated grads (_backends.unscale_and_check): plain, C-contiguous,
+// writeable arrays of storage dtypes, distinct.
+bool unscale_and_check(const py::list& arrays, double inv_scale) {
+  std::vector<Grad> grads;
+  std::size_t total = 0;
+  for (py::handle h : arrays) {
+    Dtype dtype;
+    if (!plain_array(h.ptr(), dtype, false, nullptr, true)) throw py::value_error("unscale_and_check: bad grad");
+    const auto* a = array_proxy(h.ptr());
+    grads.push_back({a->data, num_elements(a), dtype});
+    total += grads.back().size;
+  }
+  if (total < kKeepGilElements) return run_unscale(grads, inv_scale);
+  py::gil_scoped_release nogil;  // `arrays` (the caller's own list) keeps them alive
+  return run_unscale(grads, inv_scale);
+}
+
 // [first byte, one past the last byte) that an array's elements occupy, for any strides.
 std::pair<std::uintptr_t, std::uintptr_t> byte_span(const py::array& a) {
   auto low = reinterpret_cast<std::uintptr_t>(a.data()), high = low;
@@ -278,11 +338,13 @@ PYBIND11_MODULE(_kernels, m) {
     const RuleKernels& rule = compiled_isas().front()->rules[r];
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-              unsigned flags, bool check_only, bool validated, const py::object& reduce_sums) {
-            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums);
+              unsigned flags, bool check_only, bool validated, const py::object& reduce_sums,
+              const py::object& modes) {
+            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums, modes);
           },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
-          py::arg("check_only") = false, py::arg("validated") = false, py::arg("reduce_sums") = py::none());
+          py::arg("check_only") = false, py::arg("validated") = false, py::arg("reduce_sums") = py::none(),
+          py::arg("modes") = py::none());
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));
@@ -293,6 +355,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("REDUCTION_LANES") = kLanes;
   m.attr("COMPILER") = FUSEDOPTIM_COMPILER;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
+  m.def("unscale_and_check", &unscale_and_check, py::arg("grads"), py::arg("inv_scale"));
   m.def("_register_bfloat16", [](const py::dtype& bfloat16) { bfloat16_type_num = bfloat16.num(); },
         "Tells the extension NumPy's type number of ml_dtypes.bfloat16 (fusedoptim._native, at import).");
   m.def("isa", [] { return std::string(active_isa().name); }, "The ISA level in use.");

@@ -46,6 +46,9 @@ inline constexpr std::array<Storage, 5> kNativeLayouts{{
 inline constexpr int kAnyFloat = kNativeLayouts.size(), kAnyDouble = kAnyFloat + 1;
 inline constexpr int kNumLayouts = kAnyDouble + 1;
 
+// How a param's stores round beyond nearest even (_storage.py states the semantics).
+enum class Rounding : std::uint8_t { nearest, stochastic, kahan };
+
 // Type-erased operands of one tensor, as the bindings hand them to the kernels.
 struct Tensor {
   void* param;
@@ -54,6 +57,15 @@ struct Tensor {
   std::size_t size;
   // What each operand is stored as (read by the catch-all layouts; unused slots' are ignored).
   Dtype param_dtype, grad_dtype, state_dtype[kMaxStates];
+  // What a param is beyond its storage: read by the catch-all layouts only, which step every
+  // tensor that sets any of these (modes(), dispatch.cpp's layout_of).
+  void* master = nullptr;        // master weights: the float32 copy the rule steps; the param gets it rounded
+  void* compensation = nullptr;  // Rounding::kahan: what the param cannot hold, stored as the param is
+  Rounding rounding = Rounding::nearest;
+  std::uint32_t key = 0;    // Rounding::stochastic: the hash key of (seed, step, param index)
+  double grad_scale = 1.0;  // grads are divided by it as they are loaded (rounded to the compute dtype)
+
+  bool modes() const { return master || rounding != Rounding::nearest || grad_scale != 1.0; }
 };
 
 // Steps elements [begin, end) of one tensor.
@@ -75,9 +87,20 @@ struct RuleKernels {
   BetweenPassesFn between_passes;                  // null for one-pass rules
 };
 
+// unscale_and_check_ over elements [begin, end) of a grad stored as `dtype`: each multiplied by
+// inv_scale (rounded to the compute dtype) and stored back; returns whether any stored result is
+// Inf or NaN.
+struct Grad {
+  void* data;
+  std::size_t size;
+  Dtype dtype;
+};
+using UnscaleFn = bool (*)(const Grad&, std::size_t begin, std::size_t end, double inv_scale);
+
 struct IsaTable {
   const char* name;
   std::array<RuleKernels, kNumRules> rules;
+  UnscaleFn unscale;
 };
 
 // The bandwidth roof's operands (bench only): fp32 arrays of `size` elements, read and written once each.
@@ -91,8 +114,8 @@ struct Streams {
 using RoofFn = void (*)(const Streams&, std::size_t begin, std::size_t end);
 
 // The layout that steps a tensor stored as `t` says, in the state slots of `used_states` (bit k:
-// slot k): its native layout if it has one (else -1 when `native_only`), else its compute dtype's
-// catch-all. The dtypes must be a combination the validator accepts (_validate.operands).
+// slot k): its native layout if it has one and sets no modes() (else -1 when `native_only`), else
+// its compute dtype's catch-all. The dtypes must be a combination the validator accepts (_validate.operands).
 int layout_of(const Tensor& t, unsigned used_states, bool native_only);
 // The size in bytes of an element stored as `dtype`.
 std::size_t itemsize(Dtype dtype);

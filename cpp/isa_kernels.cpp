@@ -125,7 +125,7 @@ void first_pass(const Tensor& t, std::size_t first, std::size_t last, const doub
                                std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
 }
 
-// --- The catch-all layouts: any storage the validator accepts ---
+// --- The catch-all layouts: any storage the validator accepts, and every param mode ---
 //
 // A block of every operand not stored as the compute type T is widened into a buffer, the compute
 // type's own native kernel steps the block (those buffers, and the other operands in place), and
@@ -134,6 +134,15 @@ void first_pass(const Tensor& t, std::size_t first, std::size_t last, const doub
 // it once per pass (LAMB's second pass reads what its first one stored, and the first pass's store
 // has been rounded back by then). So the catch-all instantiates no rule again; it costs a pass over
 // the widened operands' buffers, which stay in L1/L2.
+//
+// The modes of a Tensor (dispatch.hpp) are how this staging loads and stores, and nothing else:
+// the rules never see them (_storage.py is their specification):
+//  - grad_scale: the grad is widened, then divided by grad_scale;
+//  - master weights: the rule steps the float32 master in place; the param is then the master
+//    rounded to nearest even;
+//  - Rounding::kahan: the rule steps param + compensation (added in T); x, its result, is stored
+//    as param = round(x) and compensation = round(x - param), both to nearest even;
+//  - Rounding::stochastic (bf16 params): the param is stored rounded stochastically.
 
 template <class T, class S>
 void widen_block(const void* from, std::size_t n, T* to) {
@@ -149,6 +158,58 @@ void narrow_block(const T* from, std::size_t n, void* to) {
   std::size_t k = 0;
   for (; k + Wide<T>::width <= n; k += Wide<T>::width) Wide<T>::load(from + k).store(p + k);
   for (; k < n; ++k) Scalar<T>::load(from + k).store(p + k);
+}
+
+// x[k] += y[k]
+template <class T>
+void add_block(T* x, const T* y, std::size_t n) {
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) (Wide<T>::load(x + k) + Wide<T>::load(y + k)).store(x + k);
+  for (; k < n; ++k) (Scalar<T>::load(x + k) + Scalar<T>::load(y + k)).store(x + k);
+}
+
+// x[k] = op(x[k], d), op an operator of the vector types (the same IEEE op at every width).
+template <class T, class Op>
+void map_block(T* x, std::size_t n, T d, Op op) {
+  const auto wide = Wide<T>::broadcast(d);
+  const auto one = Scalar<T>::broadcast(d);
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) op(Wide<T>::load(x + k), wide).store(x + k);
+  for (; k < n; ++k) op(Scalar<T>::load(x + k), one).store(x + k);
+}
+
+// Kahan: param = round(x), then compensation = round(x - param), both as S.
+template <class T, class S>
+void narrow_kahan_block(const T* from, std::size_t n, void* param, void* compensation) {
+  S* p = static_cast<S*>(param);
+  S* c = static_cast<S*>(compensation);
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) {
+    const auto x = Wide<T>::load(from + k);
+    x.store(p + k);
+    (x - Wide<T>::load(p + k)).store(c + k);
+  }
+  for (; k < n; ++k) {
+    const auto x = Scalar<T>::load(from + k);
+    x.store(p + k);
+    (x - Scalar<T>::load(p + k)).store(c + k);
+  }
+}
+
+// Elements [index, index + n) of a bf16 param, rounded stochastically. A vector whose indices'
+// low halves would wrap (only at a multiple of 2^32) goes element by element, with the same bits.
+inline void narrow_stochastic_block(const float* from, std::size_t n, void* to, std::uint32_t key,
+                                    std::uint64_t index) {
+  bf16* p = static_cast<bf16*>(to);
+  std::size_t k = 0;
+  for (; k + Wide<float>::width <= n; k += Wide<float>::width) {
+    const std::uint64_t i = index + k;
+    if ((i >> 32) == ((i + Wide<float>::width - 1) >> 32)) Wide<float>::load(from + k).store_stochastic(p + k, element_key(key, i), i);
+    else
+      for (std::size_t j = k; j < k + Wide<float>::width; ++j)
+        Scalar<float>::load(from + j).store_stochastic(p + j, element_key(key, index + j), index + j);
+  }
+  for (; k < n; ++k) Scalar<float>::load(from + k).store_stochastic(p + k, element_key(key, index + k), index + k);
 }
 
 // Calls fn with a null pointer of the storage type a catch-all of compute type T reads `dtype` as:
@@ -168,31 +229,59 @@ void with_storage(Dtype dtype, const Fn& fn) {
 template <class T>
 struct Staged {
   static constexpr Dtype kCompute = std::is_same_v<T, double> ? Dtype::float64 : Dtype::float32;
-  alignas(64) T buffer[2 + kMaxStates][kBlock];
+  static constexpr int kCompensation = 2 + kMaxStates;
+  alignas(64) T buffer[3 + kMaxStates][kBlock];  // param, grad, each state, the compensation
   Tensor tensor{};
 
   // Elements [begin, begin + n) of t's operands (n <= kBlock) as `tensor`, all stored as T: an
   // operand stored as T is stepped where it is, any other is widened into its buffer.
   void load(const Tensor& t, std::size_t begin, std::size_t n) {
     tensor = Tensor{nullptr, nullptr, {}, n, kCompute, kCompute, {kCompute, kCompute, kCompute, kCompute}};
-    tensor.param = const_cast<void*>(in(t.param, t.param_dtype, begin, n, buffer[0]));
-    tensor.grad = in(t.grad, t.grad_dtype, begin, n, buffer[1]);
+    if (t.master) {
+      tensor.param = const_cast<void*>(element(t.master, kCompute, begin));
+    } else {
+      tensor.param = const_cast<void*>(in(t.param, t.param_dtype, begin, n, buffer[0], t.rounding == Rounding::kahan));
+      if (t.rounding == Rounding::kahan) {
+        in(t.compensation, t.param_dtype, begin, n, buffer[kCompensation], true);
+        add_block(buffer[0], buffer[kCompensation], n);
+      }
+    }
+    tensor.grad = in(t.grad, t.grad_dtype, begin, n, buffer[1], t.grad_scale != 1.0);
+    if (t.grad_scale != 1.0) map_block(buffer[1], n, static_cast<T>(t.grad_scale), [](auto g, auto s) { return g / s; });
     for (int k = 0; k < kMaxStates; ++k)
-      if (t.state[k]) tensor.state[k] = const_cast<void*>(in(t.state[k], t.state_dtype[k], begin, n, buffer[2 + k]));
+      if (t.state[k]) tensor.state[k] = const_cast<void*>(in(t.state[k], t.state_dtype[k], begin, n, buffer[2 + k], false));
   }
 
   // The widened states, and the param when the pass wrote it, rounded back into t's operands.
   void store(const Tensor& t, std::size_t begin, std::size_t n, bool param) const {
-    if (param) out(buffer[0], t.param, t.param_dtype, begin, n);
+    if (param) store_param(t, begin, n);
     for (int k = 0; k < kMaxStates; ++k)
       if (t.state[k]) out(buffer[2 + k], t.state[k], t.state_dtype[k], begin, n);
+  }
+
+  void store_param(const Tensor& t, std::size_t begin, std::size_t n) const {
+    void* to = const_cast<void*>(element(t.param, t.param_dtype, begin));
+    const T* x = static_cast<const T*>(tensor.param);  // the master's block, or the param's buffer
+    if (t.master)
+      with_storage<T>(t.param_dtype, [&](auto* type) { narrow_block<T, std::remove_pointer_t<decltype(type)>>(x, n, to); });
+    else if (t.rounding == Rounding::kahan)
+      with_storage<T>(t.param_dtype, [&](auto* type) {
+        narrow_kahan_block<T, std::remove_pointer_t<decltype(type)>>(
+            x, n, to, const_cast<void*>(element(t.compensation, t.param_dtype, begin)));
+      });
+    else if (t.rounding == Rounding::stochastic) {
+      if constexpr (std::is_same_v<T, float>) narrow_stochastic_block(x, n, to, t.key, begin);  // bf16 params only
+    } else
+      out(x, t.param, t.param_dtype, begin, n);
   }
 
   static const void* element(const void* p, Dtype dtype, std::size_t i) {
     return static_cast<const char*>(p) + i * itemsize(dtype);
   }
-  static const void* in(const void* from, Dtype dtype, std::size_t begin, std::size_t n, T* buffer) {
-    if (dtype == kCompute) return element(from, dtype, begin);
+  // Where the kernel finds a block of an operand as T: in place, or widened into `buffer` (always
+  // when `copy`: the block is about to be changed before the rule reads it).
+  static const void* in(const void* from, Dtype dtype, std::size_t begin, std::size_t n, T* buffer, bool copy) {
+    if (dtype == kCompute && !copy) return element(from, dtype, begin);
     with_storage<T>(dtype, [&](auto* type) {
       widen_block<T, std::remove_pointer_t<decltype(type)>>(element(from, dtype, begin), n, buffer);
     });
@@ -256,9 +345,54 @@ constexpr RuleKernels kernels_of(std::integer_sequence<int, k...>) {
             {range_at<Rule, k>()...}, {}, nullptr};
 }
 
+// --- unscale_and_check_ (_storage.unscale is its specification) ---
+
+// Whether any of x[0, n) is Inf or NaN: x - x is 0 for every finite x and NaN otherwise.
+template <class T>
+bool any_non_finite(const T* x, std::size_t n) {
+  auto wide = Wide<T>::broadcast(0);
+  auto one = Scalar<T>::broadcast(0);
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) {
+    const auto v = Wide<T>::load(x + k);
+    wide = wide + (v - v);
+  }
+  for (; k < n; ++k) one = one + (Scalar<T>::load(x + k) - Scalar<T>::load(x + k));
+  T lanes[Wide<T>::width];
+  wide.store(lanes);
+  bool found = one.v != one.v;
+  for (const T lane : lanes) found |= lane != lane;
+  return found;
+}
+
+// Block by block: widened, multiplied, stored back, and the stored values (widened again) checked.
+template <class T>
+bool unscale_range(const Grad& g, std::size_t begin, std::size_t end, double inv_scale) {
+  alignas(64) T buffer[kBlock];
+  bool found = false;
+  with_storage<T>(g.dtype, [&](auto* type) {
+    using S = std::remove_pointer_t<decltype(type)>;
+    S* data = static_cast<S*>(g.data);
+    for (std::size_t i = begin; i < end; i += kBlock) {
+      const std::size_t n = std::min(kBlock, end - i);
+      widen_block<T, S>(data + i, n, buffer);
+      map_block(buffer, n, static_cast<T>(inv_scale), [](auto x, auto s) { return x * s; });
+      narrow_block<T, S>(buffer, n, data + i);
+      if constexpr (!std::is_same_v<S, T>) widen_block<T, S>(data + i, n, buffer);
+      found |= any_non_finite(buffer, n);
+    }
+  });
+  return found;
+}
+
+bool unscale(const Grad& g, std::size_t begin, std::size_t end, double inv_scale) {
+  return g.dtype == Dtype::float64 ? unscale_range<double>(g, begin, end, inv_scale)
+                                   : unscale_range<float>(g, begin, end, inv_scale);
+}
+
 template <class... R>
 constexpr IsaTable table_of(const char* name, std::tuple<R...>*) {
-  return {name, {kernels_of<R>(std::make_integer_sequence<int, kNumLayouts>{})...}};
+  return {name, {kernels_of<R>(std::make_integer_sequence<int, kNumLayouts>{})...}, &unscale};
 }
 
 }  // namespace

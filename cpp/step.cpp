@@ -1,6 +1,7 @@
 #include "step.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -55,6 +56,17 @@ void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const s
   for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
     range(t, begin, end, planned, flags);
   });
+}
+
+bool run_unscale(const std::vector<Grad>& grads, double inv_scale) {
+  const ContractFpEnv contract;
+  const UnscaleFn unscale = active_isa().unscale;
+  std::atomic<bool> found{false};
+  // Chunks of 4-byte elements whatever the dtypes: a chunk's size changes no result.
+  for_each_chunk(grads, sizeof(float), [&](const Grad& g, std::size_t begin, std::size_t end) {
+    if (unscale(g, begin, end, inv_scale)) found.store(true, std::memory_order_relaxed);
+  });
+  return found.load();
 }
 
 }  // namespace fusedoptim

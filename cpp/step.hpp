@@ -21,4 +21,7 @@ using SumsHook = std::function<void(double* sums, std::size_t num_tensors, std::
 void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const std::vector<Tensor>& tensors,
               const double* planned, unsigned flags, const SumsHook& between_passes = {});
 
+// unscale_and_check_ over whole grads on the step's threads: whether any result is Inf or NaN.
+bool run_unscale(const std::vector<Grad>& grads, double inv_scale);
+
 }  // namespace fusedoptim

@@ -82,13 +82,14 @@ def test_every_rule_has_a_torch_optimizer():
 
 
 def test_signatures_and_defaults_are_torchs():
-    """torch's arguments and defaults, then fusedoptim's one layer option, state_dtype."""
+    """torch's arguments and defaults, then fusedoptim's layer options (state_dtype, master_weights, rounding, seed)."""
+    layer = [("state_dtype", None), ("master_weights", False), ("rounding", "nearest"), ("seed", 0)]
     for name in RICHEST:
         ours, theirs = inspect.signature(getattr(ft, name)), inspect.signature(getattr(torch.optim, name))
-        *same, extra = ours.parameters.values()
+        same, extra = list(ours.parameters.values())[:-len(layer)], list(ours.parameters.values())[-len(layer):]
         assert [(p.name, p.default, p.kind) for p in same] == \
                [(p.name, p.default, p.kind) for p in theirs.parameters.values()], name
-        assert (extra.name, extra.default, extra.kind) == ("state_dtype", None, inspect.Parameter.KEYWORD_ONLY)
+        assert [(p.name, p.default, p.kind) for p in extra] == [(*o, inspect.Parameter.KEYWORD_ONLY) for o in layer]
         params = [torch.zeros(3, requires_grad=True)]
         assert getattr(ft, name)(params).defaults == getattr(torch.optim, name)(params).defaults
 

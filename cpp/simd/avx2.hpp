@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "../dispatch.hpp"
+#include "scalar.hpp"  // kWeyl
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
@@ -30,7 +31,25 @@ struct Vec<float> {
   FUSEDOPTIM_INLINE void store(bf16* p) const {
     const __m256i u = _mm256_castps_si256(v);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    store_rounded(p, _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd));
+  }
+  // Elements index .. index + 7 rounded stochastically (scalar.hpp's store_stochastic, 8 lanes;
+  // the caller keeps the 8 indices' low halves from wrapping).
+  FUSEDOPTIM_INLINE void store_stochastic(bf16* p, std::uint32_t key, std::uint64_t index) const {
+    const __m256i lanes = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(index)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i h = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(key)),
+                                 _mm256_mullo_epi32(lanes, _mm256_set1_epi32(static_cast<int>(kWeyl))));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0x85ebca6bu)));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 13));
+    h = _mm256_mullo_epi32(h, _mm256_set1_epi32(static_cast<int>(0xc2b2ae35u)));
+    h = _mm256_xor_si256(h, _mm256_srli_epi32(h, 16));
+    store_rounded(p, _mm256_add_epi32(_mm256_castps_si256(v), _mm256_srli_epi32(h, 16)));
+  }
+  // Stores the top halves of `added` (v's bits plus what rounds them), NaN lanes kept NaN.
+  FUSEDOPTIM_INLINE void store_rounded(bf16* p, __m256i added) const {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i rounded = _mm256_srli_epi32(added, 16);
     const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
     const __m256i bits = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(quiet),
                                                               _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));

@@ -5,6 +5,7 @@
 #include <cstddef>
 
 #include "../dispatch.hpp"
+#include "scalar.hpp"  // kWeyl
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
@@ -30,7 +31,24 @@ struct Vec<float> {
   FUSEDOPTIM_INLINE void store(bf16* p) const {
     const __m512i u = _mm512_castps_si512(v);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
+    store_rounded(p, _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd));
+  }
+  // As avx2.hpp's, 16 lanes.
+  FUSEDOPTIM_INLINE void store_stochastic(bf16* p, std::uint32_t key, std::uint64_t index) const {
+    const __m512i lanes = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(index)),
+                                           _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    __m512i h = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(key)),
+                                 _mm512_mullo_epi32(lanes, _mm512_set1_epi32(static_cast<int>(kWeyl))));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x85ebca6bu)));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 13));
+    h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0xc2b2ae35u)));
+    h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+    store_rounded(p, _mm512_add_epi32(_mm512_castps_si512(v), _mm512_srli_epi32(h, 16)));
+  }
+  FUSEDOPTIM_INLINE void store_rounded(bf16* p, __m512i added) const {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i rounded = _mm512_srli_epi32(added, 16);
     const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
     const __m512i bits = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet);
     // Every lane holds 0..0xffff, so the truncating narrow keeps it whole.

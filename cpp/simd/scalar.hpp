@@ -59,6 +59,35 @@ inline f16 to_f16(float x) {
   return {static_cast<std::uint16_t>(sign | (q + (rest > half || (rest == half && (q & 1)))))};
 }
 
+// Stochastic rounding to bf16 (Rounding::stochastic). Its random bits come from a counter-based
+// hash, never a generator, so they are the same on every level, thread count and split: element
+// `index` of a tensor whose key is `key` (the host's hash of seed, step and param index,
+// _storage.rounding_key) draws the top 16 bits of mix32(element_key + low 32 bits * 0x9e3779b9)
+// (a Weyl sequence through murmur3's finalizer, as splitmix), where element_key mixes the index's
+// high 32 bits into the key (element_key(key, 0) == key). 32-bit integer ops only: 8 or 16 lanes.
+inline std::uint32_t mix32(std::uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85ebca6bu;
+  h ^= h >> 13;
+  h *= 0xc2b2ae35u;
+  return h ^ h >> 16;
+}
+inline std::uint32_t element_key(std::uint32_t key, std::uint64_t index) {
+  return key ^ mix32(static_cast<std::uint32_t>(index >> 32));
+}
+inline constexpr std::uint32_t kWeyl = 0x9e3779b9u;
+inline std::uint32_t stochastic_bits(std::uint32_t key, std::uint64_t index) {
+  return mix32(element_key(key, index) + static_cast<std::uint32_t>(index) * kWeyl) >> 16;
+}
+// x rounded up in magnitude with probability (the part a bf16 cannot hold) / (its last place):
+// the 16 random bits added below the last place, then cut off. NaN stays NaN (as to_bf16);
+// values past the largest finite one may round to Inf.
+inline bf16 to_bf16_stochastic(float x, std::uint32_t bits16) {
+  const auto u = std::bit_cast<std::uint32_t>(x);
+  if (x != x) return {static_cast<std::uint16_t>(u >> 16 | 0x40)};
+  return {static_cast<std::uint16_t>((u + bits16) >> 16)};
+}
+
 // One element from storage type From to To (compute to storage or back).
 template <class To, class From>
 To convert(From x) {
@@ -89,6 +118,11 @@ struct Scalar {
     std::memcpy(p, &x, sizeof(S));
   }
   static Scalar broadcast(T x) { return {x}; }
+  // Element `index` rounded stochastically (key: the index's element_key; float compute only).
+  void store_stochastic(bf16* p, std::uint32_t key, std::uint64_t index) const {
+    const bf16 x = to_bf16_stochastic(v, mix32(key + static_cast<std::uint32_t>(index) * kWeyl) >> 16);
+    std::memcpy(p, &x, sizeof(bf16));
+  }
 
   friend Scalar operator+(Scalar a, Scalar b) { return {a.v + b.v}; }
   friend Scalar operator-(Scalar a, Scalar b) { return {a.v - b.v}; }

@@ -8,7 +8,7 @@ package never imports torch.
 from . import reference
 from ._backends import available as available_backends
 from .functional import (adadelta_, adagrad_, adam_, adamax_, adamw_, asgd_, lamb_, lion_, nadam_, radam_, rmsprop_,
-                         rprop_, sgd_)
+                         rprop_, sgd_, unscale_and_check_)
 from .optim import (ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lamb, Lion, NAdam, Optimizer, RAdam, RMSprop,
                     Rprop)
 from ._config import get_num_threads, isa_levels, set_isa, set_num_threads, show_config
@@ -21,6 +21,6 @@ __all__ = [
     "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "Adamax", "Adadelta", "RAdam", "NAdam", "Lion", "Lamb", "ASGD", "Rprop",
     "Optimizer",
     "available_backends", "isa_levels", "set_isa", "set_num_threads", "get_num_threads", "show_config",
-    "zeros_like", "empty_like", "clip_grad_norm_", "reference",
+    "zeros_like", "empty_like", "clip_grad_norm_", "reference", "unscale_and_check_",
 ]
 __version__ = "0.1.0"

@@ -38,24 +38,42 @@ def functional_signature(spec):
     hyper = [p.replace(kind=P.KEYWORD_ONLY) for p in hyper_parameters(spec, include_initial=False)]
     returns = {0: "None", 1: "float"}.get(len(host), f"tuple[{', '.join('float' for _ in host)}]")  # the host states
     return _hinted(Signature([P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD), *states,
-                              *counted, *host, *hyper, P("backend", P.KEYWORD_ONLY, default=None)],
+                              *counted, *host, *hyper, *FUNCTIONAL_OPTIONS, P("backend", P.KEYWORD_ONLY, default=None)],
                              return_annotation=returns))
 
 
-# The stateful layers' own options (not a rule's): keyword-only, after the hyperparameters.
+# The layers' own options (not a rule's): keyword-only, after the hyperparameters.
 STATE_DTYPE = P("state_dtype", P.KEYWORD_ONLY, default=None)
 STATE_DTYPE_DOC = ("States are kept in each param's dtype (as torch keeps them), or in float32 with "
                    "``state_dtype=\"float32\"`` (for bfloat16 and float16 params: a more accurate state, 4 bytes "
                    "per element each).")
+ROUNDING = P("rounding", P.KEYWORD_ONLY, default="nearest")
+SEED = P("seed", P.KEYWORD_ONLY, default=0)
+# The stateful layers': each param's master copy and compensation are state like any other.
+LAYER_OPTIONS = (STATE_DTYPE, P("master_weights", P.KEYWORD_ONLY, default=False), ROUNDING, SEED)
+PRECISION_DOC = ("bfloat16 and float16 params may keep a float32 master copy (``master_weights=True``, state "
+                 "``master_param``) or round their stores ``rounding=\"stochastic\"`` (bfloat16; bits hashed from "
+                 "``seed``, the step and the param's index) or ``\"kahan\"`` (state ``compensation``); ``step`` "
+                 "takes a loss scale ``grad_scale`` and ``found_inf`` (skip the step).")
+# The functional's: the arrays a mode needs are the caller's, as the states are.
+FUNCTIONAL_OPTIONS = (P("master_params", P.KEYWORD_ONLY, default=None), P("compensations", P.KEYWORD_ONLY, default=None),
+                      ROUNDING, SEED, P("grad_scale", P.KEYWORD_ONLY, default=None),
+                      P("found_inf", P.KEYWORD_ONLY, default=False))
+FUNCTIONAL_OPTIONS_DOC = ("Low precision: ``master_params`` (float32 copies of bfloat16 or float16 params, "
+                          "stepped; the params get them rounded), ``rounding`` \"nearest\", \"stochastic\" (bfloat16 "
+                          "params; bits hashed from ``seed``, ``step`` and each param's position: a rule without "
+                          "``step`` needs a new seed each step) or \"kahan\" "
+                          "(with ``compensations``, arrays like the params); ``grad_scale`` divides every grad; "
+                          "``found_inf`` checks the step and changes nothing.")
 # The NumPy optimizer classes' options, after the rule's hyperparameters: one place, for every class.
 NUMPY_OPTIONS = (P("backend", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False))
 
 
 def class_signature(spec, extra=(), hints=None):
-    """``(self, params, <hyperparameters, torch's positional ones first>, *, <the rest>, state_dtype, <extra>)``;
+    """``(self, params, <hyperparameters, torch's positional ones first>, *, <the rest>, <layer options>, <extra>)``;
     ``hints`` gives a layer's own type hints by argument name (its params, say), over ``HINTS``."""
     return with_hints(Signature([P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD),
-                                 *hyper_parameters(spec), STATE_DTYPE, *extra]), hints or {})
+                                 *hyper_parameters(spec), *LAYER_OPTIONS, *extra]), hints or {})
 
 
 def with_hints(signature, hints):
@@ -67,7 +85,9 @@ def with_hints(signature, hints):
 # The generated functions' type hints, by argument; a hyperparameter not listed has its default's type.
 _ARRAYS = "ArrayLike | Sequence[ArrayLike]"
 HINTS = {"params": _ARRAYS, "grads": _ARRAYS, "step": "int", "backend": "str | None",
-         "state_dtype": "DTypeLike | None", "skip_nonfinite": "bool"}
+         "state_dtype": "DTypeLike | None", "skip_nonfinite": "bool", "master_weights": "bool", "rounding": "str",
+         "seed": "int", "master_params": f"{_ARRAYS} | None", "compensations": f"{_ARRAYS} | None",
+         "grad_scale": "float | None", "found_inf": "bool"}
 
 
 # What the hints name, for typing.get_type_hints (a layer adds its own: torch's ParamsT, Tensor).
@@ -105,7 +125,8 @@ def docstring(spec, signature, summary=None):
     states = ", ".join(f"``{s.name}``" + (" (sometimes)" if s.optional else "") for s in spec.rule.states)
     host = "".join(f", ``{name}`` (a float, {start if isinstance(start, str) else repr(start)} before the first step)"
                    for name, start in spec.rule.host_states.items())
-    dtype = f" {STATE_DTYPE_DOC}" if STATE_DTYPE.name in signature.parameters else ""
+    dtype = f" {STATE_DTYPE_DOC} {PRECISION_DOC}" if STATE_DTYPE.name in signature.parameters else \
+        f" {FUNCTIONAL_OPTIONS_DOC}" if "master_params" in signature.parameters else ""
     return (f"{summary or spec.doc}\n\n    Defaults: {defaults}.\n    State: {states}{host}.{dtype}\n\n"
             f"    Update, per element:\n{reference.formula(spec.rule.name)}")
 

@@ -15,7 +15,8 @@ import _signal
 
 from . import _fpenv, _native, _storage, reference
 from ._rules import Plan
-from ._validate import default_name, distinct, operands
+from ._rules import real
+from ._validate import default_name, distinct, operands, unscale_operands
 
 BACKENDS = ("cpp", "numba", "numpy")
 
@@ -57,22 +58,28 @@ def resolve(backend):
     return name
 
 
-def step(backend, rule, plan, params, grads, states, name=None, reduce=None):
+def step(backend, rule, plan, params, grads, states, name=None, reduce=None, precision=_storage.PLAIN,
+         found_inf=False):
     """Validates and runs one step of ``rule`` on ``backend`` (a name, or None for the default).
     ``states`` holds the caller's argument for each of ``rule.states``, in that order; ``name``
     names operands in errors (see ``_validate.operands``). ``reduce`` (two-pass rules) is called
     between the passes with each tensor's sums, a float64 array (tensors x sums) it may change
-    in place: a tensor sharded across processes takes the totals of all its shards."""
+    in place: a tensor sharded across processes takes the totals of all its shards.
+    ``precision`` (``_storage.Precision``) sets the params' modes and the loss scale. With
+    ``found_inf`` the step is checked, not run."""
     backend = resolve(backend)
-    if backend == "cpp":
+    if backend == "cpp" and precision.plain() and not found_inf:
         # The extension recognizes the common case itself, in microseconds for hundreds of
         # tensors, and steps it; anything else it declines untouched, for the validator to
         # judge (and word the error) below.
         if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags),
                                         reduce_sums=reduce):
             return
-    params, grads, slots = operands(rule, plan, params, grads, states, name)
-    run(backend, rule, plan, params, grads, slots, reduce)
+    params, grads, slots, precision = operands(rule, plan, params, grads, states, name, precision)
+    if not found_inf:
+        run(backend, rule, plan, params, grads, slots, reduce, precision)
+    elif params:
+        compute_scalars(rule, plan, params[0].dtype)  # checked as run checks it
 
 
 class Call(NamedTuple):
@@ -85,22 +92,23 @@ class Call(NamedTuple):
     states: tuple
     name: Callable | None = None
     reduce: Callable | None = None
+    precision: _storage.Precision = _storage.PLAIN
 
 
 def check(backend, rule, calls, across=True):
     """Checks every call of a step, and with ``across`` the overlaps between calls, stepping
     nothing; returns each call as ``run``'s arguments (plan, params, grads, slots, reduce)."""
     ready = []
-    for plan, params, grads, states, name, reduce in calls:
-        if backend == "cpp" and getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars,
-                                                             _bits(plan.flags), check_only=True):
+    for plan, params, grads, states, name, reduce, precision in calls:
+        if backend == "cpp" and precision.plain() and getattr(_kernels, rule.name)(
+                params, grads, states, _used(plan), plan.scalars, _bits(plan.flags), check_only=True):
             slots = [value if used else None for value, used in zip(states, plan.uses)]
-            ready.append((plan, list(params), list(grads), slots, reduce))  # as the fast path would step them
+            ready.append((plan, list(params), list(grads), slots, reduce, precision))  # as the fast path would step them
             continue
-        params, grads, slots = operands(rule, plan, params, grads, states, name)
+        params, grads, slots, precision = operands(rule, plan, params, grads, states, name, precision)
         if params:
             compute_scalars(rule, plan, params[0].dtype)  # raises for a scalar the dtype cannot hold
-        ready.append((plan, params, grads, slots, reduce))
+        ready.append((plan, params, grads, slots, reduce, precision))
     if across and len(ready) > 1:
         _distinct_calls(rule, calls, ready)
     return ready
@@ -109,12 +117,14 @@ def check(backend, rule, calls, across=True):
 def _distinct_calls(rule, calls, ready):
     """``_validate.distinct`` over the operands of every call, read-only grads last."""
     written, read, blocks = [], [], []  # blocks: (first index in written + read, call, argument)
-    for c, (_, params, grads, slots, _) in enumerate(ready):
+    for c, (_, params, grads, slots, _, precision) in enumerate(ready):
         used = [(state.arg, slot) for state, slot in zip(rule.states, slots) if slot is not None]
-        for arg, arrays in [("params", params), *used]:
+        modes = [(arg, arrays) for arg, arrays in [("master_params", precision.masters),
+                                                   ("compensations", precision.compensations)] if arrays is not None]
+        for arg, arrays in [("params", params), *used, *modes]:
             blocks.append((len(written), c, arg))
             written += arrays
-    for c, (_, _, grads, _, _) in enumerate(ready):
+    for c, (_, _, grads, *_) in enumerate(ready):
         blocks.append((len(written) + len(read), c, "grads"))
         read += grads
 
@@ -123,21 +133,29 @@ def _distinct_calls(rule, calls, ready):
         return (calls[c].name or default_name(False))(arg, k - start)
 
     read = iter(distinct(written, read, name))
-    for _, _, grads, _, _ in ready:
+    for _, _, grads, *_ in ready:
         grads[:] = [next(read) for _ in grads]  # with any copies distinct() made
 
 
-def run(backend, rule, plan, params, grads, slots, reduce=None):
-    """Runs one validated step. ``slots`` follows ``rule.states``, None where unused; ``reduce`` as in ``step``."""
+def run(backend, rule, plan, params, grads, slots, reduce=None, precision=_storage.PLAIN):
+    """Runs one validated step. ``slots`` follows ``rule.states``, None where unused; ``reduce`` and
+    ``precision`` as in ``step``."""
     if not params:
         return
     with _fpenv.contract():  # the caller's MXCSR (flush-to-zero, say) must not change a result
         scalars = compute_scalars(rule, plan, params[0].dtype)
+        # Rounded once to the compute dtype, as the scalars; a scale that overflows it (1e300 on
+        # float32) is Inf, and every grad divided by it is zero or NaN, as the reference divides.
+        with np.errstate(over="ignore"):
+            grad_scale = float(scalars[0].dtype.type(precision.grad_scale))
         if backend == "cpp":
             # The kernels round each double scalar to the compute dtype once, exactly as
             # compute_scalars does, under the same environment.
+            modes = None if precision.plain() else (
+                precision.masters, precision.compensations, precision.keys,
+                _storage.ROUNDINGS.index(precision.rounding), grad_scale)
             if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars,
-                                                _bits(plan.flags), validated=True, reduce_sums=reduce):
+                                                _bits(plan.flags), validated=True, reduce_sums=reduce, modes=modes):
                 raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
             return
         if backend == "numpy":
@@ -146,8 +164,9 @@ def run(backend, rule, plan, params, grads, slots, reduce=None):
             # results are copied back once all are done, with Ctrl-C deferred: an exception part way
             # (MemoryError, KeyboardInterrupt) leaves every operand as it was, as the cpp backend's
             # one native call does. The copies cost memory, not bits.
-            written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
-            staged = [_storage.widened(param, grad, states) for (param, *states), grad in zip(written, grads)]
+            states_of = [[s[i] if s is not None else None for s in slots] for i in range(len(params))]
+            staged = [_storage.widened(param, grad, states, *precision.of(i)[:2], grad_scale)
+                      for i, (param, grad, states) in enumerate(zip(params, grads, states_of))]
             operands = [wide for wide, _ in staged]
             wide_grads = [grad for _, grad in staged]
             if reduce is not None:
@@ -155,12 +174,12 @@ def run(backend, rule, plan, params, grads, slots, reduce=None):
             else:
                 for (param, *states), grad in zip(operands, wide_grads):
                     kernel(param, grad, *states, scalars, plan.flags)
-            results = [_storage.narrowed(wide) for wide in operands]
+            results = [_storage.narrowed(wide, param, states, *precision.of(i), precision.rounding)
+                       for i, (wide, param, states) in enumerate(zip(operands, params, states_of))]
             with deferred_interrupts():
-                for arrays, new in zip(written, results):
-                    for a, b in zip(arrays, new):
-                        if a is not None:
-                            np.copyto(a, b)
+                for written in results:
+                    for array, new in written:
+                        np.copyto(array, new)
             return
         from . import _numba  # compiles on first use, so importing fusedoptim stays fast
 
@@ -171,11 +190,19 @@ def run(backend, rule, plan, params, grads, slots, reduce=None):
             flat = [[view(param), *(view(s[i]) if s is not None else unused for s in slots)]
                     for i, param in enumerate(params)]
             grads = [view(grad) for grad in grads]
+            modes = not precision.plain()
+            if modes:  # the param and grad the rule steps, staged as _storage.widened says
+                for i, operands in enumerate(flat):
+                    operands[0], grads[i] = _numba.stage_in(operands[0], grads[i], scalars, *precision.of(i)[:2],
+                                                            grad_scale)
             if reduce is not None:
                 _two_passes(_numba, rule, flat, grads, scalars, plan.flags, reduce)
             else:
                 for (param, *states), grad in zip(flat, grads):
                     kernel(param, grad, *states, scalars, plan.flags)
+            if modes:
+                for i, (param, operands) in enumerate(zip(params, flat)):
+                    _numba.stage_out(operands[0], view(param), scalars, *precision.of(i)[1:], precision.rounding)
 
 
 def _two_passes(module, rule, operands, grads, scalars, flags, reduce):
@@ -187,6 +214,31 @@ def _two_passes(module, rule, operands, grads, scalars, flags, reduce):
     reduce(sums)
     for (param, *states), row in zip(operands, sums):
         second(param, *states, tuple(row), scalars, flags)
+
+
+def unscale_and_check(backend, grads, inv_scale):
+    """Validates, then multiplies every grad by ``inv_scale`` in place (_storage.unscale); returns
+    whether any result is Inf or NaN."""
+    backend = resolve(backend)
+    grads = unscale_operands(grads)
+    inv_scale = real("inv_scale", inv_scale)
+    if not grads:
+        return False
+    with _fpenv.contract(), deferred_interrupts():
+        if backend == "cpp":
+            return _kernels.unscale_and_check(grads, inv_scale)
+        found = False
+        for grad in grads:
+            compute = _storage.compute_dtype(grad.dtype)
+            if backend == "numpy":
+                new, bad = _storage.unscale(grad, inv_scale)
+                np.copyto(grad, new)
+            else:
+                from . import _numba
+
+                bad = _numba.unscale(_numba.storage_view(grad), compute.type(inv_scale), np.empty(0, compute))
+            found |= bool(bad)
+        return found
 
 
 def compute_scalars(rule, plan, param_dtype):

@@ -21,7 +21,12 @@ import numpy as np
 
 from . import _backends, _norms
 from ._backends import Call, deferred_interrupts
-from ._validate import find_overlap
+from ._rules import flag
+from ._storage import Precision, rounding_key
+from ._validate import find_overlap, found_inf_value, grad_scale_value, rounding_mode, seed_value
+
+# The state names of the param modes' buffers (beside the rule's states, in each param's state).
+MASTER, COMPENSATION = "master_param", "compensation"
 
 
 class Stateful:
@@ -31,6 +36,9 @@ class Stateful:
     spec = None
     backend = None  # the NumPy layer's choice; fusedoptim.torch always uses the default
     _float32_states = False  # state_dtype="float32": new state in float32, whatever the param's dtype
+    _master_weights = False  # a float32 master copy per param (state MASTER)
+    _rounding = "nearest"  # how params are stored (_storage); "kahan" keeps state COMPENSATION
+    _seed = 0  # stochastic rounding's seed
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
     skip_nonfinite = False  # the NumPy layer's option: a step whose grads hold inf or NaN changes nothing
@@ -54,9 +62,14 @@ class Stateful:
         """The host states of a param that has not stepped (see ``Rule.host_start``), as the layer keeps them."""
         return self.spec.rule.host_start(_at_step(hyper, 1))  # ASGD's eta starts at the first step's lr
 
-    def _new_state(self, param, fill):
-        """A new state buffer shaped like ``param``, filled with ``fill``."""
+    def _new_state(self, param, fill, name=None):
+        """A new buffer for state ``name`` of ``param`` (dtype: ``_state_dtype``), shaped like it,
+        filled with ``fill``, or holding the param's values when ``fill`` is the param."""
         raise NotImplementedError
+
+    def _indices(self, keys):
+        """Each param's position across all groups (stochastic rounding's param index)."""
+        return keys
 
     def _order(self, param):
         """The dims of ``param`` in memory order, when it is not C-contiguous (None: as it is)."""
@@ -105,9 +118,39 @@ class Stateful:
             raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None: each param's dtype; or float32)")
         self._float32_states = state_dtype is not None
 
-    def _state_dtype(self, param_dtype):
-        """The NumPy dtype of a new state of a ``param_dtype`` (NumPy dtype) param."""
+    def _state_dtype(self, param_dtype, name=None):
+        """The NumPy dtype of a new state ``name`` of a ``param_dtype`` (NumPy dtype) param: a
+        master is float32, a compensation is stored as its param is, the rule's states as
+        ``state_dtype`` says."""
+        if name == MASTER:
+            return np.dtype(np.float32)
+        if name == COMPENSATION:
+            return param_dtype
         return np.dtype(np.float32) if self._float32_states else param_dtype
+
+    def _set_precision(self, master_weights, rounding, seed):
+        """The layer options ``master_weights``, ``rounding`` and ``seed`` (_storage's param modes)."""
+        self._master_weights = flag("master_weights", master_weights)
+        self._rounding = rounding_mode(rounding)
+        self._seed = seed_value(seed)
+        if self._master_weights and self._rounding != "nearest":
+            raise ValueError(f"Invalid rounding: {rounding!r} with master_weights=True (the param is the master "
+                             f"rounded to nearest)")
+
+    def _check_modes(self, dtypes, where):
+        """Rejects params whose dtypes (NumPy dtype names) the chosen param modes cannot step."""
+        needs = [(self._master_weights, "master_weights=True", ("bfloat16", "float16")),
+                 (self._rounding == "kahan", "rounding='kahan'", ("bfloat16", "float16")),
+                 (self._rounding == "stochastic", "rounding='stochastic'", ("bfloat16",))]
+        for on, option, allowed in needs:
+            bad = [d for d in dtypes if d not in allowed]
+            if on and bad:
+                raise ValueError(f"Invalid {option.split('=')[0]}: {option} is for {' and '.join(allowed)} params; "
+                                 f"{where} is {bad[0]}")
+
+    def _mode_states(self):
+        """The state names the param modes keep per param."""
+        return (MASTER,) * self._master_weights + (COMPENSATION,) * (self._rounding == "kahan")
 
     def _hyper(self, group):
         """The plan's hyperparameters from a param group; the optimizer's pinned ones win."""
@@ -147,10 +190,13 @@ class Stateful:
                         raise ValueError(f"Invalid {name}: {first[name]:g} is not finite in {state.name}, the dtype "
                                          f"of the state it starts")
 
-    def _take_step(self, groups):
+    def _take_step(self, groups, grad_scale=None, found_inf=False):
         """One step. ``groups`` holds, for each param group, its hyperparameters (``_hyper``) and
         three lists over its params that have a grad: their keys in ``state``, the params, the grads.
-        Returns False when ``skip_nonfinite`` skipped it (a grad held inf or NaN), else True."""
+        Grads are divided by ``grad_scale``; with ``found_inf`` the step is checked and nothing changes.
+        Returns False when it was skipped (``found_inf``, or ``skip_nonfinite`` and a grad held inf
+        or NaN), else True."""
+        grad_scale, skip = grad_scale_value(grad_scale), found_inf_value(found_inf)
         work, rule = [], self.spec.rule
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
@@ -168,15 +214,24 @@ class Stateful:
             for key, (keys, params, grads, entries) in buckets.items():
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
-                arrays, readable, states, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
+                arrays, readable, states, modes, created, copies, memory = self._operands(params, grads, entries, plan,
+                                                                                          hyper)
+                keys_ = None
+                if self._rounding == "stochastic":
+                    keys_ = [rounding_key(self._seed, count, i) for i in self._indices(keys)]
+                precision = Precision(self._rounding, modes.get(MASTER), modes.get(COMPENSATION), keys_, grad_scale)
                 call = Call(plan, arrays, readable, states, self._namer(keys),
-                            self._reduction(params) if rule.sums else None)
+                            self._reduction(params) if rule.sums else None, precision)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
         if not work:
             return True
         sequential = self._shared_memory and _shares_memory(work)
         if sequential:  # as torch's for-loop steps them: one after another, each seeing those before
             work = [one for bucket in work for one in bucket.one_by_one()]
+        if skip:  # checked as a step would be, then nothing: no param, state or count changes
+            _backends.check(_backends.resolve(self.backend), rule, [bucket.call for bucket in work],
+                            across=not sequential)
+            return False
         with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the record
             if len(work) == 1 and not self.skip_nonfinite:  # the usual step: one native call checks and steps it
                 bucket = work[0]
@@ -200,30 +255,34 @@ class Stateful:
         self._record(bucket.keys, bucket.entries, bucket.created, bucket.count, bucket.call.plan.host_states)
 
     def _operands(self, params, grads, entries, plan, hyper):
-        """A bucket's arrays for the kernel: (params, grads, states per slot, each param's newly
-        created state buffers (None: it had them all), copies to fill and write back, as
-        (tensor, copy, position in the bucket), and each param's own memory (see _Bucket))."""
+        """A bucket's arrays for the kernel: (params, grads, states per slot, the param modes'
+        arrays by state name, each param's newly created state buffers (None: it had them all),
+        copies to fill and write back, as (tensor, copy, position in the bucket), and each param's
+        own memory (see _Bucket))."""
         rule = self.spec.rule
+        names = [state.name if on else None for state, on in zip(rule.states, plan.uses)] + list(self._mode_states())
         if not self._viewed and None not in entries:
             try:  # the usual step: every param has its state, stored as the kernel takes it
-                states = tuple([entry[state.name] for entry in entries] if on else None
-                               for state, on in zip(rule.states, plan.uses))
+                columns = [[entry[name] for entry in entries] if name else None for name in names]
             except KeyError:
-                states = None
-            if states is not None and not any(slot is not None and type(None) in map(type, slot) for slot in states):
-                return params, grads, states, None, [], []
-        arrays, readable, states, created, copies, memory = [], [], [[] if on else None for on in plan.uses], [], [], []
+                columns = None
+            if columns is not None and not any(c is not None and type(None) in map(type, c) for c in columns):
+                return (params, grads, tuple(columns[:len(rule.states)]),
+                        dict(zip(names[len(rule.states):], columns[len(rule.states):])), None, [], [])
+        arrays, readable, created, copies, memory = [], [], [], [], []
+        columns = [[] if name else None for name in names]
         for k, (param, grad, entry) in enumerate(zip(params, grads, entries)):
             order = self._order(param)
             copies_of = []
             new = {}
-            for slot, state in zip(states, rule.states):
-                if slot is None:
+            for column, name in zip(columns, names):
+                if column is None:
                     continue
-                buffer = entry.get(state.name) if entry else None
+                buffer = entry.get(name) if entry else None
                 if buffer is None:
-                    buffer = new[state.name] = self._new_state(param, self._initial_fill(state.name, hyper))
-                slot.append(self._writable(buffer, order, copies_of))
+                    fill = param if name == MASTER else self._initial_fill(name, hyper)
+                    buffer = new[name] = self._new_state(param, fill, name)
+                column.append(self._writable(buffer, order, copies_of))
             array = self._writable(param, order, copies_of)
             arrays.append(array)
             if self._shared_memory:  # a param stepped through a copy: its own memory is the copied view's
@@ -232,7 +291,8 @@ class Stateful:
             readable.append(self._readable(grad, order))
             created.append(new)
             copies += [(tensor, copy, k) for tensor, copy, _ in copies_of]
-        return arrays, readable, tuple(states), created, copies, memory
+        modes = dict(zip(names[len(rule.states):], columns[len(rule.states):]))
+        return arrays, readable, tuple(columns[:len(rule.states)]), modes, created, copies, memory
 
 
 class _Bucket(NamedTuple):
@@ -249,13 +309,17 @@ class _Bucket(NamedTuple):
     def one_by_one(self):
         """The call split into one call per param, in order."""
         call = self.call
+        p = call.precision
         for k in range(len(call.params)):
             states = tuple(None if slot is None else [slot[k]] for slot in call.states)
             name = call.name and (lambda arg, _, k=k: call.name(arg, k))
             reduce = call.reduce and functools.partial(_one_row, call.reduce, k, len(call.params))
             created = None if self.created is None else [self.created[k]]
-            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, reduce), self.count,
-                          [self.keys[k]], [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
+            precision = p._replace(**{field: [getattr(p, field)[k]] for field in ("masters", "compensations", "keys")
+                                      if getattr(p, field) is not None})
+            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, reduce, precision),
+                          self.count, [self.keys[k]], [self.entries[k]], created,
+                          [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
 
 

@@ -132,6 +132,111 @@ def _store_typed(a, i, v):
     return store
 
 
+# --- Param modes and loss scaling (_storage's semantics), around an unchanged rule ---
+#
+# As the C++ catch-all stages blocks, a step with modes stages the whole param and grad in arrays
+# of the compute dtype (stage_in): the rule steps those (and the states in place), and stage_out
+# stores the param back.
+
+def stage_in(param, grad, scalars, master, compensation, grad_scale):
+    """(the param the rule steps, the grad it reads) for a step with modes, as ``_storage.widened``
+    says: the master itself (stepped in place) or a compute-dtype copy of the param (plus its
+    compensation); a compute-dtype copy of the grad divided by ``grad_scale`` (a float already
+    rounded to the compute dtype). Operands are ``storage_view``s."""
+    compute = type(scalars[0])
+    g = np.empty(grad.size, compute)
+    _widen_into(grad, g, scalars)
+    if grad_scale != 1.0:
+        _divide(g, compute(grad_scale))
+    if master is not None:
+        return master.reshape(-1), g
+    x = np.empty(param.size, compute)
+    _widen_into(param, x, scalars)
+    if compensation is not None:
+        _add_widened(x, storage_view(compensation), scalars)
+    return x, g
+
+
+def stage_out(x, param, scalars, compensation, key, rounding):
+    """Stores the stepped ``x`` (from ``stage_in``) into ``param`` as ``_storage.narrowed`` says."""
+    if compensation is not None:
+        _narrow_kahan(x, param, storage_view(compensation), scalars)
+    elif rounding == "stochastic":
+        _narrow_stochastic(x, param, key)
+    else:
+        _narrow_into(x, param)
+
+
+@_jit
+def unscale(grad, inv_scale, s):
+    """_storage.unscale in place on a storage_view; ``s`` an array of the compute dtype (its type only)."""
+    found = False
+    for i in range(grad.size):
+        _store(grad, i, _load(grad, i, s) * inv_scale)
+        x = _load(grad, i, s)
+        found |= x - x != 0  # NaN for Inf and NaN: the C++ kernels' test
+    return found
+
+
+@_jit
+def _widen_into(a, out, s):
+    for i in range(out.size):
+        out[i] = _load(a, i, s)
+
+
+@_jit
+def _add_widened(x, c, s):
+    for i in range(x.size):
+        x[i] = x[i] + _load(c, i, s)
+
+
+@_jit
+def _divide(g, d):
+    for i in range(g.size):
+        g[i] = g[i] / d
+
+
+@_jit
+def _narrow_into(x, a):
+    for i in range(x.size):
+        _store(a, i, x[i])
+
+
+@_jit
+def _narrow_kahan(x, a, c, s):
+    for i in range(x.size):
+        _store(a, i, x[i])
+        _store(c, i, x[i] - _load(a, i, s))
+
+
+# The hash in uint64 arithmetic masked to 32 bits (numba widens uint32 operands to 64 bits).
+_M32 = np.uint64(0xFFFFFFFF)
+
+
+@_jit
+def _mix32(h):
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(0x85EBCA6B)) & _M32
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(0xC2B2AE35)) & _M32
+    return h ^ (h >> np.uint64(16))
+
+
+@_jit
+def _narrow_stochastic(x, a, key):
+    """x rounded stochastically into a, a bfloat16 param viewed as uint16 (_storage.narrow_stochastic)."""
+    key = np.uint64(key)
+    for i in range(x.size):
+        index = np.uint64(i)
+        element_key = key ^ _mix32(index >> np.uint64(32))
+        bits = _mix32((element_key + (index & _M32) * np.uint64(0x9E3779B9)) & _M32) >> np.uint64(16)
+        u = np.uint64(np.float32(x[i]).view(np.uint32))
+        if x[i] != x[i]:
+            a[i] = np.uint16((u >> np.uint64(16)) | np.uint64(0x40))
+        else:
+            a[i] = np.uint16((u + bits) >> np.uint64(16))
+
+
 @_jit
 def _maximum(a, b):
     """np.maximum of two elements: a if greater or NaN, else b (so max(-0, +0) is +0, the second)."""

@@ -14,9 +14,31 @@ to even there too: 65520 is float16's tie between 65504 and Inf), NaN stays NaN.
 ``narrowed`` are the executable specification of these semantics, around the reference's math; the cpp kernels
 (``cpp/kernels/common.hpp``, ``cpp/simd/``) and the numba ones (``_numba``) do the same, element
 by element.
+
+Beyond its dtype, a step may store its params in one of these ways (``Precision``), each
+defined by ``reference_step`` and the same on every backend, ISA level and thread count:
+
+- ``rounding="nearest"``: as above.
+- ``rounding="stochastic"`` (bfloat16 params): a param is stored rounded up in magnitude with
+  probability (the part bfloat16 cannot hold) / (its last place), so that small updates survive
+  on average. The random bits are a hash, not a generator: 16 bits ``stochastic_bits(key, i)``
+  for element ``i`` of a param keyed ``rounding_key(seed, step, param index)``, added below the
+  last place and cut off. NaN stays NaN; values past the largest finite one may round to Inf.
+- ``rounding="kahan"`` (bfloat16 and float16 params): each param has a compensation buffer of its
+  dtype holding what the param could not. The rule steps ``x = param + compensation`` (widened,
+  added in float32), then stores ``param = round(x)`` and ``compensation = round(x - param)``,
+  both to nearest even (x - param is exact: the rounding error of x).
+- master weights (bfloat16 and float16 params): each param has a float32 master copy; the rule
+  steps the master in place, and the param is stored as the new master rounded to nearest even.
+  (The param's old value is not read.)
+
+Loss scaling: with ``grad_scale`` each grad is widened, then divided by ``grad_scale`` (rounded
+once to the compute dtype), before the rule reads it. ``unscale`` defines unscale_and_check_.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -80,10 +102,76 @@ def narrow(values, dtype):
         return np.asarray(values).astype(dtype)
 
 
-def widened(param, grad, states):
+ROUNDINGS = ("nearest", "stochastic", "kahan")
+
+
+class Precision(NamedTuple):
+    """How one call stores its params beyond their dtype, and its loss scale (see above). The
+    lists hold one entry per param; ``keys`` are ``rounding_key``s."""
+
+    rounding: str = "nearest"
+    masters: list | None = None  # float32 arrays like the params (master weights)
+    compensations: list | None = None  # arrays of the params' dtype (rounding="kahan")
+    keys: list | None = None  # ints (rounding="stochastic")
+    grad_scale: float = 1.0  # already rounded to the compute dtype
+
+    def plain(self):
+        return (self.rounding == "nearest" and self.masters is None and self.compensations is None
+                and self.grad_scale == 1.0)
+
+    def of(self, i):
+        """Param i's (master, compensation, key)."""
+        return (None if self.masters is None else self.masters[i],
+                None if self.compensations is None else self.compensations[i],
+                None if self.keys is None else self.keys[i])
+
+
+PLAIN = Precision()
+
+# --- The counter-based hash of stochastic rounding, in uint32 arithmetic (Python ints or uint32 arrays) ---
+
+_M32 = 0xFFFFFFFF
+_WEYL = 0x9E3779B9  # 2^32 / golden ratio: consecutive elements' inputs are far apart
+
+
+def mix32(h):
+    """murmur3's 32-bit finalizer: a bijection of uint32 whose output bits each depend on every input bit."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def rounding_key(seed, step, index):
+    """The key of param ``index``'s stochastic rounding at ``step`` (each taken modulo 2^32)."""
+    key = mix32((seed + _WEYL) & _M32)
+    key = mix32(key ^ (step & _M32))
+    return mix32(key ^ (index & _M32))
+
+
+def stochastic_bits(key, first, n):
+    """The 16 random bits of elements first .. first + n - 1 of a param keyed ``key`` (uint32):
+    mix32(element key + low half of i * _WEYL) >> 16, where the element key mixes in i's high half."""
+    i = np.arange(first, first + n, dtype=np.uint64)
+    element_key = np.uint32(key) ^ mix32((i >> np.uint64(32)).astype(np.uint32))
+    return mix32(element_key + i.astype(np.uint32) * np.uint32(_WEYL)) >> np.uint32(16)
+
+
+def narrow_stochastic(values, key):
+    """float32 ``values`` (a whole param, element 0 first) stochastically rounded to bfloat16."""
+    u = np.ascontiguousarray(values, np.float32).reshape(-1).view(np.uint32)
+    rounded = (u + stochastic_bits(key, 0, u.size)) >> np.uint32(16)
+    rounded = np.where(np.isnan(values.reshape(-1)), (u >> np.uint32(16)) | np.uint32(0x40), rounded)
+    return rounded.astype(np.uint16).view(bfloat16).reshape(values.shape)
+
+
+def widened(param, grad, states, master=None, compensation=None, grad_scale=1.0):
     """Copies of a tensor's operands widened to its compute dtype (exact), for the reference to
     step in place: ([param, *states], grad), unused states None. Each written copy knows its
-    storage dtype (``stored``). ``narrowed`` rounds the results back."""
+    storage dtype (``stored``). With the modes above, the param's copy is its master's, or the
+    param plus its compensation (added in the compute dtype); the grad is divided by
+    ``grad_scale`` (a float already rounded to the compute dtype). ``narrowed`` stores the results."""
     compute = compute_dtype(param.dtype)
 
     def copy(array):
@@ -93,9 +181,35 @@ def widened(param, grad, states):
         wide.storage = array.dtype
         return wide
 
-    return [copy(param), *map(copy, states)], widen(grad, compute)
+    x = copy(master if master is not None else param)
+    if compensation is not None:
+        x[...] = x + widen(compensation, compute)
+    g = widen(grad, compute)
+    if grad_scale != 1.0:
+        g = g / compute.type(grad_scale)
+    return [x, *map(copy, states)], g
 
 
-def narrowed(written):
-    """The reference's results ``written`` (from ``widened``), each rounded once to its storage dtype."""
-    return [None if new is None else narrow(new.view(np.ndarray), new.storage) for new in written]
+def narrowed(written, param, states, master=None, compensation=None, key=None, rounding="nearest"):
+    """[(operand, its new value)] for every operand of a step of the reference on ``written`` (from
+    ``widened``): each state rounded once to its storage dtype, and the param stored as its mode says."""
+    x, *wide_states = (None if w is None else w.view(np.ndarray) for w in written)
+    out = [(state, narrow(new, state.dtype)) for state, new in zip(states, wide_states) if state is not None]
+    if master is not None:
+        return [(master, x), (param, narrow(x, param.dtype)), *out]
+    if compensation is not None:
+        rounded = narrow(x, param.dtype)
+        return [(param, rounded), (compensation, narrow(x - widen(rounded, x.dtype), param.dtype)), *out]
+    if rounding == "stochastic":
+        return [(param, narrow_stochastic(x, key)), *out]
+    return [(param, narrow(x, param.dtype)), *out]
+
+
+def unscale(grad, inv_scale):
+    """unscale_and_check_ of one grad: (its new value, whether any new element is Inf or NaN). The
+    grad is widened to its compute dtype, multiplied by ``inv_scale`` (rounded once to that dtype),
+    stored back to nearest even; the stored values are checked."""
+    compute = compute_dtype(grad.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        new = narrow(widen(grad, compute) * compute.type(inv_scale), grad.dtype)
+    return new, not np.isfinite(widen(new, compute)).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _native, _storage
-from ._rules import type_name
+from ._rules import real, type_name
 
 # A complex step is the step of the pairs of reals it stores, as torch steps complex params (view_as_real).
 COMPLEX_DTYPES = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
@@ -81,15 +81,63 @@ def default_name(single):
     return (lambda arg, i: arg) if single else (lambda arg, i: f"{arg}[{i}]")
 
 
-def operands(rule, plan, params, grads, states, name=None):
-    """Checks a whole step; returns (params, grads, slots) as lists of arrays (of reals: a complex
-    operand as the pairs of reals it stores).
+def rounding_mode(rounding):
+    """The layer options' ``rounding``: one of _storage.ROUNDINGS."""
+    if not isinstance(rounding, str) or rounding not in _storage.ROUNDINGS:
+        raise ValueError(f"Invalid rounding: {rounding!r} (choose from {', '.join(map(repr, _storage.ROUNDINGS))})")
+    return rounding
+
+
+def seed_value(seed):
+    """A stochastic rounding seed: an int in [0, 2**32)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"Invalid seed: expected an int, got {type_name(seed)}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"Invalid seed: {seed} (must be in [0, 2**32))")
+    return int(seed)
+
+
+def _item(name, value):
+    """The number in a 1-element array or tensor (as GradScaler passes its scale), else ``value``."""
+    if isinstance(value, (int, float)) or not hasattr(value, "item"):
+        return value
+    try:
+        return value.item()
+    except (ValueError, RuntimeError) as e:
+        raise ValueError(f"Invalid {name}: expected one number, got {type_name(value)} of several elements") from e
+
+
+def grad_scale_value(grad_scale):
+    """A loss scale: finite and positive (None: no scale)."""
+    if grad_scale is None:
+        return 1.0
+    value = real("grad_scale", _item("grad_scale", grad_scale))
+    if value <= 0:
+        raise ValueError(f"Invalid grad_scale: {value} (must be > 0)")
+    return value
+
+
+def found_inf_value(found_inf):
+    """Whether a step is skipped: a bool, or a number or 1-element array/tensor (nonzero: skip), as torch's GradScaler passes it."""
+    if found_inf is None or found_inf is False or found_inf is True:
+        return bool(found_inf)
+    found_inf = _item("found_inf", found_inf)
+    if not isinstance(found_inf, (int, float, np.integer, np.floating, np.bool_)):
+        raise TypeError(f"Invalid found_inf: expected a bool or a number, got {type_name(found_inf)}")
+    return bool(found_inf)
+
+
+def operands(rule, plan, params, grads, states, name=None, precision=_storage.PLAIN):
+    """Checks a whole step; returns (params, grads, slots, precision), the operands as lists of
+    arrays (of reals: a complex operand as the pairs of reals it stores).
 
     ``states`` holds what the caller passed for each of ``rule.states``, in that (kernel slot)
     order: a list, a single array, or None. ``slots`` has a list of arrays for each state the
     step uses and None for the others. Raises TypeError / ValueError naming the argument:
     ``name(arg, i)`` names the i-th operand of argument ``arg`` ("params", "grads" or a state's
-    functional argument, ``State.arg``), by default ``arg[i]`` as passed.
+    functional argument, ``State.arg``, "master_params", "compensations"), by default ``arg[i]``
+    as passed. ``precision`` (a ``_storage.Precision``) is checked against the params too and
+    returned with its arrays checked: (params, grads, slots, precision).
     """
     single = not isinstance(params, (list, tuple))
     name = name or default_name(single)
@@ -137,11 +185,78 @@ def operands(rule, plan, params, grads, states, name=None):
                 slot.append(_reals(buf))
     if n:
         checked_grads = _kernel_grads(checked_grads, checked_params[0].dtype)
+    precision, extra = _precision(precision, checked_params, name, listed)
 
-    written = checked_params + [b for slot in checked_slots if slot for b in slot]
-    order = ["params"] + [arg for arg, slot in zip(args, checked_slots) if slot is not None] + ["grads"]
+    written = checked_params + [b for slot in checked_slots if slot for b in slot] + [b for _, arrays in extra
+                                                                                    for b in arrays]
+    order = (["params"] + [arg for arg, slot in zip(args, checked_slots) if slot is not None] +
+             [arg for arg, _ in extra] + ["grads"])
     checked_grads = distinct(written, checked_grads, lambda k: name(order[k // n], k % n) if n else "")
-    return checked_params, checked_grads, checked_slots
+    return checked_params, checked_grads, checked_slots, precision
+
+
+# What each param mode needs of the params' dtype, in words for errors.
+_MODE_DTYPES = {"master_params": ((_storage.bfloat16, _storage.float16), "bfloat16 and float16 params"),
+                "kahan": ((_storage.bfloat16, _storage.float16), "bfloat16 and float16 params"),
+                "stochastic": ((_storage.bfloat16,), "bfloat16 params")}
+
+
+def _precision(precision, params, name, listed):
+    """Checks a step's param modes against its params; returns the precision with its arrays as
+    checked, and [(argument, arrays)] of the arrays it writes."""
+    if precision.plain():
+        return precision, []
+    rounding = rounding_mode(precision.rounding)
+    dtype = params[0].dtype if params else None
+    extra = []
+
+    def needs(mode, what):
+        dtypes, words = _MODE_DTYPES[mode]
+        if dtype is not None and dtype not in dtypes:
+            raise ValueError(f"{what} is for {words}; {name('params', 0)} is {dtype}")
+
+    masters = compensations = None
+    if precision.masters is not None:
+        needs("master_params", "master_params (master weights)")
+        if rounding != "nearest":
+            raise ValueError(f"Invalid rounding: {rounding!r} with master weights (the param is the master rounded "
+                             f"to nearest)")
+        masters = [_in_place(m, name, "master_params", i) for i, m in enumerate(listed(precision.masters,
+                                                                                     "master_params"))]
+        for i, (master, param) in enumerate(zip(masters, params)):
+            _check_like(master, param, name, "master_params", i, (_storage.float32,))
+            _check_writable(master, name, "master_params", i)
+        extra.append(("master_params", masters))
+    if rounding == "kahan":
+        needs("kahan", "rounding='kahan'")
+        if precision.compensations is None:
+            raise ValueError("compensations is required: rounding='kahan' keeps one per param")
+        compensations = [_in_place(c, name, "compensations", i)
+                         for i, c in enumerate(listed(precision.compensations, "compensations"))]
+        for i, (comp, param) in enumerate(zip(compensations, params)):
+            _check_like(comp, param, name, "compensations", i, (param.dtype,))
+            _check_writable(comp, name, "compensations", i)
+        extra.append(("compensations", compensations))
+    elif precision.compensations is not None:
+        raise ValueError(f"compensations are for rounding='kahan', not {rounding!r}")
+    if rounding == "stochastic":
+        needs("stochastic", "rounding='stochastic'")
+    return precision._replace(masters=masters, compensations=compensations), extra
+
+
+def unscale_operands(grads):
+    """unscale_and_check_'s grads (an array or a list): writeable, C-contiguous arrays of a storage
+    dtype, no two sharing memory; as a list."""
+    single = not isinstance(grads, (list, tuple))
+    name = default_name(single)
+    grads = [_in_place(g, name, "grads", i) for i, g in enumerate(_as_list(grads, "grads", single))]
+    for i, grad in enumerate(grads):
+        if grad.dtype not in _storage.PARAM_DTYPES:
+            raise TypeError(f"{name('grads', i)} has dtype {grad.dtype}; supported: "
+                            f"{_storage.names(_storage.PARAM_DTYPES)}")
+        _check_writable(grad, name, "grads", i)
+    distinct(grads, [], lambda k: name("grads", k))
+    return grads
 
 
 def distinct(written, read, name):

@@ -18,8 +18,14 @@ Every function here is made from its entry in the rule registry (``_rules.OPTIMI
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from numpy.typing import ArrayLike
+
 from . import _api, _backends
 from ._rules import OPTIMIZERS
+from ._storage import Precision, rounding_key
+from ._validate import found_inf_value, grad_scale_value, rounding_mode, seed_value
 
 
 def functional(spec):
@@ -27,16 +33,44 @@ def functional(spec):
     rule, signature = spec.rule, _api.functional_signature(spec)
     given = [name for name in signature.parameters if name in rule.hyper or name in rule.host_states or name == "step"]
     plan_args = ", ".join([f"{name}={name}" for name in given] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    counted = "step" if rule.step else "0"
     body = (f"    plan = _plan({plan_args})\n"
-            f"    _step(backend, _rule, plan, params, grads, ({''.join(s.arg + ', ' for s in rule.states)}))\n")
+            f"    precision = _precision(params, {counted}, master_params, compensations, rounding, seed, grad_scale)\n"
+            f"    skip = _found_inf(found_inf)\n"
+            f"    _step(backend, _rule, plan, params, grads, ({''.join(s.arg + ', ' for s in rule.states)}), "
+            f"precision=precision, found_inf=skip)\n")
     if rule.host_states:
         values = ", ".join(f"plan.host_states[{name!r}]" for name in rule.host_states)
-        body += f"    return {values}\n"
-    namespace = {"_plan": rule.plan, "_step": _backends.step, "_rule": rule,
+        given = ", ".join(rule.host_states)
+        body += f"    return ({given}) if skip else ({values})\n"  # a skipped step keeps them
+    namespace = {"_plan": rule.plan, "_step": _backends.step, "_rule": rule, "_precision": _precision,
+                 "_found_inf": found_inf_value,
                  **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}
     returns = f"\n\n    Returns the {', '.join(rule.host_states)} for the next step." if rule.host_states else ""
     return _api.compile_function(spec.functional, signature, body, namespace,
                                  _api.docstring(spec, signature, spec.doc + returns))
+
+
+def _precision(params, step, master_params, compensations, rounding, seed, grad_scale):
+    """The ``_storage.Precision`` of a functional call; stochastic rounding keys each param by its
+    position in ``params``."""
+    rounding, seed, grad_scale = rounding_mode(rounding), seed_value(seed), grad_scale_value(grad_scale)
+    keys = None
+    if rounding == "stochastic":
+        n = len(params) if isinstance(params, (list, tuple)) else 1
+        keys = [rounding_key(seed, step or 0, i) for i in range(n)]  # a rule without a count: the seed alone
+    return Precision(rounding, master_params, compensations, keys, grad_scale)
+
+
+def unscale_and_check_(grads: ArrayLike | Sequence[ArrayLike], inv_scale: float, *, backend: str | None = None) -> bool:
+    """Unscales gradients in place and reports Inf/NaN, in one pass (as torch's GradScaler.unscale_).
+
+    ``grads``: an array or a list of writeable, C-contiguous float64, float32, bfloat16 or float16
+    arrays. Each element is widened to its compute dtype (float64 for float64, else float32),
+    multiplied by ``inv_scale`` (1 / the loss scale, rounded once to that dtype) and stored back,
+    rounded to nearest even. Returns True when any stored element is Inf or NaN (then skip the
+    step: ``found_inf=True``). Bad input raises before any grad changes."""
+    return _backends.unscale_and_check(backend, grads, inv_scale)
 
 
 sgd_ = functional(OPTIMIZERS["SGD"])

@@ -14,7 +14,10 @@ Params are checked when they are added: each must be a writeable float64, float3
 may be in their param's dtype or another of float32, bfloat16, float16; states are kept in each
 param's dtype, or in float32 with ``state_dtype="float32"``. A Fortran-ordered param (or any
 transpose of a C-contiguous one) is stepped in its memory order, as its C-contiguous transpose,
-with state buffers in the same layout; LAMB's norm of it then sums in that order.
+with state buffers in the same layout; LAMB's norm of it then sums in that order. bfloat16 and
+float16 params may keep a float32 master copy (``master_weights=True``) or round stochastically or
+with Kahan compensation (``rounding=``, ``seed``); ``step(grads, grad_scale=, found_inf=)`` takes a
+loss scale (``_storage``).
 
 Beyond the rule's hyperparameters, every class takes the layer's options: ``state_dtype`` and
 (``_api.NUMPY_OPTIONS``) ``backend`` and ``skip_nonfinite``. ``lr`` may be a schedule: a function
@@ -45,11 +48,13 @@ class Optimizer(Stateful):
 
     _viewed = False
 
-    def __init__(self, params, defaults, backend=None, skip_nonfinite=False, state_dtype=None):
+    def __init__(self, params, defaults, backend=None, skip_nonfinite=False, state_dtype=None, master_weights=False,
+                 rounding="nearest", seed=0):
         self.defaults = defaults
         _backends.resolve(backend)  # an unknown or unavailable backend could never step
         self.backend = backend
         self._set_state_dtype(state_dtype)
+        self._set_precision(master_weights, rounding, seed)
         #: With True, a step whose grads hold inf or NaN changes nothing (params, state, step counts),
         #: as torch's GradScaler skips it, and ``step`` returns False.
         self.skip_nonfinite = flag("skip_nonfinite", skip_nonfinite)
@@ -80,6 +85,7 @@ class Optimizer(Stateful):
         seen = {id(p) for p in existing}
         for j, p in enumerate(params):
             check_param(p, f"params[{len(existing) + j}]")  # one that no step could update fails now
+            self._check_modes([p.dtype.name], f"params[{len(existing) + j}]")
             if id(p) in seen:
                 raise ValueError("some parameters appear in more than one parameter group")
             seen.add(id(p))
@@ -94,12 +100,17 @@ class Optimizer(Stateful):
 
     # --- How the arrays are stepped (see Stateful) ---
 
-    def _new_state(self, param, fill):
+    def _new_state(self, param, fill, name=None):
         """A state buffer on a cache line, laid out as ``param`` is (its memory order), in the state dtype."""
-        dtype, order = self._state_dtype(param.dtype), self._order(param)
+        dtype, order = self._state_dtype(param.dtype, name), self._order(param)
         if order is None:
-            return aligned_full(param.shape, dtype, fill)
-        return aligned_full([param.shape[d] for d in order], dtype, fill).transpose(np.argsort(order))
+            buffer = aligned_full(param.shape, dtype, 0.0 if fill is param else fill)
+        else:
+            buffer = aligned_full([param.shape[d] for d in order], dtype, 0.0 if fill is param else fill).transpose(
+                np.argsort(order))
+        if fill is param:
+            buffer[...] = param
+        return buffer
 
     def _order(self, param):
         return None if param.flags.c_contiguous else dense_order(param)
@@ -139,9 +150,13 @@ class Optimizer(Stateful):
             yield group, range(i, i + len(group["params"]))
             i += len(group["params"])
 
-    def step(self, grads: ArrayLike | Sequence[ArrayLike | None]) -> bool:
+    def step(self, grads: ArrayLike | Sequence[ArrayLike | None], *, grad_scale: float | None = None,
+             found_inf: bool = False) -> bool:
         """Takes one step for every param with a gradient (``grads`` in the order of the params across
-        all groups; None skips a param). Returns False when ``skip_nonfinite`` skipped the step, else True."""
+        all groups; None skips a param). Loss scaling: every grad is divided by ``grad_scale`` inside
+        the kernel; with ``found_inf`` true the step changes nothing (no param, state or step count),
+        after checking its input as any step does. Returns False when the step was skipped
+        (``found_inf``, ``skip_nonfinite``), else True."""
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
         indexed = list(self._indexed())
         n = indexed[-1][1].stop
@@ -154,7 +169,7 @@ class Optimizer(Stateful):
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
             work.append((self._hyper(group), keys, params, group_grads))
-        return self._take_step(work)
+        return self._take_step(work, grad_scale, found_inf)
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -191,7 +206,7 @@ class Optimizer(Stateful):
                     v = np.asarray(v)
                     if v.shape != param.shape:
                         raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
-                    buf = self._new_state(param, 0.0)
+                    buf = self._new_state(param, 0.0, k)
                     with np.errstate(over="ignore"):
                         buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf
@@ -224,7 +239,8 @@ def stateful(spec, base=Optimizer):
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
     options = "".join(f", {p.name}={p.name}" for p in _api.NUMPY_OPTIONS)
     init = _api.compile_function("__init__", signature,
-                                 f"    Optimizer.__init__(self, params, dict({defaults}), state_dtype=state_dtype{options})\n",
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), state_dtype=state_dtype{options}, "
+                                 f"master_weights=master_weights, rounding=rounding, seed=seed)\n",
                                  {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
                                  None)
     doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")

@@ -26,7 +26,11 @@ Params may be created on the meta device and materialized later (``model.to_empt
 models are; they are stepped once they are CPU tensors. A DTensor (FSDP2's ``fully_shard``,
 tensor parallelism) is stepped through its local shard; a two-pass rule's per-tensor sums (LAMB's
 norms) are all-gathered over the mesh dims the tensor is sharded on and added in rank order, so
-that every rank steps with the same bits.
+that every rank steps with the same bits. ``master_weights``, ``rounding`` and ``seed`` are
+as in the NumPy classes (README, "Low precision"). ``torch.amp.GradScaler`` hands a step its
+``grad_scale`` and ``found_inf`` (``_step_supports_amp_scaling``, as for torch's fused
+optimizers): grads are unscaled inside the kernel and left as they are, and a step with an
+Inf/NaN grad changes nothing.
 
 A step is all or nothing: every group is checked before any param, state or ``step`` changes,
 and a Ctrl-C during a step takes effect once it is complete. Where torch.optim accepts odd
@@ -61,6 +65,7 @@ from ._rules import OPTIMIZERS
 _REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _DTYPES = (*_REAL, torch.complex64, torch.complex128)
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+_LAYER_OPTIONS = tuple(p.name for p in _api.LAYER_OPTIONS)  # Optimizer.__init__'s, in its order
 _HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]"}
 
 
@@ -71,9 +76,13 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     _shared_memory = True
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
+    # torch.amp.GradScaler hands a step its scale and inf flag (attributes grad_scale, found_inf)
+    # instead of unscaling the grads and skipping the step itself, as for torch's fused optimizers.
+    _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, state_dtype=None):
+    def __init__(self, params, defaults, state_dtype=None, master_weights=False, rounding="nearest", seed=0):
         self._set_state_dtype(state_dtype)
+        self._set_precision(master_weights, rounding, seed)
         if self.spec.torch:  # torch's own checks of its arguments: torch's errors, types and wording
             twin = getattr(torch.optim, self.spec.name)
             known = inspect.signature(twin).parameters
@@ -99,26 +108,27 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
                 if isinstance(p, torch.Tensor):
                     _check_tensor(p, f"param {j} of the new group", "param", devices=("cpu", "meta"))
+                    self._check_modes([str(p.dtype).removeprefix("torch.")], f"param {j} of the new group")
                     _check_not_expanded(_local(p), f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's; with ``state_dtype="float32"`` the states are then float32 copies of the
-        saved ones (torch casts every state to its param's dtype, rounding float32 state to bf16)."""
+        """As torch's; float32 states (``state_dtype="float32"``, master weights) are then float32
+        copies of the saved ones (torch casts every state to its param's dtype, rounding float32
+        state to bf16)."""
         torch.optim.Optimizer.load_state_dict(self, state_dict)
-        if not self._float32_states:
-            return
         saved = [i for group in state_dict["param_groups"] for i in group["params"]]
         host = ("step", *self.spec.rule.host_states)
         for param, i in zip([p for group in self.param_groups for p in group["params"]], saved):
             for key, value in state_dict["state"].get(i, {}).items():
-                if key not in host and torch.is_tensor(value) and value.is_floating_point():
+                wide = self._state_dtype(_storage.bfloat16, key) == np.float32  # float32 even for a bf16 param
+                if wide and key not in host and torch.is_tensor(value) and value.is_floating_point():
                     self.state[param][key] = value.to(dtype=torch.float32, copy=True)
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
-                    if p.default is not inspect.Parameter.empty and name != _api.STATE_DTYPE.name}
+                    if p.default is not inspect.Parameter.empty and name not in _LAYER_OPTIONS}
         for group in self.param_groups:
             for key, value in defaults.items():
                 group.setdefault(key, value)  # checkpoints from torch versions before a flag existed
@@ -169,7 +179,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 params.append(p)
                 grads.append(grad)
             groups.append((self._hyper(group), params, params, grads))
-        self._take_step(groups)
+        self._take_step(groups, getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         return loss
 
     def _where(self, g, j):
@@ -209,20 +219,27 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return [tuple(entry[name].numpy()[()] if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
 
-    def _new_state(self, param, fill):
-        """A state like ``torch.full_like(param, fill, memory_format=torch.preserve_format)``; that of a
-        plain CPU param in memory placed as ``fusedoptim.zeros_like`` places it (torch's allocator
-        would give every state of a large param one offset in its page, and 4 KiB pages: README,
-        "Memory placement")."""
+    def _new_state(self, param, fill, name=None):
+        """A state like ``torch.full_like(param, fill, memory_format=torch.preserve_format)`` (``fill`` may
+        be the param itself: a master copy); that of a plain CPU param in memory placed as
+        ``fusedoptim.zeros_like`` places it (torch's allocator would give every state of a large param
+        one offset in its page, and 4 KiB pages: README, "Memory placement")."""
         if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
             dtype, fill = param.dtype, complex(fill, fill)
         else:
-            dtype = torch.float32 if self._float32_states else param.dtype
+            dtype = torch.float32 if self._state_dtype(_storage.bfloat16, name) == np.float32 else param.dtype
         if type(param) not in (torch.Tensor, torch.nn.Parameter) or param.device.type != "cpu":  # DTensor, meta
+            if fill is param:
+                return param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
             return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
         strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
         raw = torch.from_numpy(aligned_empty(param.numel() * dtype.itemsize, np.uint8))
-        return raw.view(dtype).as_strided(param.shape, strides).fill_(fill)
+        state = raw.view(dtype).as_strided(param.shape, strides)
+        return state.copy_(param.detach()) if fill is param else state.fill_(fill)
+
+    def _indices(self, keys):
+        index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        return [index[id(key)] for key in keys]
 
     def _host_start(self, hyper):
         # A new one is torch's scalar dtype (float32 unless the default is float64), as torch keeps
@@ -385,15 +402,16 @@ def twin(spec, base=Optimizer, **layout):
         signature = _api.with_hints(inspect.Signature(
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] +
             [p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
-            [_api.STATE_DTYPE]), _HINTS)
+            list(_api.LAYER_OPTIONS)), _HINTS)
         summary = f"``torch.optim.{spec.name}`` on fusedoptim's kernel: {spec.doc}"
     else:
         signature = _api.class_signature(spec, hints=_HINTS)
         summary = f"{spec.doc}\n\n    A ``torch.optim.Optimizer``; torch has no {spec.name} of its own."
-    names = [name for name in signature.parameters if name not in ("self", "params", _api.STATE_DTYPE.name)]
+    names = [name for name in signature.parameters if name not in ("self", "params", *_LAYER_OPTIONS)]
     defaults = ", ".join([f"{name}={name}" for name in names] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    options = ", ".join(_LAYER_OPTIONS)
     init = _api.compile_function("__init__", signature,
-                                 f"    _base.__init__(self, params, dict({defaults}), state_dtype)\n",
+                                 f"    _base.__init__(self, params, dict({defaults}), {options})\n",
                                  {"_base": Optimizer, "ParamsT": ParamsT, "Tensor": torch.Tensor,
                                   **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
     attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, summary), "spec": spec,
