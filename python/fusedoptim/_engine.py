@@ -15,6 +15,7 @@ cost a Python call per tensor.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -74,6 +75,12 @@ class Stateful:
 
     def _readable(self, grad, order):
         return grad
+
+    def _storage(self, tensors):
+        """What tells whether the memory behind ``tensors`` is still what their arrays, made at an
+        earlier step, view (torch: each tensor's data pointer, which ``p.data = x`` changes); None:
+        the layer cannot tell, and its arrays are made afresh every step."""
+        return None
 
     def _namer(self, keys):
         """``name(arg, k)``: how errors name operand k of argument ``arg`` of a call over these params."""
@@ -152,7 +159,7 @@ class Stateful:
         three lists over its params that have a grad: their keys in ``state``, the params, the grads.
         Returns False when ``skip_nonfinite`` skipped it (a grad held inf or NaN), else True."""
         work, rule = [], self.spec.rule
-        for hyper, keys, params, grads in groups:
+        for index, (hyper, keys, params, grads) in enumerate(groups):
             entries = list(map(self.state.get, keys))
             steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
@@ -168,7 +175,11 @@ class Stateful:
             for key, (keys, params, grads, entries) in buckets.items():
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
-                arrays, readable, states, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
+                if len(buckets) == 1:
+                    operands = self._prepared_operands(index, params, grads, entries, plan, hyper)
+                else:
+                    operands = self._operands(params, grads, entries, plan, hyper)
+                arrays, readable, states, created, copies, memory = operands
                 call = Call(plan, arrays, readable, states, self._namer(keys),
                             self._reduction(params) if rule.sums else None)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
@@ -198,6 +209,36 @@ class Stateful:
     def _taken(self, bucket):
         _write_back(bucket.copies)
         self._record(bucket.keys, bucket.entries, bucket.created, bucket.count, bucket.call.plan.host_states)
+
+    def _prepared_operands(self, index, params, grads, entries, plan, hyper):
+        """``_operands`` of the usual step (group ``index`` in one bucket), with the arrays of the
+        params and states of its last step when nothing they view has changed since: the same
+        param and state objects in the same order, the same used states and the same memory (see
+        ``_storage``). Only the grads are read again: keeping last step's would keep alive the
+        memory ``zero_grad(set_to_none=True)`` frees. The native call still checks every operand
+        each step against the grads; a prepared array is the one a fresh step would make."""
+        prepared = self.__dict__.setdefault("_prepared", _Prepared())
+        used = [state.name for state, on in zip(self.spec.rule.states, plan.uses) if on]
+        try:  # the params, then each used slot's buffers (when every param has them all)
+            held = list(params) + [entry[name] for name in used for entry in entries]
+        except (TypeError, KeyError):  # the step creates state
+            held, storage = None, None
+        else:
+            storage = self._storage(held)
+        last = prepared.get(index)
+        if (storage is not None and last is not None and last.uses == plan.uses and len(last.held) == len(held)
+                and all(map(operator.is_, last.held, held)) and last.storage == storage):
+            return last.arrays, list(map(self._readable, grads, last.orders)), last.states, None, [], last.memory
+        operands = arrays, _, states, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
+        if storage is None or copies or any(created):
+            prepared.pop(index, None)
+        else:
+            prepared[index] = _Ready(plan.uses, held, storage, list(map(self._order, params)), arrays, states, memory)
+        return operands
+
+    def _forget_prepared(self):
+        """Drops the prepared operands (a layer that replaced its state: they would keep the old alive)."""
+        self.__dict__.pop("_prepared", None)
 
     def _operands(self, params, grads, entries, plan, hyper):
         """A bucket's arrays for the kernel: (params, grads, states per slot, each param's newly
@@ -233,6 +274,26 @@ class Stateful:
             created.append(new)
             copies += [(tensor, copy, k) for tensor, copy, _ in copies_of]
         return arrays, readable, tuple(states), created, copies, memory
+
+
+class _Prepared(dict):
+    """Group index -> its ``_Ready`` operands. Never copied or pickled with its optimizer: a copy
+    of an optimizer has params of its own, and prepares its own."""
+
+    def __reduce__(self):
+        return _Prepared, ()
+
+
+class _Ready(NamedTuple):
+    """The operands of a group's last step (see ``Stateful._prepared_operands``)."""
+
+    uses: tuple  # the plan's used state slots
+    held: list  # the params, then the used states' buffers slot by slot: the objects the arrays view
+    storage: object  # the layer's ``_storage`` of them
+    orders: list  # each param's memory order, in which its grad is read
+    arrays: list
+    states: tuple
+    memory: list
 
 
 class _Bucket(NamedTuple):

@@ -58,6 +58,7 @@ from ._rules import OPTIMIZERS
 _REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _DTYPES = (*_REAL, torch.complex64, torch.complex128)
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # no DTensor is of these exact types
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
@@ -113,6 +114,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
+        self._forget_prepared()  # the old state is no longer needed
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
                     if p.default is not inspect.Parameter.empty and name != _api.STATE_DTYPE.name}
         for group in self.param_groups:
@@ -236,6 +238,9 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _memory(self, view):
         return _array(view)
 
+    def _storage(self, tensors):
+        return list(map(torch.Tensor.data_ptr, tensors))
+
     def _readable(self, grad, order):
         return _array(_in_order(_local(grad), order))
 
@@ -323,6 +328,8 @@ def _dtensor_type():
 
 def _local(t):
     """The tensor a step updates: a DTensor's local shard, any other tensor itself."""
+    if type(t) in _PLAIN:  # most are, and need no look for DTensor
+        return t
     dtensor = _dtensor_type()
     return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
 
