@@ -175,7 +175,7 @@ class Stateful:
             for key, (keys, params, grads, entries) in buckets.items():
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
-                if len(buckets) == 1:
+                if len(buckets) == 1 and self._viewed:  # (a layer that passes its own arrays has nothing to prepare)
                     operands = self._prepared_operands(index, params, grads, entries, plan, hyper)
                 else:
                     operands = self._operands(params, grads, entries, plan, hyper)

@@ -253,6 +253,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return functools.partial(_total_over_shards, groups) if any(groups) else None
 
     def _record(self, keys, entries, created, count, host_states):
+        steps = []  # the step tensors to set to count
         for key, new in zip(keys, created or [None] * len(keys)):
             if self._stepless and not new:
                 continue
@@ -261,7 +262,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 state.update(new)
             if not self._stepless:
                 if "step" in state:
-                    state["step"].fill_(count)  # cheaper than += 1
+                    steps.append(state["step"])
                 else:  # on the CPU, in torch's scalar dtype, as torch keeps it
                     state["step"] = torch.tensor(float(count), dtype=_get_scalar_dtype())
             for name, value in host_states.items():
@@ -269,6 +270,9 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     state[name].fill_(value)
                 else:
                     state[name] = torch.tensor(value, dtype=_get_scalar_dtype())
+        if steps:  # one call for all: a fill_ each cost more than the kernel of a small tensor. The count is
+            # exact in float64, so each step tensor gets it rounded once to its dtype, as fill_(count) would.
+            torch._foreach_copy_(steps, [torch.tensor(float(count), dtype=torch.float64)] * len(steps))
 
 
 def _array(t):
