@@ -152,3 +152,24 @@ def test_resized_in_place_is_rejected_before_anything_changes():
     with pytest.raises(ValueError):
         opt.step()
     assert_same(snapshot(opt), before)
+
+
+@pytest.mark.parametrize("n", [3, 40])  # fill_ each, or one call for all
+def test_step_counts_are_advanced_as_torch_keeps_them(n):
+    params, opt = make(n)
+    theirs = torch.optim.Adam([torch.nn.Parameter(p.detach().clone()) for p in params])
+    for k in range(3):
+        set_grads(params, k)
+        set_grads([p for group in theirs.param_groups for p in group["params"]], k)
+        opt.step()
+        theirs.step()
+    big = 2**24 + 1  # not a float32: rounded once, as torch's float32 step tensor holds it
+    for state in list(opt.state.values())[:2]:
+        state["step"] = torch.tensor(float(big), dtype=torch.float64)
+    opt.step()
+    for p, q in zip(params, [p for group in theirs.param_groups for p in group["params"]]):
+        ours, expected = opt.state[p]["step"], theirs.state[q]["step"]
+        if ours.dtype == torch.float64:
+            assert ours.item() == big + 1
+        else:
+            assert (ours.dtype, ours.shape, ours.item()) == (expected.dtype, expected.shape, 4.0)

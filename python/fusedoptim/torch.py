@@ -270,9 +270,14 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     state[name].fill_(value)
                 else:
                     state[name] = torch.tensor(value, dtype=_get_scalar_dtype())
-        if steps:  # one call for all: a fill_ each cost more than the kernel of a small tensor. The count is
-            # exact in float64, so each step tensor gets it rounded once to its dtype, as fill_(count) would.
-            torch._foreach_copy_(steps, [torch.tensor(float(count), dtype=torch.float64)] * len(steps))
+        # Many in one call: a fill_ each costs more than the kernel of a small tensor, but the call has
+        # the fixed cost of ~10 fill_ (measured on Zen 3). The count is exact in float64, so each step
+        # tensor gets it rounded once to its dtype, as fill_(count) does.
+        if len(steps) > 16:
+            torch._foreach_copy_(steps, [torch.scalar_tensor(count, dtype=torch.float64)] * len(steps))
+        else:
+            for step in steps:
+                step.fill_(count)
 
 
 def _array(t):
