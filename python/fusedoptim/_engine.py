@@ -15,6 +15,7 @@ cost a Python call per tensor.
 from __future__ import annotations
 
 import functools
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -87,6 +88,12 @@ class Stateful:
 
     def _readable(self, grad, order):
         return grad
+
+    def _storage(self, tensors):
+        """What tells whether the memory behind ``tensors`` is still what their arrays, made at an
+        earlier step, view (torch: each tensor's data pointer, which ``p.data = x`` changes); None:
+        the layer cannot tell, and its arrays are made afresh every step."""
+        return None
 
     def _namer(self, keys):
         """``name(arg, k)``: how errors name operand k of argument ``arg`` of a call over these params."""
@@ -198,7 +205,7 @@ class Stateful:
         or NaN), else True."""
         grad_scale, skip = grad_scale_value(grad_scale), found_inf_value(found_inf)
         work, rule = [], self.spec.rule
-        for hyper, keys, params, grads in groups:
+        for index, (hyper, keys, params, grads) in enumerate(groups):
             entries = list(map(self.state.get, keys))
             steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
@@ -214,8 +221,11 @@ class Stateful:
             for key, (keys, params, grads, entries) in buckets.items():
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
-                arrays, readable, states, modes, created, copies, memory = self._operands(params, grads, entries, plan,
-                                                                                          hyper)
+                if len(buckets) == 1 and self._viewed:  # (a layer that passes its own arrays has nothing to prepare)
+                    operands = self._prepared_operands(index, params, grads, entries, plan, hyper)
+                else:
+                    operands = self._operands(params, grads, entries, plan, hyper)
+                arrays, readable, states, modes, created, copies, memory = operands
                 keys_ = None
                 if self._rounding == "stochastic":
                     keys_ = [rounding_key(self._seed, count, i) for i in self._indices(keys)]
@@ -253,6 +263,38 @@ class Stateful:
     def _taken(self, bucket):
         _write_back(bucket.copies)
         self._record(bucket.keys, bucket.entries, bucket.created, bucket.count, bucket.call.plan.host_states)
+
+    def _prepared_operands(self, index, params, grads, entries, plan, hyper):
+        """``_operands`` of the usual step (group ``index`` in one bucket), with the arrays of the
+        params and states of its last step when nothing they view has changed since: the same
+        param and state objects in the same order, the same used states and the same memory (see
+        ``_storage``). Only the grads are read again: keeping last step's would keep alive the
+        memory ``zero_grad(set_to_none=True)`` frees. The native call still checks every operand
+        each step against the grads; a prepared array is the one a fresh step would make."""
+        prepared = self.__dict__.setdefault("_prepared", _Prepared())
+        used = [state.name for state, on in zip(self.spec.rule.states, plan.uses) if on] + list(self._mode_states())
+        try:  # the params, then each used slot's buffers and the param modes' (when every param has them all)
+            held = list(params) + [entry[name] for name in used for entry in entries]
+        except (TypeError, KeyError):  # the step creates state
+            held, storage = None, None
+        else:
+            storage = self._storage(held)
+        last = prepared.get(index)
+        if (storage is not None and last is not None and last.uses == plan.uses and len(last.held) == len(held)
+                and all(map(operator.is_, last.held, held)) and last.storage == storage):
+            return (last.arrays, list(map(self._readable, grads, last.orders)), last.states, last.modes, None, [],
+                    last.memory)
+        operands = arrays, _, states, modes, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
+        if storage is None or copies or any(created):
+            prepared.pop(index, None)
+        else:
+            prepared[index] = _Ready(plan.uses, held, storage, list(map(self._order, params)), arrays, states, modes,
+                                     memory)
+        return operands
+
+    def _forget_prepared(self):
+        """Drops the prepared operands (a layer that replaced its state: they would keep the old alive)."""
+        self.__dict__.pop("_prepared", None)
 
     def _operands(self, params, grads, entries, plan, hyper):
         """A bucket's arrays for the kernel: (params, grads, states per slot, the param modes'
@@ -293,6 +335,27 @@ class Stateful:
             copies += [(tensor, copy, k) for tensor, copy, _ in copies_of]
         modes = dict(zip(names[len(rule.states):], columns[len(rule.states):]))
         return arrays, readable, tuple(columns[:len(rule.states)]), modes, created, copies, memory
+
+
+class _Prepared(dict):
+    """Group index -> its ``_Ready`` operands. Never copied or pickled with its optimizer: a copy
+    of an optimizer has params of its own, and prepares its own."""
+
+    def __reduce__(self):
+        return _Prepared, ()
+
+
+class _Ready(NamedTuple):
+    """The operands of a group's last step (see ``Stateful._prepared_operands``)."""
+
+    uses: tuple  # the plan's used state slots
+    held: list  # the params, then the used states' buffers slot by slot: the objects the arrays view
+    storage: object  # the layer's ``_storage`` of them
+    orders: list  # each param's memory order, in which its grad is read
+    arrays: list
+    states: tuple
+    modes: dict  # the param modes' arrays by state name (master weights, Kahan compensation)
+    memory: list
 
 
 class _Bucket(NamedTuple):

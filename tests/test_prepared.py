@@ -1,0 +1,175 @@
+"""The stateful core's prepared operands (``Stateful._prepared_operands``): a step that reuses the
+arrays of the last one must be the step a fresh optimizer takes from the same state, bit for bit,
+whatever changed in between: a param's storage (``p.data = x``), a state buffer replaced, a
+checkpoint loaded, params added."""
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+ft = pytest.importorskip("fusedoptim.torch")
+from conftest import assert_bitwise_equal  # noqa: E402
+
+
+def make(n=3, seed=0, cls=None, **hyper):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(5 + k, generator=gen)) for k in range(n)]
+    return params, (cls or ft.Adam)(params, **hyper)
+
+
+def set_grads(params, seed):
+    gen = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)  # new objects, as zero_grad leaves them
+
+
+def fresh_step(opt):
+    """The params and states after the step a fresh optimizer (nothing prepared) takes from ``opt``'s
+    params, grads and state."""
+    ours = [p for group in opt.param_groups for p in group["params"]]
+    params = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    twin = type(opt)(params, **opt.defaults)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for p, q in zip(ours, params):
+        q.grad = None if p.grad is None else p.grad.clone()
+    twin.step()
+    return snapshot(twin)
+
+
+def snapshot(opt):
+    params = [p for group in opt.param_groups for p in group["params"]]
+    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+
+
+def assert_same(ours, theirs):
+    for (p, state), (q, twin_state) in zip(ours, theirs, strict=True):
+        assert_bitwise_equal(p.numpy(), q.numpy(), "param")
+        assert state.keys() == twin_state.keys()
+        for name in state:
+            assert_bitwise_equal(state[name].numpy(), twin_state[name].numpy(), name)
+
+
+def warm(params, opt, steps=2):
+    """Steps enough for the step after to be a prepared one."""
+    for k in range(steps):
+        set_grads(params, 100 + k)
+        opt.step()
+
+
+def step_and_compare(params, opt, seed=7, skip=()):
+    set_grads(params, seed)
+    for k in skip:
+        params[k].grad = None
+    expected = fresh_step(opt)
+    opt.step()
+    assert_same(snapshot(opt), expected)
+
+
+def test_param_data_replaced():
+    params, opt = make()
+    warm(params, opt)
+    params[1].data = torch.randn(params[1].shape) * 3  # same Parameter object, other memory
+    step_and_compare(params, opt)
+
+
+def test_param_data_replaced_by_another_dtype():
+    params, opt = make()
+    warm(params, opt)
+    for p in params:  # all of them, so that the group is still one bucket
+        p.data = p.data.double()
+        for name in ("exp_avg", "exp_avg_sq"):
+            opt.state[p][name] = opt.state[p][name].double()
+    step_and_compare(params, opt)
+
+
+@pytest.mark.parametrize("name", ["exp_avg", "exp_avg_sq"])
+def test_state_buffer_replaced(name):
+    params, opt = make()
+    warm(params, opt)
+    opt.state[params[2]][name] = torch.rand(params[2].shape)
+    step_and_compare(params, opt)
+
+
+def test_state_buffer_data_replaced():
+    params, opt = make()
+    warm(params, opt)
+    opt.state[params[0]]["exp_avg"].data = torch.rand(params[0].shape)  # same object, other memory
+    step_and_compare(params, opt)
+
+
+def test_load_state_dict():
+    params, opt = make()
+    warm(params, opt)
+    other_params, other = make(seed=1)
+    warm(other_params, other, steps=3)
+    opt.load_state_dict(other.state_dict())
+    step_and_compare(params, opt)
+
+
+def test_amsgrad_switched_on_uses_another_state():
+    params, opt = make()
+    warm(params, opt)
+    opt.param_groups[0]["amsgrad"] = True  # the step now uses (and creates) max_exp_avg_sq
+    step_and_compare(params, opt)
+    step_and_compare(params, opt, seed=8)
+
+
+def test_params_added_and_skipped():
+    params, opt = make()
+    warm(params, opt)
+    extra = torch.nn.Parameter(torch.randn(4))
+    opt.param_groups[0]["params"].append(extra)  # one more param in the same group
+    params.append(extra)
+    step_and_compare(params, opt, seed=9)  # a bucket per step count
+    step_and_compare(params, opt, seed=10, skip=[1])
+    step_and_compare(params, opt, seed=11, skip=[1])
+
+
+def test_a_copy_prepares_its_own():
+    params, opt = make()
+    warm(params, opt)
+    twin = copy.deepcopy(opt)
+    twin_params = [p for group in twin.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    set_grads(twin_params, 11)
+    twin.step()
+    for p, b in zip(params, before):
+        assert_bitwise_equal(p.detach().numpy(), b.numpy(), "the original's param")
+    assert not all(torch.equal(p, q) for p, q in zip(twin_params, before))
+
+
+def test_resized_in_place_is_rejected_before_anything_changes():
+    """A param reshaped in place keeps its memory (so its prepared array looks valid) but no longer
+    has the shape of its state, as torch.optim would also find; the step raises and changes nothing."""
+    params, opt = make()
+    warm(params, opt)
+    p = params[1]  # 6 elements
+    p.data = p.data.view(2, 3)
+    set_grads(params, 12)
+    before = snapshot(opt)
+    with pytest.raises(ValueError):
+        opt.step()
+    assert_same(snapshot(opt), before)
+
+
+@pytest.mark.parametrize("n", [3, 40])  # fill_ each, or one call for all
+def test_step_counts_are_advanced_as_torch_keeps_them(n):
+    params, opt = make(n)
+    theirs = torch.optim.Adam([torch.nn.Parameter(p.detach().clone()) for p in params])
+    for k in range(3):
+        set_grads(params, k)
+        set_grads([p for group in theirs.param_groups for p in group["params"]], k)
+        opt.step()
+        theirs.step()
+    big = 2**24 + 1  # not a float32: rounded once, as torch's float32 step tensor holds it
+    for state in list(opt.state.values())[:2]:
+        state["step"] = torch.tensor(float(big), dtype=torch.float64)
+    opt.step()
+    for p, q in zip(params, [p for group in theirs.param_groups for p in group["params"]]):
+        ours, expected = opt.state[p]["step"], theirs.state[q]["step"]
+        if ours.dtype == torch.float64:
+            assert ours.item() == big + 1
+        else:
+            assert (ours.dtype, ours.shape, ours.item()) == (expected.dtype, expected.shape, 4.0)
