@@ -552,55 +552,55 @@ def machine(threads):
     if deepspeed.status == "measured":
         found["deepspeed"] = importlib.metadata.version("deepspeed")
     isa = _native.module().isa() if _native.module() else f"none ({_backends.available()[0]} backend)"
-    return (f"{cpu_model()} ({os.cpu_count()} CPUs), ISA {isa}, {threads}; "
+    return (f"{cpu_model()}, {os.cpu_count()} CPUs, ISA {isa}, {threads}; "
             + ", ".join(f"{k} {v}" for k, v in found.items()))
 
 
 def plot(results, path, title):
     """Time per step as a multiple of the roof (log scale, lower is better) by case, as grouped bars
-    with p10-p90 whiskers: a row of panels per (rule, dtype), a column per thread count."""
+    with p10-p90 whiskers: one panel per (rule, dtype, threads), one above the other."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    blocks = list(dict.fromkeys((r.rule, r.dtype) for r in results))
-    counts = sorted({r.threads for r in results})
+    panels = list(dict.fromkeys((r.rule, r.dtype, r.threads) for r in results))
     names = [n for n in dict.fromkeys(r.contender for r in results if r.layer != "roof")]
     color = {name: f"C{k % 10}" for k, name in enumerate(names)}  # one colour per contender in every panel
     categories = list(dict.fromkeys((r.case.name, r.placement) for r in results))
     labels = {(r.case.name, r.placement): f"{r.case.label}\n{r.placement}" for r in results}
-    fig, axes = plt.subplots(len(blocks), len(counts), figsize=(max(7.0, 1.6 * len(categories)) * len(counts),
-                                                                 4.2 * len(blocks) + 1.2), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8.0, 0.85 * len(categories) + 2), 3.4 * len(panels) + 1.6),
+                             squeeze=False)
     width = 0.8 / len(names)
-    for ax, ((rule, dtype), threads) in zip(axes.flat, itertools.product(blocks, counts)):
+    for ax, (rule, dtype, threads) in zip(axes[:, 0], panels):
         mine = [r for r in results if (r.rule, r.dtype, r.threads) == (rule, dtype, threads)]
         roofs = {(r.case.name, r.placement): r.median for r in mine if r.layer == "roof"}
         for k, name in enumerate(names):
-            bars = [(categories.index((r.case.name, r.placement)), r) for r in mine
-                    if r.contender == name and (r.case.name, r.placement) in roofs]
+            bars = [r for r in mine if r.contender == name and (r.case.name, r.placement) in roofs]
             if not bars:
                 continue
-            x = [i - 0.4 + (k + 0.5) * width for i, _ in bars]
-            roof = [roofs[(r.case.name, r.placement)] for _, r in bars]
-            y = [r.median / t for (_, r), t in zip(bars, roof)]
-            low = [yy - r.spread[0] / t for yy, (_, r), t in zip(y, bars, roof)]
-            high = [r.spread[1] / t - yy for yy, (_, r), t in zip(y, bars, roof)]
-            ax.bar(x, y, width, bottom=0, color=color[name], label=name, yerr=[low, high], ecolor="0.3",
-                   error_kw=dict(lw=0.8, capsize=1.5))
+            where = [(r.case.name, r.placement) for r in bars]
+            x = [categories.index(c) - 0.4 + (k + 0.5) * width for c in where]
+            y = [r.median / roofs[c] for r, c in zip(bars, where)]
+            whiskers = [[(r.median - r.spread[0]) / roofs[c] for r, c in zip(bars, where)],
+                        [(r.spread[1] - r.median) / roofs[c] for r, c in zip(bars, where)]]
+            ax.bar(x, y, width, color=color[name], yerr=whiskers, ecolor="0.25", error_kw=dict(lw=0.7, capsize=1.2))
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
         ax.set_yscale("log")
         ax.set_xticks(range(len(categories)), [labels[c] for c in categories], fontsize=8)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
         ax.set_title(f"{NAMES[rule].name}, {dtype}, {_threads(threads)}", fontsize=10)
-        ax.set_ylabel("step time / roof time (log; lower is better)", fontsize=8)
+        ax.set_ylabel("step time / roof time\n(log scale; lower is better)", fontsize=8)
         ax.grid(axis="y", which="major", alpha=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=color[n]) for n in names]
     handles.append(plt.Line2D([], [], color="black", linestyle="--"))
-    fig.legend(handles, names + ["roof (= 1): same traffic, no math"], loc="lower center", ncol=min(4, len(names) + 1),
-               fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.09 if len(names) > 3 else 0.05, 1, 0.95))
-    fig.savefig(path, dpi=120)
+    columns = min(4, len(names) + 1)
+    fig.legend(handles, names + ["roof = 1 (same traffic, no math)"], loc="lower center", ncol=columns, fontsize=8,
+               frameon=False)
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / fig.get_figheight(), va="top")
+    legend_rows = -(-(len(names) + 1) // columns)
+    fig.tight_layout(rect=(0, (0.25 + 0.18 * legend_rows) / fig.get_figheight(), 1, 1 - 0.45 / fig.get_figheight()))
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -656,7 +656,7 @@ def _choices(text, known, what):
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name.lower() not in {k.lower() for k in known}]
     if unknown or not names:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown) or text!r}; known: {', '.join(known)}")
+        raise SystemExit(f"unknown {what}: {', '.join(unknown) if unknown else repr(text)}; known: {', '.join(known)}")
     return [next(k for k in known if k.lower() == name.lower()) for name in names]
 
 
