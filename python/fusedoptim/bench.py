@@ -150,7 +150,17 @@ def _states_used(rule):
     return [state for state, used in zip(spec.rule.states, uses) if used]
 
 
+def _as_tensor(array):
+    """A torch tensor sharing ``array``'s memory."""
+    import torch
+
+    if array.dtype == np.float32:
+        return torch.from_numpy(array)
+    return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)  # torch knows no ml_dtypes.bfloat16
+
+
 def problem(rule, case, dtype, placement, seed=1):
+    """The caller's side of a step: params, grads (and the functional's state), placed."""
     dtype = _dtype(dtype)
     rng = np.random.default_rng(seed)
     params, grads = placed(case.sizes, dtype, placement), placed(case.sizes, dtype, placement)
@@ -162,15 +172,9 @@ def problem(rule, case, dtype, placement, seed=1):
 
     def tensors():
         if not made:
-            import torch
-
             for p, g in zip(params, grads):
-                # torch.from_numpy knows no ml_dtypes.bfloat16: share the bits as int16
-                t = torch.from_numpy(p.view(np.int16)).view(torch.bfloat16) if p.dtype != np.float32 else \
-                    torch.from_numpy(p)
-                t.grad = torch.from_numpy(g.view(np.int16)).view(torch.bfloat16) if g.dtype != np.float32 else \
-                    torch.from_numpy(g)
-                made.append(t)
+                made.append(_as_tensor(p))
+                made[-1].grad = _as_tensor(g)
         return made
 
     return Problem(rule, params, grads, states, tensors)
@@ -181,7 +185,7 @@ def problem(rule, case, dtype, placement, seed=1):
 
 
 class Contender(NamedTuple):
-    name: str  # a function of the optimizer's class name ("Adam")
+    name: str  # a format of the optimizer's class name: {name} is "Adam", {lower} is "adam"
     layer: str  # "roof", "fusedoptim", "torch" or "deepspeed"
     # Returns a function taking one step of the problem, or None if this contender does not
     # apply (a rule it lacks, a missing package).
@@ -282,18 +286,18 @@ def contenders():
     """Every contender, in table order; ``prepare`` says whether it runs a problem."""
     return [
         Contender("roof", "roof", _roof),
-        Contender("{}_", "fusedoptim", _functional),
-        Contender("fo.{}.step", "fusedoptim", _stateful),
-        Contender("fusedoptim.torch.{}", "fusedoptim", _fusedoptim_torch),
+        Contender("{lower}_", "fusedoptim", _functional),
+        Contender("fo.{name}.step", "fusedoptim", _stateful),
+        Contender("fusedoptim.torch.{name}", "fusedoptim", _fusedoptim_torch),
         Contender("torch fused", "torch", _torch("fused")),
         Contender("torch foreach", "torch", _torch("foreach")),
-        Contender("DeepSpeed CPU{}", "deepspeed", deepspeed),
+        Contender("DeepSpeed CPU{name}", "deepspeed", deepspeed),
     ]
 
 
 def contender_name(contender, rule):
     name = NAMES[rule].name
-    return contender.name.format(name.lower() if contender.name.startswith("{}_") else name)
+    return contender.name.format(name=name, lower=name.lower())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,14 +368,15 @@ def _set_threads(threads):
 
 def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15, batch_seconds=2e-3, budget=None,
         progress=None):
-    """Times every (rule, dtype, case, placement, threads) and contender; returns a list of Result."""
+    """Times every (rule, dtype, case, placement, threads) and contender. Returns a list of Result, and
+    notes on the contenders of torch or DeepSpeed that failed their first step (they are left out)."""
     counts = sorted({1, threads or get_num_threads()})
     work = [(rule, dtype, c, placement) for rule in rules for dtype in dtypes for c in cases
             for placement in (placements or c.placements)]
     progress = sys.stderr.isatty() if progress is None else progress
     torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
     saved = get_num_threads()
-    results = []
+    results, notes = [], []
     try:
         for done, (rule, dtype, c, placement) in enumerate(work):
             if progress:
@@ -382,9 +387,17 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
                 steps = {}
                 for contender in contenders():
                     step = contender.prepare(prob)
-                    if step is not None:
+                    if step is None:
+                        continue
+                    try:
                         step()  # the first step allocates the contender's state
-                        steps[contender] = step
+                    except Exception as e:  # noqa: BLE001 -- another project's limits; fusedoptim's own must pass
+                        if contender.layer in ("roof", "fusedoptim"):
+                            raise
+                        notes.append(f"{contender_name(contender, rule)}: not measured for {dtype} "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})")
+                        continue
+                    steps[contender] = step
                 for count in counts:
                     _set_threads(count)
                     samples = measure(steps, rounds, batch_seconds, budget)
@@ -397,7 +410,7 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
         set_num_threads(saved)
         if torch_threads is not None:
             sys.modules["torch"].set_num_threads(torch_threads)
-    return results
+    return results, list(dict.fromkeys(notes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -697,13 +710,15 @@ def command(args):
     rounds = 2 if args.tiny else 7 if args.quick else 15
     batch = 1e-4 if args.tiny else 5e-4 if args.quick else 2e-3
     budget = None if args.tiny else 1.0 if args.quick else 10.0  # seconds per case and thread count
-    results = run(rules, cases, dtypes, placements, args.threads, rounds, batch, budget)
+    results, notes = run(rules, cases, dtypes, placements, args.threads, rounds, batch, budget)
     counts = sorted({r.threads for r in results})
     header = f"fusedoptim {__version__} bench: {machine(' and '.join(map(str, counts)) + ' threads')}"
     print(header)
     print(summary(results))
     if deepspeed.status not in (None, "measured"):
         print(f"DeepSpeed: {deepspeed.status}")
+    for note in notes:
+        print(note)
     print()
     print(legend(results))
     if args.detail:
