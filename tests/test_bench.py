@@ -1,9 +1,11 @@
 """The bench command: its output's structure, units and flags, on tiny sizes (``--tiny``). Speed is
 never asserted: these runs only check what is printed and written."""
 
+import importlib.util
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -157,3 +159,29 @@ def test_the_model_cases_are_shaped_as_documented():
     assert len(gpt2.sizes) == 196 and 9e6 < gpt2.elements < 11e6
     assert len(bench.case("gpt2", quick=True).sizes) == 196  # the same tensors, fewer bytes
     assert bench.case("16M").sizes == [16 << 20] and bench.case("4K").placements == bench.PLACEMENTS
+
+
+@needs_cpp
+def test_a_contender_of_another_project_that_fails_is_noted_and_left_out(monkeypatch, capsys):
+    def broken(problem):
+        def step():
+            raise RuntimeError("no kernel for this dtype\nmore")
+
+        return step
+
+    field = bench.contenders()
+    monkeypatch.setattr(bench, "contenders", lambda: field + [bench.Contender("broken {name}", "torch", broken)])
+    assert main([*TINY, "--cases", "4K", "--threads", "1", "--detail"]) == 0
+    out = capsys.readouterr().out
+    assert "broken Adam: not measured for fp32 (RuntimeError: no kernel for this dtype)" in out
+    assert not re.search(r"^broken Adam ", out, re.M)
+
+
+def test_the_end_to_end_benchmark_runs(capsys):
+    pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location("e2e", Path(__file__).parents[1] / "benchmarks" / "e2e_transformer.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    e2e.main(["--steps", "2", "--width", "16", "--layers", "1", "--vocab", "32", "--context", "8"])
+    out = capsys.readouterr().out
+    assert "fusedoptim.torch.AdamW vs torch fused: opt.step() " in out and "whole step" in out
