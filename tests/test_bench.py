@@ -185,3 +185,7 @@ def test_the_end_to_end_benchmark_runs(capsys):
     e2e.main(["--steps", "2", "--width", "16", "--layers", "1", "--vocab", "32", "--context", "8"])
     out = capsys.readouterr().out
     assert "fusedoptim.torch.AdamW vs torch fused: opt.step() " in out and "whole step" in out
+
+
+def test_each_end_of_a_spread_keeps_three_digits():
+    assert bench.format_spread(result("adam_", "fusedoptim", 8.58e-3, 9e-3, 11e-3, 150e-3, 192.33e-3)) == "8.75-175 ms"

@@ -422,25 +422,27 @@ def format_time(seconds):
     rounded = float(f"{seconds:.3g}")  # round first, so 999.96 µs becomes 1.00 ms, not 1000 µs
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
         if rounded >= scale or unit == "ns":
-            value = rounded / scale
-            return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f} {unit}"
+            return f"{_three_digits(rounded / scale)} {unit}"
 
 
 def format_spread(result):
     """p10-p90 in the unit of the median: '60.2-62.9 µs'."""
     unit = format_time(result.median).split()[1]
     scale = {"s": 1.0, "ms": 1e-3, "µs": 1e-6, "ns": 1e-9}[unit]
-    p10, p90 = (x / scale for x in result.spread)
-    digits = 2 if p10 < 10 else 1 if p10 < 100 else 0
-    return f"{p10:.{digits}f}-{p90:.{digits}f} {unit}"
+    p10, p90 = (_three_digits(x / scale) for x in result.spread)
+    return f"{p10}-{p90} {unit}"
+
+
+def _three_digits(value):
+    """'1.23', '12.3', '123', '1234': a value of about 1 to 1000, without an exponent."""
+    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}"
 
 
 def _ratio(numerator, denominator):
     """'1.23x', '12.3x', '123x': how many times faster ``denominator`` is than ``numerator``."""
     if not (numerator and denominator):
         return "-"
-    value = numerator.median / denominator.median
-    return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f}x"
+    return f"{_three_digits(numerator.median / denominator.median)}x"
 
 
 def _percent_of_roof(roof, result):
@@ -610,9 +612,10 @@ def plot(results, path, title):
     columns = min(4, len(names) + 1)
     fig.legend(handles, names + ["roof = 1 (same traffic, no math)"], loc="lower center", ncol=columns, fontsize=8,
                frameon=False)
-    fig.suptitle(title, fontsize=9, y=1 - 0.1 / fig.get_figheight(), va="top")
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=9, y=1 - 0.1 / height, va="top")
     legend_rows = -(-(len(names) + 1) // columns)
-    fig.tight_layout(rect=(0, (0.25 + 0.18 * legend_rows) / fig.get_figheight(), 1, 1 - 0.45 / fig.get_figheight()))
+    fig.tight_layout(rect=(0, (0.25 + 0.18 * legend_rows) / height, 1, 1))  # it leaves room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -730,6 +733,6 @@ def command(args):
         to_json(results, args.json, header)
         print(f"timings written to {args.json}")
     if args.plot:
-        plot(results, args.plot, header.replace(": ", ":\n", 1))
+        plot(results, args.plot, header.replace(": ", ":\n", 1).replace("; ", "\n"))
         print(f"chart written to {args.plot}")
     return 0
