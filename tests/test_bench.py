@@ -189,3 +189,13 @@ def test_the_end_to_end_benchmark_runs(capsys):
 
 def test_each_end_of_a_spread_keeps_three_digits():
     assert bench.format_spread(result("adam_", "fusedoptim", 8.58e-3, 9e-3, 11e-3, 150e-3, 192.33e-3)) == "8.75-175 ms"
+
+
+@needs_cpp
+def test_without_torch_the_models_are_placed_by_numpy_and_torchs_columns_are_empty(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    assert main([*TINY, "--cases", "192", "--threads", "1", "--detail"]) == 0
+    out = capsys.readouterr().out
+    assert [row[:3] for row in summary_rows(out)] == [["192", "tensors", "numpy"]]
+    assert summary_rows(out)[0][3].split().count("-") == 3  # vs torch fused (twice), vs DeepSpeed
+    assert not re.search(r"^(torch|fusedoptim\.torch)", out.split("Legend")[1], re.M)

@@ -362,7 +362,7 @@ def _traffic(rule, elements, dtype):
 
 def _set_threads(threads):
     set_num_threads(threads)
-    if "torch" in sys.modules:
+    if sys.modules.get("torch"):  # imported by a contender
         sys.modules["torch"].set_num_threads(threads)  # torch's and DeepSpeed's (OpenMP) threads
 
 
@@ -374,7 +374,7 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
     work = [(rule, dtype, c, placement) for rule in rules for dtype in dtypes for c in cases
             for placement in (placements or c.placements)]
     progress = sys.stderr.isatty() if progress is None else progress
-    torch_threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None
+    torch_threads = sys.modules["torch"].get_num_threads() if sys.modules.get("torch") else None
     saved = get_num_threads()
     results, notes = [], []
     try:
