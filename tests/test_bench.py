@@ -29,7 +29,8 @@ def no_deepspeed(monkeypatch):
 def summary_rows(out):
     """The summary's rows (case, placement, threads, the rest), between its header and the legend."""
     block = out.split(bench.SUMMARY_HEADER + "\n", 1)[1].split("\n\n", 1)[0]
-    return [line.split(None, 3) for line in block.splitlines() if not line.startswith("DeepSpeed")]
+    return [line.split(None, 3) for line in block.splitlines() if line[:1].isalnum() and
+            not line.startswith(("DeepSpeed", "placement spread"))]
 
 
 @needs_cpp
@@ -47,6 +48,10 @@ def test_the_summary_comes_first_one_row_per_case_placement_and_thread_count(cap
                 ("16M", "staggered", "2")]
     assert [tuple(" ".join(r).split()[: len(e)]) for r, e in zip(rows, expected)] == expected
     assert len(rows) == len(expected)
+    for threads in ("1 thread", "2 threads"):  # 16M is the only case in two placements
+        assert len(re.findall(rf"^placement spread, 16M, {threads}: roof", out, re.M)) == 0
+        assert len(re.findall(rf"^placement spread, 16M, {threads}: adam_ \d+\.\d\dx, fo\.Adam\.step ", out, re.M)) == 1
+    assert "placement spread, 4K" not in out
     assert "DeepSpeed: absent (not importable)" in out
     assert out.index("Legend") > out.index(bench.SUMMARY_HEADER)
     assert "(--detail prints every contender's timings" in out

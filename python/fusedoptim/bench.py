@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import sys
+import textwrap
 import time
 from typing import Callable, NamedTuple
 
@@ -488,7 +489,26 @@ def summary(results):
                 f"{_ratio(fused, fastest):>9}  "
                 f"{best.contender if best else '-':<22}{_percent_of_roof(roof, best):>7}{_ratio(fused, best):>9}"
                 f"{_ratio(ds, best):>8}{' ~' if any(r.unstable for r in shown) else ''}")
+        lines += _placement_spreads([r for group in cases.values() for r in group])
     return "\n".join(lines[1:])
+
+
+def _placement_spreads(results):
+    """For each case timed in several placements and each thread count: every contender's slowest
+    placement's median over its fastest's, wrapped to the summary's width."""
+    lines = []
+    by_case = {}
+    for r in results:
+        if r.layer != "roof":
+            by_case.setdefault((r.case.label, r.threads), {}).setdefault(r.contender, []).append(r)
+    for (label, threads), contenders in by_case.items():
+        if max(len(timed) for timed in contenders.values()) < 2:
+            continue
+        spreads = [f"{name} {_three_digits(max(r.median for r in timed) / min(r.median for r in timed))}x"
+                   for name, timed in contenders.items() if len(timed) > 1]
+        lines += textwrap.wrap(f"placement spread, {label}, {_threads(threads)}: " + ", ".join(spreads), 116,
+                               subsequent_indent="    ")
+    return lines
 
 
 def _rounds(results):
@@ -519,6 +539,7 @@ def legend(results):
         "            np.zeros one after another; torch = torch's allocator; aligned2M = each on a 2 MiB",
         "            boundary; staggered = fusedoptim's state allocator (2 MiB boundary plus a different multiple",
         "            of 256 B each). fo.Adam, fusedoptim.torch, torch and DeepSpeed allocate their own state.",
+        "  placement spread  a contender's median in its slowest placement over that in its fastest.",
         f"  cases     {described}.",
     ]
     if "bf16" in dtypes:
