@@ -204,3 +204,17 @@ def test_without_torch_the_models_are_placed_by_numpy_and_torchs_columns_are_emp
     assert [row[:3] for row in summary_rows(out)] == [["192", "tensors", "numpy"]]
     assert summary_rows(out)[0][3].split().count("-") == 3  # vs torch fused (twice), vs DeepSpeed
     assert not re.search(r"^(torch|fusedoptim\.torch)", out.split("Legend")[1], re.M)
+
+
+@needs_cpp
+def test_the_run_leaves_the_thread_counts_as_it_found_them(capsys):
+    torch = pytest.importorskip("torch")
+    before = fo.get_num_threads(), torch.get_num_threads()
+    fo.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        assert main([*TINY, "--cases", "4K", "--threads", "2"]) == 0
+        assert (fo.get_num_threads(), torch.get_num_threads()) == (1, 1)
+    finally:
+        fo.set_num_threads(before[0])
+        torch.set_num_threads(before[1])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import itertools
@@ -361,12 +362,6 @@ def _traffic(rule, elements, dtype):
     return ((2 + states) + (1 + states)) * elements * _dtype(dtype).itemsize
 
 
-def _set_threads(threads):
-    set_num_threads(threads)
-    if sys.modules.get("torch"):  # imported by a contender
-        sys.modules["torch"].set_num_threads(threads)  # torch's and DeepSpeed's (OpenMP) threads
-
-
 def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15, batch_seconds=2e-3, budget=None,
         progress=None):
     """Times every (rule, dtype, case, placement, threads) and contender. Returns a list of Result, and
@@ -375,8 +370,8 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
     work = [(rule, dtype, c, placement) for rule in rules for dtype in dtypes for c in cases
             for placement in (placements or c.placements)]
     progress = sys.stderr.isatty() if progress is None else progress
-    torch_threads = sys.modules["torch"].get_num_threads() if sys.modules.get("torch") else None
-    saved = get_num_threads()
+    torch = importlib.import_module("torch") if importlib.util.find_spec("torch") else None
+    saved = get_num_threads(), torch and torch.get_num_threads()
     results, notes = [], []
     try:
         for done, (rule, dtype, c, placement) in enumerate(work):
@@ -400,7 +395,9 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
                         continue
                     steps[contender] = step
                 for count in counts:
-                    _set_threads(count)
+                    set_num_threads(count)
+                    if torch:
+                        torch.set_num_threads(count)  # torch's and DeepSpeed's (OpenMP) threads
                     samples = measure(steps, rounds, batch_seconds, budget)
                     results += [Result(rule, dtype, c, placement, count, contender_name(k, rule), k.layer, s,
                                        _traffic(rule, c.elements, dtype)) for k, s in samples.items()]
@@ -408,9 +405,9 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
     finally:
         if progress:
             print("\r" + " " * 79 + "\r", end="", file=sys.stderr)
-        set_num_threads(saved)
-        if torch_threads is not None:
-            sys.modules["torch"].set_num_threads(torch_threads)
+        set_num_threads(saved[0])
+        if torch:
+            torch.set_num_threads(saved[1])
     return results, list(dict.fromkeys(notes))
 
 
