@@ -224,3 +224,18 @@ def test_the_run_leaves_the_thread_counts_as_it_found_them(capsys):
     finally:
         fo.set_num_threads(before[0])
         torch.set_num_threads(before[1])
+
+
+def test_measure_takes_one_sample_per_round_of_each_step_and_nothing_of_no_step():
+    calls = {"a": 0, "b": 0}
+
+    def counter(name):
+        def step():
+            calls[name] += 1
+
+        return step
+
+    samples = bench.measure({"a": counter("a"), "b": counter("b")}, rounds=4, batch_seconds=0.0)
+    assert {k: len(v) for k, v in samples.items()} == {"a": 4, "b": 4}
+    assert calls == {"a": 5, "b": 5}  # one call to size the batch (of one call here), then one per round
+    assert bench.measure({}, rounds=4, batch_seconds=1e-3, budget=1.0) == {}

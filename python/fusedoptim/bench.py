@@ -317,11 +317,11 @@ def measure(steps, rounds, batch_seconds, budget=None):
         once = max(time.perf_counter() - start, 1e-7)
         batches[name] = max(1, int(batch_seconds / once))
         per_round += batches[name] * once
-    if budget is not None:
+    if budget is not None and steps:
         rounds = max(3, min(rounds, int(budget / per_round)))
     samples = {name: [] for name in steps}
     names = list(steps)
-    for r in range(rounds):
+    for r in range(rounds if names else 0):
         for name in names[r % len(names):] + names[: r % len(names)]:
             step, calls = steps[name], batches[name]
             start = time.perf_counter()
