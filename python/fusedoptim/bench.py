@@ -250,7 +250,7 @@ class _DeepSpeed:
                         adamw_mode=problem.spec.name == "AdamW").step
 
     def _load(self):
-        print("DeepSpeed: loading DeepSpeedCPUAdam (its CPU op compiles on first use, about a minute)",
+        print("DeepSpeed: loading DeepSpeedCPUAdam's CPU op (compiled on its first use ever: about a minute)",
               file=sys.stderr)
         logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
         try:
