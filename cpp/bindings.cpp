@@ -27,6 +27,7 @@ void register_norms(py::module_& m);  // norms.cpp: clip_grad_norm_'s kernels
 namespace {
 
 using py::detail::array_descriptor_proxy;
+using array_descriptor_proxy_t = py::detail::PyArrayDescr_Proxy;
 using py::detail::array_proxy;
 using py::detail::npy_api;
 
@@ -47,17 +48,32 @@ PyObject* const* operand_items(py::handle h, bool single, std::size_t n, PyObjec
   return PySequence_Fast_ITEMS(h.ptr());
 }
 
-// A plain ndarray (not a subclass), C-contiguous, native float32/float64 with the given type
-// number (the first operand's when -1), shaped like `like` (when given), writeable if asked.
-bool plain_array(PyObject* o, int& type_num, const py::detail::PyArray_Proxy* like, bool writeable) {
+// NumPy's type number of ml_dtypes.bfloat16, a user-defined dtype numbered when it is registered
+// (fusedoptim._native tells it at import); -1 until then.
+int bfloat16_type_num = -1;
+constexpr int kNpyHalf = 23;  // NPY_HALF
+
+// What an array of this descriptor is stored as; false for anything else (big-endian included).
+bool storage_dtype(const array_descriptor_proxy_t* d, Dtype& dtype) {
+  if (d->byteorder == '>') return false;
+  if (d->type_num == npy_api::NPY_FLOAT_) dtype = Dtype::float32;
+  else if (d->type_num == npy_api::NPY_DOUBLE_) dtype = Dtype::float64;
+  else if (d->type_num == kNpyHalf) dtype = Dtype::float16;
+  else if (d->type_num == bfloat16_type_num) dtype = Dtype::bfloat16;
+  else return false;
+  return true;
+}
+
+// A plain ndarray (not a subclass), C-contiguous, of a storage dtype, which it sets in `dtype`
+// (or must equal, when `known`), shaped like `like` (when given), writeable if asked.
+bool plain_array(PyObject* o, Dtype& dtype, bool known, const py::detail::PyArray_Proxy* like, bool writeable) {
   if (Py_TYPE(o) != npy_api::get().PyArray_Type_) return false;
   const auto* a = array_proxy(o);
   const int need = npy_api::NPY_ARRAY_C_CONTIGUOUS_ | (writeable ? npy_api::NPY_ARRAY_WRITEABLE_ : 0);
   if ((a->flags & need) != need) return false;
-  const auto* d = array_descriptor_proxy(a->descr);
-  if (d->byteorder == '>' || (d->type_num != npy_api::NPY_FLOAT_ && d->type_num != npy_api::NPY_DOUBLE_)) return false;
-  if (type_num == -1) type_num = d->type_num;
-  if (d->type_num != type_num) return false;
+  Dtype mine;
+  if (!storage_dtype(array_descriptor_proxy(a->descr), mine) || (known && mine != dtype)) return false;
+  dtype = mine;
   if (like) {
     if (a->nd != like->nd) return false;
     for (int k = 0; k < a->nd; ++k)
@@ -84,19 +100,39 @@ bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) 
 //
 // Python's validator (_validate.operands) is the one judge of a step's input and the one
 // author of its error messages. This function only recognizes the common case, checked in
-// microseconds for hundreds of tensors: plain C-contiguous ndarrays of one native float
-// dtype, grads and states shaped like their params, params and states writeable, no two
-// operands sharing a byte, every scalar finite once rounded to the compute dtype. It steps
-// that case and returns True; for anything else it returns False having touched nothing, and
-// the caller hands the step to the validator. Everything accepted here, the validator accepts
-// too (tests/test_fast_path.py checks it). With `check_only`, it returns whether it would step
-// and steps nothing: a step of several calls (param groups) checks them all before running any.
+// microseconds for hundreds of tensors: plain C-contiguous ndarrays, each argument of one
+// storage dtype and the whole step of a natively compiled layout (dispatch.hpp: every dtype on
+// its own, bf16 with float32 states), grads and states shaped like their params, params and
+// states writeable, no two operands sharing a byte, every scalar finite once rounded to the
+// compute dtype. It steps that case and returns True; for anything else it returns False having
+// touched nothing, and the caller hands the step to the validator. Everything accepted here, the
+// validator accepts too (tests/test_fast_path.py checks it). With `check_only`, it returns whether
+// it would step and steps nothing: a step of several calls (param groups) checks them all before
+// running any. With `validated`, the caller has validated the step (_backends.run): any storage
+// the validator accepts is stepped, by its compute dtype's catch-all layout where none is native.
 //
 // `states` holds one entry per state slot (the rule's State order); bit k of `used` says the
 // step updates slot k, whose entry then must be operands like `grads`.
+//
+// `reduce_sums` (None, or a callable; two-pass rules only) is called between the passes with a
+// float64 array of each tensor's sums (num_tensors x num_sums), which it may change in place:
+// a tensor sharded across processes gets its whole norm that way (fusedoptim.torch, DTensors).
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool check_only) {
+          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums) {
   const RuleKernels& rule = active_isa().rules[r];
+  SumsHook hook;
+  if (!reduce_sums.is_none()) {
+    if (!rule.num_sums) throw std::invalid_argument(std::string(rule.name) + ": reduce_sums is for two-pass rules");
+    hook = [&reduce_sums](double* sums, std::size_t n, std::size_t k) {
+      py::gil_scoped_acquire gil;
+      py::array_t<double> rows({n, k});  // owned, so the callable cannot keep a view of this step's buffer
+      std::copy(sums, sums + n * k, rows.mutable_data());
+      reduce_sums(rows);
+      if (rows.ndim() != 2 || static_cast<std::size_t>(rows.shape(0)) != n || static_cast<std::size_t>(rows.shape(1)) != k)
+        throw std::invalid_argument("reduce_sums must change the sums in place");
+      std::copy(rows.data(), rows.data() + n * k, sums);
+    };
+  }
   if (scalars.size() != static_cast<std::size_t>(rule.num_planned))
     throw std::invalid_argument(std::string(rule.name) + ": expected " + std::to_string(rule.num_planned) + " scalars");
   if (flags >= (1u << rule.num_flags)) throw std::invalid_argument(std::string(rule.name) + ": bad flags");
@@ -118,45 +154,51 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     if ((used >> k & 1) && !(operand[2 + k] = operand_items(states[k], single, n, ones[2 + k]))) return false;
 
   std::vector<Tensor> tensors(n);
+  Dtype dtypes[2 + kMaxStates] = {};  // each argument's, from its first operand
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!plain_array(operand[0][i], dtypes[0], i > 0, nullptr, true)) return false;
+    const auto* p = array_proxy(operand[0][i]);
+    for (int k = 1; k < 2 + kMaxStates; ++k)
+      if (operand[k] && !plain_array(operand[k][i], dtypes[k], i > 0, p, k != 1)) return false;
+    Tensor& t = tensors[i];
+    t = Tensor{p->data, nullptr, {}, num_elements(p), dtypes[0], dtypes[1], {}};
+    for (int k = 2; k < 2 + kMaxStates; ++k) {
+      t.state_dtype[k - 2] = dtypes[k];
+      if (operand[k]) t.state[k - 2] = array_proxy(operand[k][i])->data;
+    }
+    t.grad = array_proxy(operand[1][i])->data;
+  }
+  if (n == 0) dtypes[0] = dtypes[1] = Dtype::float32;  // nothing to step: any layout does
+  Tensor first{nullptr, nullptr, {}, 0, dtypes[0], dtypes[1], {}};
+  for (int k = 0; k < kMaxStates; ++k) first.state_dtype[k] = dtypes[2 + k];
+  const int layout = layout_of(first, used, !validated);
+  if (layout < 0) return false;
+
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> spans;
   spans.reserve(n * (2 + states.size()));
-  int type_num = -1;
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!plain_array(operand[0][i], type_num, nullptr, true)) return false;
-    const auto* p = array_proxy(operand[0][i]);
-    Tensor& t = tensors[i];
-    t = Tensor{p->data, nullptr, {}, num_elements(p)};
-    for (int k = 1; k < 2 + kMaxStates; ++k) {
-      if (!operand[k]) continue;
-      if (!plain_array(operand[k][i], type_num, p, k != 1)) return false;
-      char* data = array_proxy(operand[k][i])->data;
-      if (k == 1)
-        t.grad = data;
-      else
-        t.state[k - 2] = data;
-    }
-  }
-  const std::size_t itemsize = type_num == npy_api::NPY_DOUBLE_ ? 8 : 4;
+  auto span = [&](const void* data, std::size_t bytes) {
+    spans.emplace_back(reinterpret_cast<std::uintptr_t>(data), reinterpret_cast<std::uintptr_t>(data) + bytes);
+  };
   std::size_t total = 0;
   for (const Tensor& t : tensors) {
     total += t.size;
     if (t.size == 0) continue;
-    const std::size_t bytes = t.size * itemsize;
-    spans.emplace_back(reinterpret_cast<std::uintptr_t>(t.param), reinterpret_cast<std::uintptr_t>(t.param) + bytes);
-    spans.emplace_back(reinterpret_cast<std::uintptr_t>(t.grad), reinterpret_cast<std::uintptr_t>(t.grad) + bytes);
-    for (void* state : t.state)
-      if (state) spans.emplace_back(reinterpret_cast<std::uintptr_t>(state), reinterpret_cast<std::uintptr_t>(state) + bytes);
+    span(t.param, t.size * itemsize(t.param_dtype));
+    span(t.grad, t.size * itemsize(t.grad_dtype));
+    for (int k = 0; k < kMaxStates; ++k)
+      if (t.state[k]) span(t.state[k], t.size * itemsize(t.state_dtype[k]));
   }
   if (any_overlap(spans)) return false;
   // A scalar finite in double but not in the compute dtype (lr=1e300 on float32): decline, so
   // that Python names the hyperparameter. The kernels round each scalar exactly like this.
+  const bool wide = dtypes[0] == Dtype::float64;
   for (int k = 0; k < rule.num_planned; ++k)
-    if (!std::isfinite(itemsize == 8 ? s[k] : static_cast<double>(static_cast<float>(s[k])))) return false;
+    if (!std::isfinite(wide ? s[k] : static_cast<double>(static_cast<float>(s[k])))) return false;
   if (check_only) return true;
 
-  const int dtype = itemsize == 8 ? 1 : 0;
+  const std::size_t param_itemsize = itemsize(dtypes[0]);
   if (total < kKeepGilElements) {
-    run_step(rule, dtype, itemsize, tensors, s, flags);
+    run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
     return true;
   }
   std::vector<py::object> alive;  // the arrays, even if another thread empties the caller's lists
@@ -165,7 +207,7 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
     if (items)
       for (std::size_t i = 0; i < n; ++i) alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
   py::gil_scoped_release nogil;
-  run_step(rule, dtype, itemsize, tensors, s, flags);
+  run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
   return true;
 }
 
@@ -236,9 +278,11 @@ PYBIND11_MODULE(_kernels, m) {
     const RuleKernels& rule = compiled_isas().front()->rules[r];
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-              unsigned flags, bool check_only) { return step(r, params, grads, states, used, scalars, flags, check_only); },
+              unsigned flags, bool check_only, bool validated, const py::object& reduce_sums) {
+            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums);
+          },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
-          py::arg("check_only") = false);
+          py::arg("check_only") = false, py::arg("validated") = false, py::arg("reduce_sums") = py::none());
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));
@@ -249,6 +293,8 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("REDUCTION_LANES") = kLanes;
   m.attr("COMPILER") = FUSEDOPTIM_COMPILER;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
+  m.def("_register_bfloat16", [](const py::dtype& bfloat16) { bfloat16_type_num = bfloat16.num(); },
+        "Tells the extension NumPy's type number of ml_dtypes.bfloat16 (fusedoptim._native, at import).");
   m.def("isa", [] { return std::string(active_isa().name); }, "The ISA level in use.");
   m.def("set_isa", [](const std::string& name) {
     try {

@@ -24,7 +24,7 @@ bool cpu_supports(const IsaTable& isa) {
   // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV). The
   // level is first chosen by a static initializer, which may run before libgcc's own.
   __builtin_cpu_init();
-  if (&isa == &avx2::table) return __builtin_cpu_supports("avx2");
+  if (&isa == &avx2::table) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
   if (&isa == &avx512::table)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
 #endif
@@ -66,6 +66,29 @@ RoofFn active_roof() {
   if (isa == &avx512::table) return avx512::roof;
 #endif
   return scalar::roof;
+}
+
+int layout_of(const Tensor& t, unsigned used_states, bool native_only) {
+  Dtype state = t.param_dtype;  // a step that uses no state matches its param's native layout
+  bool uniform = true, any = false;
+  for (int k = 0; k < kMaxStates; ++k)
+    if (used_states >> k & 1) {
+      if (any && t.state_dtype[k] != state) uniform = false;
+      state = t.state_dtype[k], any = true;
+    }
+  if (uniform)
+    for (std::size_t k = 0; k < kNativeLayouts.size(); ++k)
+      if (kNativeLayouts[k] == Storage{t.param_dtype, t.grad_dtype, state}) return static_cast<int>(k);
+  if (native_only) return -1;
+  return t.param_dtype == Dtype::float64 ? kAnyDouble : kAnyFloat;
+}
+
+std::size_t itemsize(Dtype dtype) {
+  switch (dtype) {
+    case Dtype::float64: return 8;
+    case Dtype::float32: return 4;
+    default: return 2;
+  }
 }
 
 void set_isa(const std::string& name) { active.store(find_supported(name), std::memory_order_relaxed); }

@@ -4,6 +4,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,9 +12,39 @@ namespace fusedoptim {
 
 inline constexpr int kMaxStates = 4;
 inline constexpr int kMaxScalars = 16;
-inline constexpr int kNumRules = 10;
-// Storage dtypes a step's operands may have, by index: float32, float64.
-inline constexpr int kNumDtypes = 2;
+inline constexpr int kNumRules = 12;
+// How an operand is stored. Compute is float64 for float64 params, else float32: loads widen
+// exactly, stores round to nearest even (cpp/kernels/common.hpp).
+enum class Dtype : std::uint8_t { float32, float64, bfloat16, float16 };
+
+// The 16-bit storage types: bits only; every level converts them in its own simd/ header.
+struct bf16 {
+  std::uint16_t bits;
+};
+struct f16 {
+  std::uint16_t bits;
+};
+
+// A step's storage: the param's dtype, the grad's, and every used state's.
+struct Storage {
+  Dtype param, grad, state;
+  friend constexpr bool operator==(const Storage&, const Storage&) = default;
+};
+
+// The storages the kernels are compiled for natively (the hot ones: each dtype on its own, and
+// bf16 params and grads with float32 states), then one catch-all layout per compute dtype that
+// takes any mix the validator accepts (float32, bfloat16 and float16 operands for float32 compute;
+// float64 and float32 ones for float64) by staging blocks through buffers of the compute dtype
+// (isa_kernels.cpp). A layout is an index into every rule's kernels.
+inline constexpr std::array<Storage, 5> kNativeLayouts{{
+    {Dtype::float32, Dtype::float32, Dtype::float32},
+    {Dtype::float64, Dtype::float64, Dtype::float64},
+    {Dtype::bfloat16, Dtype::bfloat16, Dtype::bfloat16},
+    {Dtype::float16, Dtype::float16, Dtype::float16},
+    {Dtype::bfloat16, Dtype::bfloat16, Dtype::float32},
+}};
+inline constexpr int kAnyFloat = kNativeLayouts.size(), kAnyDouble = kAnyFloat + 1;
+inline constexpr int kNumLayouts = kAnyDouble + 1;
 
 // Type-erased operands of one tensor, as the bindings hand them to the kernels.
 struct Tensor {
@@ -21,6 +52,8 @@ struct Tensor {
   const void* grad;
   void* state[kMaxStates];  // in the rule's State order; unused slots are null
   std::size_t size;
+  // What each operand is stored as (read by the catch-all layouts; unused slots' are ignored).
+  Dtype param_dtype, grad_dtype, state_dtype[kMaxStates];
 };
 
 // Steps elements [begin, end) of one tensor.
@@ -37,8 +70,8 @@ using BetweenPassesFn = void (*)(const double* sums, double* scalars);
 struct RuleKernels {
   const char* name;
   int num_scalars, num_planned, num_flags, num_states, num_sums;  // num_sums is 0 for one-pass rules
-  std::array<RangeFn, kNumDtypes> range;
-  std::array<FirstPassFn, kNumDtypes> first_pass;  // null for one-pass rules
+  std::array<RangeFn, kNumLayouts> range;           // by layout (kNativeLayouts, kAnyFloat, kAnyDouble)
+  std::array<FirstPassFn, kNumLayouts> first_pass;  // null for one-pass rules
   BetweenPassesFn between_passes;                  // null for one-pass rules
 };
 
@@ -56,6 +89,13 @@ struct Streams {
   std::size_t size;
 };
 using RoofFn = void (*)(const Streams&, std::size_t begin, std::size_t end);
+
+// The layout that steps a tensor stored as `t` says, in the state slots of `used_states` (bit k:
+// slot k): its native layout if it has one (else -1 when `native_only`), else its compute dtype's
+// catch-all. The dtypes must be a combination the validator accepts (_validate.operands).
+int layout_of(const Tensor& t, unsigned used_states, bool native_only);
+// The size in bytes of an element stored as `dtype`.
+std::size_t itemsize(Dtype dtype);
 
 // ISA levels compiled into this build, lowest first.
 const std::vector<const IsaTable*>& compiled_isas();

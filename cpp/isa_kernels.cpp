@@ -2,6 +2,7 @@
 // that level's -m flags and FUSEDOPTIM_ISA_NS, so everything here and in the headers it includes
 // lives in that level's namespace, and the level's table is the only way in.
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 
 #include "kernels/rules.hpp"
@@ -24,6 +25,27 @@ template <class T>
 using Wide = Scalar<T>;
 #endif
 
+// Native layout k of the tables (dispatch.hpp).
+template <Dtype d>
+using StorageOf = std::conditional_t<
+    d == Dtype::float32, float,
+    std::conditional_t<d == Dtype::float64, double, std::conditional_t<d == Dtype::bfloat16, bf16, f16>>>;
+
+template <int k>
+auto layout_at() {
+  constexpr Storage s = kNativeLayouts[k];
+  using T = std::conditional_t<s.param == Dtype::float64, double, float>;
+  return Layout<T, StorageOf<s.param>, StorageOf<s.grad>, StorageOf<s.state>>{};
+}
+template <int k>
+using LayoutAt = decltype(layout_at<k>());
+
+// The native layout whose every operand is stored as the compute type T, which the catch-all runs.
+static_assert(kNativeLayouts[0] == Storage{Dtype::float32, Dtype::float32, Dtype::float32} &&
+              kNativeLayouts[1] == Storage{Dtype::float64, Dtype::float64, Dtype::float64});
+template <class T>
+using ComputeLayout = LayoutAt<std::is_same_v<T, double> ? 1 : 0>;
+
 template <class Rule>
 concept TwoPass = requires { Rule::num_sums; };
 
@@ -36,9 +58,10 @@ constexpr int planned_scalars() {
 
 // Full vectors, then the tail one element at a time through the same update: every op is
 // IEEE-rounded either way, so where the split falls never changes a result.
-template <class Rule, class T, unsigned flags>
+template <class Rule, class L, unsigned flags>
 void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s) {
-  const Operands<T> x(t);
+  using T = typename L::Compute;
+  const Operands<L> x(t);
   std::size_t i = begin;
   if constexpr (Wide<T>::width > 1) {
     const Scalars<Wide<T>, Rule::S::count> wide(s);
@@ -49,10 +72,11 @@ void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double
 }
 
 // Pass 1 of a two-pass rule, block by block, each block's sums in the order of reduction.hpp.
-template <class Rule, class T, unsigned flags>
+template <class Rule, class L, unsigned flags>
 void first_pass_range(const Tensor& t, std::size_t first, std::size_t last, const double* s, double* block_sums,
                       std::size_t stride) {
-  const Operands<T> x(t);
+  using T = typename L::Compute;
+  const Operands<L> x(t);
   const Scalars<Wide<T>, Rule::S::count> wide(s);
   const Scalars<Scalar<T>, Rule::S::count> one(s);
   for (std::size_t b = first; b < last; ++b) {
@@ -66,49 +90,168 @@ void first_pass_range(const Tensor& t, std::size_t first, std::size_t last, cons
 
 // Flags are template arguments, so each combination compiles to a branch-free loop; these pick
 // the instantiation for a step's flags.
-template <class Rule, class T, unsigned... flags>
+template <class Rule, class L, unsigned... flags>
 void range_by_flags(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned f,
                     std::integer_sequence<unsigned, flags...>) {
   using Fn = void (*)(const Tensor&, std::size_t, std::size_t, const double*);
-  static constexpr Fn table[] = {&run_range<Rule, T, flags>...};
+  static constexpr Fn table[] = {&run_range<Rule, L, flags>...};
   table[f](t, begin, end, s);
 }
 
-template <class Rule, class T>
+template <class Rule, class L>
 void range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags) {
-  range_by_flags<Rule, T>(t, begin, end, s, flags, std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
+  range_by_flags<Rule, L>(t, begin, end, s, flags, std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
 }
 
-template <class Rule, class T, unsigned... flags>
+template <class Rule, class L, unsigned... flags>
 void first_pass_by_flags(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned f,
                          double* sums, std::size_t stride, std::integer_sequence<unsigned, flags...>) {
   using Fn = void (*)(const Tensor&, std::size_t, std::size_t, const double*, double*, std::size_t);
-  static constexpr Fn table[] = {&first_pass_range<Rule, T, flags>...};
+  static constexpr Fn table[] = {&first_pass_range<Rule, L, flags>...};
   table[f](t, first, last, s, sums, stride);
 }
 
-template <class Rule, class T>
+template <class Rule, class L>
 void first_pass(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned flags, double* sums,
                 std::size_t stride) {
-  first_pass_by_flags<Rule, T>(t, first, last, s, flags, sums, stride,
+  first_pass_by_flags<Rule, L>(t, first, last, s, flags, sums, stride,
                                std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
 }
 
-template <class Rule>
-constexpr RuleKernels kernels_of() {
+// --- The catch-all layouts: any storage the validator accepts ---
+//
+// A block of every operand not stored as the compute type T is widened into a buffer, the compute
+// type's own native kernel steps the block (those buffers, and the other operands in place), and
+// the widened param and states are rounded back to their storage. These are the bits that
+// converting at every load and store gives: a rule reads an operand before it stores it and stores
+// it once per pass (LAMB's second pass reads what its first one stored, and the first pass's store
+// has been rounded back by then). So the catch-all instantiates no rule again; it costs a pass over
+// the widened operands' buffers, which stay in L1/L2.
+
+template <class T, class S>
+void widen_block(const void* from, std::size_t n, T* to) {
+  const S* p = static_cast<const S*>(from);
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) Wide<T>::load(p + k).store(to + k);
+  for (; k < n; ++k) Scalar<T>::load(p + k).store(to + k);
+}
+
+template <class T, class S>
+void narrow_block(const T* from, std::size_t n, void* to) {
+  S* p = static_cast<S*>(to);
+  std::size_t k = 0;
+  for (; k + Wide<T>::width <= n; k += Wide<T>::width) Wide<T>::load(from + k).store(p + k);
+  for (; k < n; ++k) Scalar<T>::load(from + k).store(p + k);
+}
+
+// Calls fn with a null pointer of the storage type a catch-all of compute type T reads `dtype` as:
+// float32, bfloat16 or float16 for float32 compute; float64 or float32 for float64 (the validator's).
+template <class T, class Fn>
+void with_storage(Dtype dtype, const Fn& fn) {
+  if constexpr (std::is_same_v<T, double>) {
+    if (dtype == Dtype::float32) return fn(static_cast<float*>(nullptr));
+    return fn(static_cast<double*>(nullptr));
+  } else {
+    if (dtype == Dtype::bfloat16) return fn(static_cast<bf16*>(nullptr));
+    if (dtype == Dtype::float16) return fn(static_cast<f16*>(nullptr));
+    return fn(static_cast<float*>(nullptr));
+  }
+}
+
+template <class T>
+struct Staged {
+  static constexpr Dtype kCompute = std::is_same_v<T, double> ? Dtype::float64 : Dtype::float32;
+  alignas(64) T buffer[2 + kMaxStates][kBlock];
+  Tensor tensor{};
+
+  // Elements [begin, begin + n) of t's operands (n <= kBlock) as `tensor`, all stored as T: an
+  // operand stored as T is stepped where it is, any other is widened into its buffer.
+  void load(const Tensor& t, std::size_t begin, std::size_t n) {
+    tensor = Tensor{nullptr, nullptr, {}, n, kCompute, kCompute, {kCompute, kCompute, kCompute, kCompute}};
+    tensor.param = const_cast<void*>(in(t.param, t.param_dtype, begin, n, buffer[0]));
+    tensor.grad = in(t.grad, t.grad_dtype, begin, n, buffer[1]);
+    for (int k = 0; k < kMaxStates; ++k)
+      if (t.state[k]) tensor.state[k] = const_cast<void*>(in(t.state[k], t.state_dtype[k], begin, n, buffer[2 + k]));
+  }
+
+  // The widened states, and the param when the pass wrote it, rounded back into t's operands.
+  void store(const Tensor& t, std::size_t begin, std::size_t n, bool param) const {
+    if (param) out(buffer[0], t.param, t.param_dtype, begin, n);
+    for (int k = 0; k < kMaxStates; ++k)
+      if (t.state[k]) out(buffer[2 + k], t.state[k], t.state_dtype[k], begin, n);
+  }
+
+  static const void* element(const void* p, Dtype dtype, std::size_t i) {
+    return static_cast<const char*>(p) + i * itemsize(dtype);
+  }
+  static const void* in(const void* from, Dtype dtype, std::size_t begin, std::size_t n, T* buffer) {
+    if (dtype == kCompute) return element(from, dtype, begin);
+    with_storage<T>(dtype, [&](auto* type) {
+      widen_block<T, std::remove_pointer_t<decltype(type)>>(element(from, dtype, begin), n, buffer);
+    });
+    return buffer;
+  }
+  static void out(const T* buffer, void* to, Dtype dtype, std::size_t begin, std::size_t n) {
+    if (dtype == kCompute) return;  // stepped in place
+    with_storage<T>(dtype, [&](auto* type) {
+      narrow_block<T, std::remove_pointer_t<decltype(type)>>(buffer, n, const_cast<void*>(element(to, dtype, begin)));
+    });
+  }
+};
+
+template <class Rule, class T>
+void staged_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags) {
+  Staged<T> stage;
+  for (std::size_t i = begin; i < end; i += kBlock) {
+    const std::size_t n = std::min(kBlock, end - i);
+    stage.load(t, i, n);
+    range<Rule, ComputeLayout<T>>(stage.tensor, 0, n, s, flags);
+    stage.store(t, i, n, true);
+  }
+}
+
+// Block by block, so that each block's sums come from the same elements and lanes as natively.
+template <class Rule, class T>
+void staged_first_pass(const Tensor& t, std::size_t first, std::size_t last, const double* s, unsigned flags,
+                       double* sums, std::size_t stride) {
+  Staged<T> stage;
+  for (std::size_t b = first; b < last; ++b) {
+    const std::size_t begin = b * kBlock, n = std::min(kBlock, t.size - begin);
+    stage.load(t, begin, n);
+    first_pass<Rule, ComputeLayout<T>>(stage.tensor, 0, 1, s, flags, sums + b, stride);
+    stage.store(t, begin, n, false);
+  }
+}
+
+// Layout k's kernels: a native layout's own, or a catch-all's over its compute type's.
+template <class Rule, int k>
+constexpr RangeFn range_at() {
+  if constexpr (k == kAnyFloat) return &staged_range<Rule, float>;
+  else if constexpr (k == kAnyDouble) return &staged_range<Rule, double>;
+  else return &range<Rule, LayoutAt<k>>;
+}
+
+template <class Rule, int k>
+constexpr FirstPassFn first_pass_at() {
+  if constexpr (k == kAnyFloat) return &staged_first_pass<Rule, float>;
+  else if constexpr (k == kAnyDouble) return &staged_first_pass<Rule, double>;
+  else return &first_pass<Rule, LayoutAt<k>>;
+}
+
+template <class Rule, int... k>
+constexpr RuleKernels kernels_of(std::integer_sequence<int, k...>) {
   static_assert(Rule::S::count <= kMaxScalars && Rule::num_states <= kMaxStates);
   if constexpr (TwoPass<Rule>)
     return {Rule::name, Rule::S::count, planned_scalars<Rule>(), Rule::F::count, Rule::num_states, Rule::num_sums,
-            {&range<Rule, float>, &range<Rule, double>}, {&first_pass<Rule, float>, &first_pass<Rule, double>},
-            &Rule::between_passes};
+            {range_at<Rule, k>()...}, {first_pass_at<Rule, k>()...}, &Rule::between_passes};
   else
     return {Rule::name, Rule::S::count, planned_scalars<Rule>(), Rule::F::count, Rule::num_states, 0,
-            {&range<Rule, float>, &range<Rule, double>}, {nullptr, nullptr}, nullptr};
+            {range_at<Rule, k>()...}, {}, nullptr};
 }
 
 template <class... R>
 constexpr IsaTable table_of(const char* name, std::tuple<R...>*) {
-  return {name, {kernels_of<R>()...}};
+  return {name, {kernels_of<R>(std::make_integer_sequence<int, kNumLayouts>{})...}};
 }
 
 }  // namespace

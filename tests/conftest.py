@@ -11,12 +11,71 @@ import os
 import subprocess
 import sys
 
+from typing import NamedTuple
+
+import ml_dtypes
 import numpy as np
 import pytest
 
 import fusedoptim as fo
 
 DTYPES = (np.float32, np.float64)
+BF16, F16 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
+class Storage(NamedTuple):
+    """What a step's operands are stored as: the params, the grads, and the states (``states`` is
+    cycled over a rule's state arguments, so (bf16, f32) alternates them)."""
+
+    param: np.dtype
+    grad: np.dtype
+    states: tuple
+
+    def state(self, k):
+        return self.states[k % len(self.states)]
+
+    def __repr__(self):
+        return "/".join(np.dtype(d).name for d in (self.param, self.grad, *self.states))
+
+
+def _storages():
+    """Every storage combination the kernels take: each param dtype with each grad dtype it allows,
+    its states all in its dtype, all in float32, or alternating (one call's state arguments may
+    differ; each one is uniform)."""
+    out = []
+    for param in (F64, F32, BF16, F16):
+        grads = (param, *(d for d in (F32, BF16, F16) if d != param))
+        states = [(param,)] if param == F32 else [(param,), (F32,), (param, F32), (F32, param)]
+        out += [Storage(param, grad, state) for grad in grads for state in states]
+    return out
+
+
+STORAGES = _storages()
+# The ones a user gets from one dtype: every operand in the param's dtype.
+PLAIN_STORAGES = [Storage(d, d, (d,)) for d in (F64, F32, BF16, F16)]
+
+
+def as_storage(dtype):
+    """A Storage for a dtype (every operand in it), or the Storage itself."""
+    return dtype if isinstance(dtype, Storage) else Storage(np.dtype(dtype), np.dtype(dtype), (np.dtype(dtype),))
+
+
+def compute_dtype(storage):
+    return F64 if as_storage(storage).param == F64 else F32
+
+
+# Input values that exercise the conversions, in the compute dtype (each is then stored as its operand's
+# dtype, so one that a format cannot hold arrives as that format rounds it): NaN, Inf, signed zeros;
+# subnormals of each format (float16's smallest 2^-24 and largest 2^-14 - 2^-24; bfloat16's are
+# float32's, down to 2^-149); ties between neighbours (1 + 2^-8 in bfloat16, 1 + 2^-11 in float16);
+# the largest finite values and those that round to Inf (65520 in float16, float32's max in bfloat16).
+_SPECIALS = [np.nan, np.inf, -np.inf, 0.0, -0.0, 2.0**-24, -3 * 2.0**-24, 2.0**-14 - 2.0**-24, 2.0**-133, -1e-40,
+             2.0**-149, 1 + 2.0**-8, -(1 + 3 * 2.0**-8), 1 + 2.0**-11, -3 * (1 + 2.0**-11), 65504.0, -65520.0, 65519.0,
+             3.3895313892515355e38, -3.4028234663852886e38]
+# float64 params' float32 states round float64 values: a float32 tie, and the one above float32's max
+# that rounds to Inf (itself a tie).
+_SPECIALS_F64 = _SPECIALS + [1 + 2.0**-24, -(2.0**-150), 3.4028235677973366e38]
 
 
 def _grid(**axes):
@@ -95,6 +154,16 @@ CASES = [
     Case("lamb", fo.lamb_, {"exp_avgs": ("exp_avg", False), "exp_avg_sqs": ("exp_avg_sq", True)},
          [dict(lr=0.01, **h) for h in _grid(weight_decay=[0.0, 0.05], maximize=[False, True],
                                             bias_correction=[True, False])]),
+    # eta and mu are per-call scalars like step: mu = 1 copies param into ax, mu < 1 averages. t0 = 5
+    # makes torch's runs (which keep eta and mu themselves) average from step 8 on.
+    Case("asgd", fo.asgd_, {"axs": ("ax", False)},
+         [dict(lr=0.01, lambd=0.01, t0=5.0, eta=0.05, **h)
+          for h in _grid(mu=[1.0, 0.25], weight_decay=[0.0, 0.05], maximize=[False, True])],
+         torch_name="ASGD"),
+    # Normal-sized step sizes and bounds inside their range make both clamps bite.
+    Case("rprop", fo.rprop_, {"prevs": ("prev", False), "state_step_sizes": ("step_size", True)},
+         _grid(etas=[(0.5, 1.2), (0.3, 1.5)], step_sizes=[(1e-6, 50), (0.05, 0.8)], maximize=[False, True]),
+         takes_step=False, torch_name="Rprop"),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
@@ -149,19 +218,25 @@ def backends():
 
 
 def make_problem(case, hyper, dtype, sizes, steps, seed, specials):
-    """Initial params and states and one gradient per step, as plain arrays."""
+    """Initial params and states and one gradient per step, as plain arrays. ``dtype`` is a dtype
+    for every operand or a Storage; values are drawn in the compute dtype and stored as their
+    operand's dtype, with a few of the special values above in each array when ``specials``."""
+    storage = as_storage(dtype)
     rng = np.random.default_rng(seed)
+    pool = np.array(_SPECIALS_F64 if compute_dtype(storage) == F64 else _SPECIALS, dtype=compute_dtype(storage))
 
-    def values(n, nonneg=False):
-        x = rng.standard_normal(n).astype(dtype)
+    def values(n, dtype, nonneg=False):
+        x = rng.standard_normal(n).astype(compute_dtype(storage))
         if specials and n:
             where = rng.integers(0, n, size=max(1, n // 50))
-            x[where] = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], dtype=dtype), size=where.size)
-        return np.abs(x) if nonneg else x
+            x[where] = rng.choice(pool, size=where.size)
+        with np.errstate(over="ignore"):
+            return (np.abs(x) if nonneg else x).astype(dtype)
 
-    params = [values(n) for n in sizes]
-    states = {arg: [values(n, nonneg) for n in sizes] for arg, nonneg in case.used_states(hyper).items()}
-    grads = [[values(n) for n in sizes] for _ in range(steps)]
+    params = [values(n, storage.param) for n in sizes]
+    used = case.used_states(hyper).items()
+    states = {arg: [values(n, storage.state(k), nonneg) for n in sizes] for k, (arg, nonneg) in enumerate(used)}
+    grads = [[values(n, storage.grad) for n in sizes] for _ in range(steps)]
     return params, states, grads
 
 
@@ -310,8 +385,9 @@ def params_of(opt):
 
 @contextlib.contextmanager
 def torch_default_dtype(dtype):
-    """torch keeps per-param scalar state (step, NAdam's mu_product) in its default dtype: a float64 run
-    steps with float64 as the default, so that those scalars are float64 too, as ours are on the host."""
+    """torch keeps per-param scalar state (step, NAdam's mu_product, ASGD's eta and mu) in its default
+    dtype: a float64 run steps with float64 as the default, so that those scalars are float64 too, as
+    ours are on the host."""
     import torch  # only the tests that have it call this
 
     previous = torch.get_default_dtype()

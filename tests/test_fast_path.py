@@ -8,6 +8,8 @@ import fusedoptim as fo
 from fusedoptim import _backends, bench
 from fusedoptim._rules import RULES, adam_plan
 
+from conftest import BF16, F16, F32, F64, assert_bitwise_equal
+
 pytestmark = pytest.mark.skipif("cpp" not in fo.available_backends(), reason="needs the cpp extension")
 
 PLAN = adam_plan(1)
@@ -16,6 +18,37 @@ PLAN = adam_plan(1)
 def arrays(n=33, count=4, dtype=np.float32):
     rng = np.random.default_rng(0)
     return [rng.standard_normal(n).astype(dtype) for _ in range(count)]
+
+
+# What the fast path steps: each dtype on its own, bfloat16 with float32 states (the native layouts).
+NATIVE = [(F64, F64, F64), (F32, F32, F32), (BF16, BF16, BF16), (F16, F16, F16), (BF16, BF16, F32)]
+# Storage the validator accepts that the fast path declines to it (the catch-all layouts run them).
+DECLINED = [(F32, BF16, F32), (F32, F16, F32), (BF16, F32, BF16), (F16, BF16, F32), (BF16, F16, F32),
+            (F64, F32, F32), (F64, F64, F32), (F16, F16, (F16, F32))]
+
+
+@pytest.mark.parametrize("param,grad,state", NATIVE + DECLINED, ids=lambda d: str(d))
+def test_steps_the_native_storage_and_declines_the_rest_untouched(param, grad, state):
+    states = state if isinstance(state, tuple) else (state, state)
+    p, g = arrays(1000, count=1, dtype=param)[0], arrays(1000, count=1, dtype=grad)[0]
+    m, v = (a.astype(d) for a, d in zip(arrays(1000, count=2), states))
+    before = [a.copy() for a in (p, m, v)]
+    native = (param, grad, state) in NATIVE
+    kernel = _backends._kernels.adam
+    assert kernel(p, g, (m, v, None), 0b011, PLAN.scalars, 0, check_only=True) is native
+    assert kernel(p, g, (m, v, None), 0b011, PLAN.scalars, 0) is native
+    if not native:
+        for a, b in zip((p, m, v), before):
+            np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))  # nothing touched
+    # Whichever path steps it, the validated one accepts it and steps it as the reference does.
+    results = []
+    for backend in ("cpp", "numpy"):
+        ops = [a.copy() for a in before]
+        with np.errstate(invalid="ignore"):
+            fo.adam_(ops[0], g, ops[1], ops[2], step=1, backend=backend)
+        results.append(ops)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
 def read_only(a):
@@ -28,7 +61,10 @@ def bad_steps():
     """(label, params, grads, exp_avgs, exp_avg_sqs): every kind of input the validator rejects."""
     p, g, m, v = arrays()
     q = arrays(8)
-    yield "float16", p.astype(np.float16), g.astype(np.float16), m.astype(np.float16), v.astype(np.float16)
+    yield "bfloat16 state of float16 params", p.astype(F16), g.astype(F16), m.astype(BF16), v.astype(F16)
+    yield "float64 grads of bfloat16 params", p.astype(BF16), g.astype(np.float64), m.astype(BF16), v.astype(BF16)
+    yield "float16 params, float32 and float16 states in one call", [p.astype(F16), q[0].astype(F16)], \
+        [g.astype(F16), q[1].astype(F16)], [m.astype(F16), q[2].astype(F16)], [v.astype(F16), q[3]]
     yield "int", np.arange(4), np.arange(4), np.arange(4), np.arange(4)
     yield "mixed dtypes", p, g.astype(np.float64), m, v
     yield "big-endian", p.astype(">f4"), g.astype(">f4"), m.astype(">f4"), v.astype(">f4")
@@ -87,6 +123,11 @@ def accepted_steps():
     yield "empty list", [], [], [], []
     yield "size 0", p[:0].copy(), g[:0].copy(), m[:0].copy(), v[:0].copy()
     yield "float64", *arrays(77, dtype=np.float64)
+    yield "bfloat16", *arrays(77, dtype=BF16)
+    yield "float16", *arrays(77, dtype=F16)
+    yield "bfloat16, float32 states", *arrays(77, count=2, dtype=BF16), *arrays(77, count=2)
+    yield "float32, bfloat16 grads", p, g.astype(BF16), m, v  # declined, then stepped by the validated path
+    yield "float64, float16 grads and float32 states", p.astype(F64), g.astype(F16), m, v
     yield "buffer protocol grad", p, memoryview(g.copy()), m, v
     yield "writeable buffer state", p, g, memoryview(m.copy()), v  # declined, then stepped by the validated path
 
@@ -109,7 +150,7 @@ def test_accepted_steps_match_the_reference(label, params, grads, exp_avgs, exp_
         results.append(ops)
     for a, b in zip(results[0], results[1]):
         for x, y in zip(a if isinstance(a, (list, tuple)) else [a], b if isinstance(b, (list, tuple)) else [b]):
-            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+            assert_bitwise_equal(np.asarray(x), np.asarray(y))
 
 
 def test_every_rule_declines_a_bad_step():

@@ -43,6 +43,10 @@ TRAJECTORIES = [
     (fo.NAdam, "NAdam", dict()),
     (fo.NAdam, "NAdam", dict(lr=0.01, betas=(0.8, 0.99), momentum_decay=0.01, weight_decay=0.05, maximize=True)),
     (fo.NAdam, "NAdam", dict(lr=0.01, weight_decay=0.05, decoupled_weight_decay=True)),
+    (fo.ASGD, "ASGD", dict()),
+    (fo.ASGD, "ASGD", dict(lr=0.05, lambd=0.01, alpha=0.5, t0=10, weight_decay=0.05, maximize=True)),
+    (fo.Rprop, "Rprop", dict()),
+    (fo.Rprop, "Rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2), maximize=True)),
 ]
 
 

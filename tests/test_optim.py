@@ -20,7 +20,9 @@ KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
           "RAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
           "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
           "Lion": dict(lr=0.01, weight_decay=0.1),
-          "Lamb": dict(lr=0.01, weight_decay=0.1)}
+          "Lamb": dict(lr=0.01, weight_decay=0.1),
+          "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1),
+          "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}
 # (class, constructor kwargs, functional, spec)
 OPTIMIZERS = [(getattr(fo, name), KWARGS[name], getattr(fo, spec.functional), spec) for name, spec in SPECS.items()]
 IDS = [o[0].__name__ for o in OPTIMIZERS]
@@ -51,7 +53,7 @@ def test_stateful_equals_functional(cls, kwargs, functional, spec):
     expected = [p.copy() for p in params]
     hyper = {k: v for k, v in kwargs.items() if k not in rule.initial.values()}
     states = [[initial_state(s, kwargs, p) for p in expected] for s in rule.states]
-    host = dict(rule.host_states)
+    host = dict(zip(rule.host_states, rule.host_start(kwargs)))
     opt = cls(params, **kwargs)
     for step in range(1, 6):
         opt.step(grads_for(params, step))

@@ -16,7 +16,8 @@ BACKENDS = fo.available_backends()
 KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True), "Adagrad": dict(lr=0.1, initial_accumulator_value=0.5),
           "RMSprop": dict(lr=0.01, momentum=0.5, centered=True), "Adam": dict(lr=0.01, amsgrad=True),
           "AdamW": dict(lr=0.01), "Adamax": dict(lr=0.01), "Adadelta": dict(lr=0.5), "RAdam": dict(lr=0.01),
-          "NAdam": dict(lr=0.01), "Lion": dict(lr=0.01, weight_decay=0.1), "Lamb": dict(lr=0.01, weight_decay=0.1)}
+          "NAdam": dict(lr=0.01), "Lion": dict(lr=0.01, weight_decay=0.1), "Lamb": dict(lr=0.01, weight_decay=0.1),
+          "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0), "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}
 
 
 def test_every_optimizer_is_in_the_table():
@@ -161,7 +162,7 @@ def test_a_fortran_ordered_param_steps_as_its_c_ordered_transpose(name):
     cls = getattr(fo, name)
     params, grads = params_and_grads(shapes=((6, 5), (7,), (3, 4, 2)))
     fortran = [np.asfortranarray(p) for p in params]
-    transposed = [np.ascontiguousarray(p.T) for p in params]  # the same memory order, C-contiguous
+    transposed = [p.T.copy() for p in params]  # the same memory order, C-contiguous, memory of its own
     opt_f, opt_t = cls(fortran, **KWARGS[name]), cls(transposed, **KWARGS[name])
     for g in grads:
         assert opt_f.step(g)

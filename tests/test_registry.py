@@ -61,7 +61,9 @@ def test_torch_class_agrees_with_the_registry_and_its_twin(spec):
     torch_hyper = {n: p.default for n, p in theirs.parameters.items() if n not in TORCH_EXECUTION_FLAGS | {"params"}}
     assert set(torch_hyper) <= set(hyper), set(torch_hyper) - set(hyper)
     assert torch_hyper == {k: hyper[k] for k in torch_hyper}
-    assert [(p.name, p.kind) for p in ours.parameters.values()] == [(p.name, p.kind) for p in theirs.parameters.values()]
+    # torch's arguments, then the layer's own option (state_dtype).
+    assert [(p.name, p.kind) for p in ours.parameters.values()] == \
+           [(p.name, p.kind) for p in theirs.parameters.values()] + [("state_dtype", inspect.Parameter.KEYWORD_ONLY)]
     params = [torch.zeros(3, requires_grad=True)]
     assert getattr(ft, spec.name)(params).defaults == getattr(torch.optim, spec.name)(params).defaults
 
@@ -98,10 +100,16 @@ def test_a_mismatched_extension_is_refused():
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_docstrings_show_the_formula_and_the_defaults(spec):
-    for obj in (getattr(fo, spec.functional), getattr(fo, spec.name)):
+    """Every hyperparameter default of a signature, lr included, is shown as its signature has it.
+    (A hyperparameter that only starts a state, such as Rprop's lr, is not the functional's.)"""
+    functional, cls = getattr(fo, spec.functional), getattr(fo, spec.name)
+    for obj in (functional, cls):
         doc = inspect.getdoc(obj)
         assert reference.formula(spec.rule.name).strip().splitlines()[0].strip() in doc
-        assert "Defaults: " in doc and f"lr={spec.hyper_defaults()['lr']!r}" in doc
+        shown = doc.split("Defaults: ", 1)[1].split("\n", 1)[0]
+        hyper = defaults(inspect.signature(obj), spec.rule.hyper)
+        assert "lr" in hyper or (obj is functional and "lr" in spec.rule.initial.values())
+        assert all(f"{name}={value!r}" in shown for name, value in hyper.items()), (shown, hyper)
 
 
 def test_signatures_are_compiled_not_wrapped():

@@ -188,3 +188,33 @@ def test_interrupted_after_the_kernels_still_counts_the_step(monkeypatch):
         opt.step()
     assert [float(opt.state[p]["step"]) for p in params] == [1.0] * 3
     assert all(torch.all(p < 1) for p in params)
+
+
+def test_overlapping_params_stepped_one_by_one_keep_their_reduction(monkeypatch):
+    """A two-pass call split into one call per param (they share memory) hands each param's own sums to
+    the reduction of the whole call, in its row, and takes that row back."""
+    seen = []
+
+    def doubled(sums):
+        seen.append(sums.copy())
+        sums *= 2
+
+    monkeypatch.setattr(ft.Optimizer, "_reduction", lambda self, params: doubled)
+    buf = torch.linspace(-1, 1, 16)
+    a, b = buf[0:10], buf[6:16]
+    for k, p in enumerate((a, b)):
+        p.requires_grad_(True)
+        p.grad = torch.linspace(-1, 1, p.numel()) * (k + 1)
+    ft.Lamb([a, b], lr=0.1).step()
+    assert [rows.shape for rows in seen] == [(2, 2), (2, 2)]
+    assert not seen[0][1].any() and not seen[1][0].any()  # each call's other row is zero
+
+    memory = torch.linspace(-1, 1, 16).numpy()
+    for k, (start, stop) in enumerate(((0, 10), (6, 16))):
+        value = memory[start:stop].copy()
+        fo._backends.step(None, fo._rules.RULES["lamb"], fo._rules.RULES["lamb"].plan(1, lr=0.1), [value],
+                          [(torch.linspace(-1, 1, 10) * (k + 1)).numpy()], ([np.zeros(10, np.float32)],
+                                                                            [np.zeros(10, np.float32)]),
+                          reduce=lambda sums: sums.__imul__(2))
+        memory[start:stop] = value
+    assert buf.detach().numpy().tobytes() == memory.tobytes()

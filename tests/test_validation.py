@@ -56,9 +56,11 @@ def bad_cases():
             exp_avg_sqs=[ops["exp_avg_sqs"][0], ops["exp_avg_sqs"][1].astype(np.float64)])) or {},
          TypeError, "params[1] is float64"),
         ("int dtype", lambda ops: ops.update(params=[a.astype(np.int32) for a in ops["params"]]) or {}, TypeError,
-         "has dtype int32; supported: float32, float64"),
-        ("float16", lambda ops: ops.update(params=[a.astype(np.float16) for a in ops["params"]]) or {}, TypeError,
-         "float16"),
+         "has dtype int32; supported: float64, float32, bfloat16, float16"),
+        ("state dtype", lambda ops: ops.update(params=[a.astype(np.float16) for a in ops["params"]],
+                                               exp_avgs=[a.astype(np.float64) for a in ops["exp_avgs"]]) or {},
+         TypeError, "exp_avgs[0] is float64 but params[0] is float16; with float16 params, exp_avgs may be float16, "
+                    "float32"),
         ("read-only param", setter("params", 1, lambda a: (a.setflags(write=False), a)[1]), ValueError,
          "params[1] is read-only"),
         ("read-only state", setter("exp_avgs", 0, lambda a: (a.setflags(write=False), a)[1]), ValueError,
@@ -137,6 +139,29 @@ def test_other_rules_name_their_arguments(backend):
     with pytest.raises(ValueError, match="Invalid lr_decay"):
         fo.adagrad_(p, g, np.zeros_like(p), step=1, lr_decay=-1.0, backend=backend)
     assert np.all(p == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("functional, hyper, error, message", [
+    (fo.asgd_, dict(lambd=-1e-4), ValueError, "Invalid lambd"),  # torch does not check: its eta can turn complex
+    (fo.asgd_, dict(alpha=-0.5), ValueError, "Invalid alpha"),
+    (fo.asgd_, dict(t0=float("nan")), ValueError, "Invalid t0"),
+    (fo.asgd_, dict(eta=-0.1), ValueError, "Invalid eta"),
+    (fo.asgd_, dict(mu=1.5), ValueError, "Invalid mu"),
+    (fo.asgd_, dict(step=0), ValueError, "Invalid step"),
+    (fo.rprop_, dict(etas=(1.2, 0.5)), ValueError, "Invalid etas"),
+    (fo.rprop_, dict(etas=(0.0, 1.2)), ValueError, "Invalid etas"),
+    (fo.rprop_, dict(etas=(0.5, float("inf"))), ValueError, "Invalid etaplus"),
+    (fo.rprop_, dict(etas=0.5), TypeError, "Invalid etas"),
+    (fo.rprop_, dict(step_sizes=(1e-6,)), TypeError, "Invalid step_sizes"),
+    (fo.rprop_, dict(step_sizes=(1e-6, "50")), TypeError, "Invalid step_size_max"),
+], ids=lambda x: getattr(x, "__name__", None))
+def test_asgd_and_rprop_check_their_hyperparameters(backend, functional, hyper, error, message):
+    arrays = [np.full(5, 0.5, np.float32) for _ in range(4 if functional is fo.rprop_ else 3)]
+    host = dict(step=1, eta=0.01, mu=1.0) if functional is fo.asgd_ else {}
+    with pytest.raises(error, match=message):
+        functional(*arrays, **{**host, **hyper}, backend=backend)
+    assert all(np.all(a == 0.5) for a in arrays)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "dispatch.hpp"
+#include "simd/scalar.hpp"  // FUSEDOPTIM_INLINE
 
 #ifndef FUSEDOPTIM_ISA_NS
 #error "kernels are compiled per ISA level: include them from isa_kernels.cpp only"
@@ -13,26 +14,48 @@
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
-// One tensor's operands, typed. A rule reads and writes them only through load and store, so
-// what an operand is stored as is this type's business, not the rule's.
-template <class T>
-struct Operands {
-  T* param;
-  const T* grad;
-  T* state[kMaxStates];
+// How a rule's operands are stored: the compute type T (float, or double for float64 params) and
+// the storage type of the param P, the grad G and the states S (float, double, bf16 or f16).
+template <class T, class P, class G, class S>
+struct Layout {
+  using Compute = T;
+  using Param = P;
+  using Grad = G;
+  using State = S;
+};
 
-  explicit Operands(const Tensor& t) : param(static_cast<T*>(t.param)), grad(static_cast<const T*>(t.grad)), state{} {
-    for (int k = 0; k < kMaxStates; ++k) state[k] = static_cast<T*>(t.state[k]);
+// What an operand of storage type S is to the rule. A plain pointer today; an operand that is more
+// than an array (a master copy beside a bf16 param, a grad scaled on load) is a type of its own,
+// with its own load and store overloads below, and the rules do not change.
+template <class S>
+struct Operand {
+  using type = S*;
+  static type make(const void* p) { return static_cast<type>(const_cast<void*>(p)); }
+};
+
+// One tensor's operands, as layout L stores them. A rule reads and writes them only through load
+// and store, so what an operand is stored as is this type's business, not the rule's.
+template <class L>
+struct Operands {
+  typename Operand<typename L::Param>::type param;
+  typename Operand<const typename L::Grad>::type grad;
+  typename Operand<typename L::State>::type state[kMaxStates];
+
+  explicit Operands(const Tensor& t)
+      : param(Operand<typename L::Param>::make(t.param)), grad(Operand<const typename L::Grad>::make(t.grad)), state{} {
+    for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k]);
   }
 };
 
-template <class V, class T>
-V load(const T* p, std::size_t i) {
+// Loads widen exactly to the compute type V; stores round to nearest even (the vector types'
+// conversions, simd/).
+template <class V, class S>
+FUSEDOPTIM_INLINE V load(const S* p, std::size_t i) {
   return V::load(p + i);
 }
 
-template <class V, class T>
-void store(T* p, std::size_t i, V v) {
+template <class V, class S>
+FUSEDOPTIM_INLINE void store(S* p, std::size_t i, V v) {
   v.store(p + i);
 }
 
@@ -49,7 +72,7 @@ struct Scalars {
 // The gradient a rule with L2 weight decay steps on: negated for `maximize`, then plus
 // weight_decay * param. Every rule's F puts maximize and weight_decay at bits 1 and 2.
 template <class Rule, unsigned flags, class V, class X>
-V l2_gradient(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V param) {
+FUSEDOPTIM_INLINE V l2_gradient(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V param) {
   V g = load<V>(x.grad, i);
   if constexpr (flags & Rule::F::maximize) g = -g;
   if constexpr (flags & Rule::F::weight_decay) g = g + s[Rule::S::weight_decay] * param;
@@ -58,7 +81,7 @@ V l2_gradient(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V 
 
 // Adam's two moment updates (Adam, RAdam, NAdam, LAMB), stored and returned as {exp_avg, exp_avg_sq}.
 template <class Rule, class V, class X>
-std::array<V, 2> adam_moments(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V g) {
+FUSEDOPTIM_INLINE std::array<V, 2> adam_moments(const Scalars<V, Rule::S::count>& s, const X& x, std::size_t i, V g) {
   V m = s[Rule::S::beta1] * load<V>(x.state[Rule::exp_avg], i) + s[Rule::S::one_minus_beta1] * g;
   V v = s[Rule::S::beta2] * load<V>(x.state[Rule::exp_avg_sq], i) + s[Rule::S::one_minus_beta2] * (g * g);
   store(x.state[Rule::exp_avg], i, m);

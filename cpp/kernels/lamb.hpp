@@ -8,8 +8,9 @@ namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 // LAMB (You et al., 2019): Adam's direction u, with decoupled weight decay inside it, scaled per
 // tensor by the trust ratio ||param|| / ||u||. Two passes (see ../reduction.hpp): the first updates
-// the moments and sums the squares of param and u; the second recomputes the same u from the
-// stored moments and the still unchanged param, and steps param.
+// the moments and sums the squares of param and u; the second recomputes u from the stored
+// moments (the same u, unless they are stored in a narrower dtype than they are computed in) and
+// the still unchanged param, and steps param.
 struct Lamb {
   static constexpr const char* name = "lamb";
   struct S {

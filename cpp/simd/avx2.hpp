@@ -1,8 +1,10 @@
-// 256-bit vectors. Only the intrinsics live here; the kernels never see them.
+// 256-bit vectors (AVX2, and F16C for float16). Only the intrinsics live here; the kernels never see them.
 #pragma once
 #include <immintrin.h>
 
 #include <cstddef>
+
+#include "../dispatch.hpp"
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
@@ -19,6 +21,28 @@ struct Vec<float> {
   void store(float* p) const { _mm256_storeu_ps(p, v); }
   static Vec broadcast(float x) { return {_mm256_set1_ps(x)}; }
 
+  // The storage conversions of scalar.hpp, 8 at a time. Not AVX512_BF16's convert: it treats
+  // subnormal inputs as zero.
+  FUSEDOPTIM_INLINE static Vec load(const bf16* p) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
+  }
+  FUSEDOPTIM_INLINE void store(bf16* p) const {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    const __m256i bits = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(quiet),
+                                                              _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    // Every lane holds 0..0xffff, so the saturating pack only narrows.
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm_packus_epi32(_mm256_castsi256_si128(bits), _mm256_extracti128_si256(bits, 1)));
+  }
+  FUSEDOPTIM_INLINE static Vec load(const f16* p) { return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))}; }
+  FUSEDOPTIM_INLINE void store(f16* p) const {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_ps(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_ps(a.v, b.v)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm256_mul_ps(a.v, b.v)}; }
@@ -30,6 +54,18 @@ struct Vec<float> {
     __m256 take_a = _mm256_or_ps(_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ), _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
     return {_mm256_blendv_ps(b.v, a.v, take_a)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __m256 take_a = _mm256_or_ps(_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ), _mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q));
+    return {_mm256_blendv_ps(b.v, a.v, take_a)};
+  }
+  // All ones where true; ordered compares, so false where either side is NaN (see Scalar).
+  struct Mask {
+    __m256 m;
+  };
+  friend Mask operator>(Vec a, Vec b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ)}; }
+  friend Mask operator<(Vec a, Vec b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)}; }
+  friend Mask operator==(Vec a, Vec b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_EQ_OQ)}; }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_ps(b.v, a.v, m.m)}; }
   // Exactly np.sign (see Scalar::sign): 1, -1, itself (NaN) under disjoint masks; +0 where none holds.
   friend Vec sign(Vec a) {
     const __m256 zero = _mm256_setzero_ps();
@@ -64,6 +100,9 @@ struct Vec<double> {
   static Vec load(const double* p) { return {_mm256_loadu_pd(p)}; }
   void store(double* p) const { _mm256_storeu_pd(p, v); }
   static Vec broadcast(double x) { return {_mm256_set1_pd(x)}; }
+  // float32 storage (states of float64 params): exact, and nearest even under the contract's MXCSR.
+  static Vec load(const float* p) { return {_mm256_cvtps_pd(_mm_loadu_ps(p))}; }
+  void store(float* p) const { _mm_storeu_ps(p, _mm256_cvtpd_ps(v)); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm256_add_pd(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm256_sub_pd(a.v, b.v)}; }
@@ -76,6 +115,18 @@ struct Vec<double> {
     __m256d take_a = _mm256_or_pd(_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ), _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
     return {_mm256_blendv_pd(b.v, a.v, take_a)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __m256d take_a = _mm256_or_pd(_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ), _mm256_cmp_pd(a.v, a.v, _CMP_UNORD_Q));
+    return {_mm256_blendv_pd(b.v, a.v, take_a)};
+  }
+  // All ones where true; ordered compares, so false where either side is NaN (see Scalar).
+  struct Mask {
+    __m256d m;
+  };
+  friend Mask operator>(Vec a, Vec b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ)}; }
+  friend Mask operator<(Vec a, Vec b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ)}; }
+  friend Mask operator==(Vec a, Vec b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_EQ_OQ)}; }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm256_blendv_pd(b.v, a.v, m.m)}; }
   friend Vec sign(Vec a) {
     const __m256d zero = _mm256_setzero_pd();
     __m256d pos = _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0));

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 
+#include "../dispatch.hpp"
+
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 
 template <class T>
@@ -19,6 +21,26 @@ struct Vec<float> {
   void store(float* p) const { _mm512_storeu_ps(p, v); }
   static Vec broadcast(float x) { return {_mm512_set1_ps(x)}; }
 
+  // The storage conversions of scalar.hpp, 16 at a time, as avx2.hpp's. Not AVX512_BF16's
+  // convert: it treats subnormal inputs as zero.
+  FUSEDOPTIM_INLINE static Vec load(const bf16* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
+  }
+  FUSEDOPTIM_INLINE void store(bf16* p) const {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd), 16);
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    const __m512i bits = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), quiet);
+    // Every lane holds 0..0xffff, so the truncating narrow keeps it whole.
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(bits));
+  }
+  FUSEDOPTIM_INLINE static Vec load(const f16* p) { return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))}; }
+  FUSEDOPTIM_INLINE void store(f16* p) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_ps(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_ps(a.v, b.v)}; }
   friend Vec operator*(Vec a, Vec b) { return {_mm512_mul_ps(a.v, b.v)}; }
@@ -30,6 +52,16 @@ struct Vec<float> {
     __mmask16 take_a = _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
     return {_mm512_mask_blend_ps(take_a, b.v, a.v)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __mmask16 take_a = _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q);
+    return {_mm512_mask_blend_ps(take_a, b.v, a.v)};
+  }
+  // A bit per lane, set where true; ordered compares, so clear where either side is NaN (see Scalar).
+  using Mask = __mmask16;
+  friend Mask operator>(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ); }
+  friend Mask operator<(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend Mask operator==(Vec a, Vec b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
   // Exactly np.sign (see Scalar::sign): 1, -1, itself (NaN) under disjoint masks; +0 where none holds.
   friend Vec sign(Vec a) {
     const __m512 zero = _mm512_setzero_ps();
@@ -63,6 +95,9 @@ struct Vec<double> {
   static Vec load(const double* p) { return {_mm512_loadu_pd(p)}; }
   void store(double* p) const { _mm512_storeu_pd(p, v); }
   static Vec broadcast(double x) { return {_mm512_set1_pd(x)}; }
+  // float32 storage (states of float64 params): exact, and nearest even under the contract's MXCSR.
+  static Vec load(const float* p) { return {_mm512_cvtps_pd(_mm256_loadu_ps(p))}; }
+  void store(float* p) const { _mm256_storeu_ps(p, _mm512_cvtpd_ps(v)); }
 
   friend Vec operator+(Vec a, Vec b) { return {_mm512_add_pd(a.v, b.v)}; }
   friend Vec operator-(Vec a, Vec b) { return {_mm512_sub_pd(a.v, b.v)}; }
@@ -75,6 +110,16 @@ struct Vec<double> {
     __mmask8 take_a = _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ) | _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
     return {_mm512_mask_blend_pd(take_a, b.v, a.v)};
   }
+  friend Vec minimum(Vec a, Vec b) {
+    __mmask8 take_a = _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ) | _mm512_cmp_pd_mask(a.v, a.v, _CMP_UNORD_Q);
+    return {_mm512_mask_blend_pd(take_a, b.v, a.v)};
+  }
+  // A bit per lane, set where true; ordered compares, so clear where either side is NaN (see Scalar).
+  using Mask = __mmask8;
+  friend Mask operator>(Vec a, Vec b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ); }
+  friend Mask operator<(Vec a, Vec b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
+  friend Mask operator==(Vec a, Vec b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_EQ_OQ); }
+  friend Vec select(Mask m, Vec a, Vec b) { return {_mm512_mask_blend_pd(m, b.v, a.v)}; }
   friend Vec sign(Vec a) {
     const __m512d zero = _mm512_setzero_pd();
     __m512d s = _mm512_mask_mov_pd(zero, _mm512_cmp_pd_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_pd(1.0));

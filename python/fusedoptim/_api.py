@@ -35,14 +35,19 @@ def functional_signature(spec):
                       *host, *hyper, P("backend", P.KEYWORD_ONLY, default=None)])
 
 
+# The stateful layers' own options (not a rule's): keyword-only, after the hyperparameters.
+STATE_DTYPE = P("state_dtype", P.KEYWORD_ONLY, default=None)
+STATE_DTYPE_DOC = ("States are kept in each param's dtype (as torch keeps them), or in float32 with "
+                   "``state_dtype=\"float32\"`` (for bfloat16 and float16 params: a more accurate state, 4 bytes "
+                   "per element each).")
 # The NumPy optimizer classes' options, after the rule's hyperparameters: one place, for every class.
 NUMPY_OPTIONS = (P("backend", P.KEYWORD_ONLY, default=None), P("skip_nonfinite", P.KEYWORD_ONLY, default=False))
 
 
 def class_signature(spec, extra=()):
-    """``(self, params, <hyperparameters, torch's positional ones first>, *, <the rest>, <extra>)``."""
+    """``(self, params, <hyperparameters, torch's positional ones first>, *, <the rest>, state_dtype, <extra>)``."""
     return Signature([P("self", P.POSITIONAL_OR_KEYWORD), P("params", P.POSITIONAL_OR_KEYWORD),
-                      *hyper_parameters(spec), *extra])
+                      *hyper_parameters(spec), STATE_DTYPE, *extra])
 
 
 def docstring(spec, signature, summary=None):
@@ -50,9 +55,10 @@ def docstring(spec, signature, summary=None):
     defaults = ", ".join(f"{p.name}={p.default!r}" for p in signature.parameters.values()
                          if p.default is not P.empty and p.default is not None)
     states = ", ".join(f"``{s.name}``" + (" (sometimes)" if s.optional else "") for s in spec.rule.states)
-    host = "".join(f", ``{name}`` (a float, {start!r} before the first step)"
+    host = "".join(f", ``{name}`` (a float, {start if isinstance(start, str) else repr(start)} before the first step)"
                    for name, start in spec.rule.host_states.items())
-    return (f"{summary or spec.doc}\n\n    Defaults: {defaults}.\n    State: {states}{host}.\n\n"
+    dtype = f" {STATE_DTYPE_DOC}" if STATE_DTYPE.name in signature.parameters else ""
+    return (f"{summary or spec.doc}\n\n    Defaults: {defaults}.\n    State: {states}{host}.{dtype}\n\n"
             f"    Update, per element:\n{reference.formula(spec.rule.name)}")
 
 

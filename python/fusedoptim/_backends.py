@@ -13,7 +13,7 @@ import numpy as np
 # than a small step costs. Its C half takes and returns the handlers as they are.
 import _signal
 
-from . import _fpenv, _native, reference
+from . import _fpenv, _native, _storage, reference
 from ._rules import Plan
 from ._validate import default_name, distinct, operands
 
@@ -57,19 +57,22 @@ def resolve(backend):
     return name
 
 
-def step(backend, rule, plan, params, grads, states, name=None):
+def step(backend, rule, plan, params, grads, states, name=None, reduce=None):
     """Validates and runs one step of ``rule`` on ``backend`` (a name, or None for the default).
     ``states`` holds the caller's argument for each of ``rule.states``, in that order; ``name``
-    names operands in errors (see ``_validate.operands``)."""
+    names operands in errors (see ``_validate.operands``). ``reduce`` (two-pass rules) is called
+    between the passes with each tensor's sums, a float64 array (tensors x sums) it may change
+    in place: a tensor sharded across processes takes the totals of all its shards."""
     backend = resolve(backend)
     if backend == "cpp":
         # The extension recognizes the common case itself, in microseconds for hundreds of
         # tensors, and steps it; anything else it declines untouched, for the validator to
         # judge (and word the error) below.
-        if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags)):
+        if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags),
+                                        reduce_sums=reduce):
             return
     params, grads, slots = operands(rule, plan, params, grads, states, name)
-    run(backend, rule, plan, params, grads, slots)
+    run(backend, rule, plan, params, grads, slots, reduce)
 
 
 class Call(NamedTuple):
@@ -81,33 +84,23 @@ class Call(NamedTuple):
     grads: list
     states: tuple
     name: Callable | None = None
-
-
-def step_all(backend, rule, calls):
-    """Steps several calls as one step: every call is checked, and no call may write memory that
-    another one uses, before any of them runs. Bad input modifies nothing."""
-    if len(calls) == 1:
-        step(backend, rule, *calls[0])  # one native call checks and steps it as a whole
-        return
-    backend = resolve(backend)
-    for args in check(backend, rule, calls):
-        run(backend, rule, *args)
+    reduce: Callable | None = None
 
 
 def check(backend, rule, calls, across=True):
     """Checks every call of a step, and with ``across`` the overlaps between calls, stepping
-    nothing; returns each call as ``run``'s arguments (plan, params, grads, slots)."""
+    nothing; returns each call as ``run``'s arguments (plan, params, grads, slots, reduce)."""
     ready = []
-    for plan, params, grads, states, name in calls:
+    for plan, params, grads, states, name, reduce in calls:
         if backend == "cpp" and getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars,
                                                              _bits(plan.flags), check_only=True):
             slots = [value if used else None for value, used in zip(states, plan.uses)]
-            ready.append((plan, list(params), list(grads), slots))  # as the fast path would step them
+            ready.append((plan, list(params), list(grads), slots, reduce))  # as the fast path would step them
             continue
         params, grads, slots = operands(rule, plan, params, grads, states, name)
         if params:
             compute_scalars(rule, plan, params[0].dtype)  # raises for a scalar the dtype cannot hold
-        ready.append((plan, params, grads, slots))
+        ready.append((plan, params, grads, slots, reduce))
     if across and len(ready) > 1:
         _distinct_calls(rule, calls, ready)
     return ready
@@ -116,12 +109,12 @@ def check(backend, rule, calls, across=True):
 def _distinct_calls(rule, calls, ready):
     """``_validate.distinct`` over the operands of every call, read-only grads last."""
     written, read, blocks = [], [], []  # blocks: (first index in written + read, call, argument)
-    for c, (_, params, grads, slots) in enumerate(ready):
+    for c, (_, params, grads, slots, _) in enumerate(ready):
         used = [(state.arg, slot) for state, slot in zip(rule.states, slots) if slot is not None]
         for arg, arrays in [("params", params), *used]:
             blocks.append((len(written), c, arg))
             written += arrays
-    for c, (_, _, grads, _) in enumerate(ready):
+    for c, (_, _, grads, _, _) in enumerate(ready):
         blocks.append((len(written) + len(read), c, "grads"))
         read += grads
 
@@ -130,12 +123,12 @@ def _distinct_calls(rule, calls, ready):
         return (calls[c].name or default_name(False))(arg, k - start)
 
     read = iter(distinct(written, read, name))
-    for _, _, grads, _ in ready:
+    for _, _, grads, _, _ in ready:
         grads[:] = [next(read) for _ in grads]  # with any copies distinct() made
 
 
-def run(backend, rule, plan, params, grads, slots):
-    """Runs one validated step. ``slots`` follows ``rule.states``, None where unused."""
+def run(backend, rule, plan, params, grads, slots, reduce=None):
+    """Runs one validated step. ``slots`` follows ``rule.states``, None where unused; ``reduce`` as in ``step``."""
     if not params:
         return
     with _fpenv.contract():  # the caller's MXCSR (flush-to-zero, say) must not change a result
@@ -144,18 +137,25 @@ def run(backend, rule, plan, params, grads, slots):
             # The kernels round each double scalar to the compute dtype once, exactly as
             # compute_scalars does, under the same environment.
             if not getattr(_kernels, rule.name)(params, grads, tuple(slots), _used(plan), plan.scalars,
-                                                _bits(plan.flags)):
+                                                _bits(plan.flags), validated=True, reduce_sums=reduce):
                 raise AssertionError(f"the cpp backend declined a validated {rule.name} step")
             return
         if backend == "numpy":
             kernel = getattr(reference, rule.name)
-            # Each tensor steps on copies, which are copied back once all are done, with Ctrl-C
-            # deferred: an exception part way (MemoryError, KeyboardInterrupt) leaves every operand
-            # as it was, as the cpp backend's one native call does. The copies cost memory, not bits.
+            # Each tensor steps on copies (widened to the compute dtype, _storage.widened), whose
+            # results are copied back once all are done, with Ctrl-C deferred: an exception part way
+            # (MemoryError, KeyboardInterrupt) leaves every operand as it was, as the cpp backend's
+            # one native call does. The copies cost memory, not bits.
             written = [[param, *(s[i] if s is not None else None for s in slots)] for i, param in enumerate(params)]
-            results = [[a if a is None else a.copy() for a in arrays] for arrays in written]
-            for (param, *states), grad in zip(results, grads):
-                kernel(param, grad, *states, scalars, plan.flags)
+            staged = [_storage.widened(param, grad, states) for (param, *states), grad in zip(written, grads)]
+            operands = [wide for wide, _ in staged]
+            wide_grads = [grad for _, grad in staged]
+            if reduce is not None:
+                _two_passes(reference, rule, operands, wide_grads, scalars, plan.flags, reduce)
+            else:
+                for (param, *states), grad in zip(operands, wide_grads):
+                    kernel(param, grad, *states, scalars, plan.flags)
+            results = [_storage.narrowed(wide) for wide in operands]
             with deferred_interrupts():
                 for arrays, new in zip(written, results):
                     for a, b in zip(arrays, new):
@@ -165,18 +165,36 @@ def run(backend, rule, plan, params, grads, slots):
         from . import _numba  # compiles on first use, so importing fusedoptim stays fast
 
         kernel = getattr(_numba, rule.name)
-        unused = np.empty(0, params[0].dtype)
+        unused = np.empty(0, scalars[0].dtype)
+        view = _numba.storage_view
         with deferred_interrupts():  # one jitted call per tensor: a Ctrl-C between two waits for the rest
-            for i, (param, grad) in enumerate(zip(params, grads)):
-                states = (s[i].reshape(-1) if s is not None else unused for s in slots)
-                kernel(param.reshape(-1), grad.reshape(-1), *states, scalars, plan.flags)
+            flat = [[view(param), *(view(s[i]) if s is not None else unused for s in slots)]
+                    for i, param in enumerate(params)]
+            grads = [view(grad) for grad in grads]
+            if reduce is not None:
+                _two_passes(_numba, rule, flat, grads, scalars, plan.flags, reduce)
+            else:
+                for (param, *states), grad in zip(flat, grads):
+                    kernel(param, grad, *states, scalars, plan.flags)
 
 
-def compute_scalars(rule, plan, dtype):
-    """The plan's scalars rounded once to the compute dtype, as every backend computes with them
-    (the cpp kernels round each double exactly so, and the fast path declines what this rejects).
-    Raises ValueError for a scalar finite in double but not in the compute dtype (lr=1e300 on
-    float32, or a step_size that outgrows float32)."""
+def _two_passes(module, rule, operands, grads, scalars, flags, reduce):
+    """A two-pass rule's step on the NumPy or numba kernels of ``module``, with ``reduce`` between
+    the passes: ``operands`` holds each tensor's [param, *states] (unused states included)."""
+    first, second = getattr(module, rule.name + "_sums"), getattr(module, rule.name + "_update")
+    sums = np.array([first(param, grad, *states, scalars, flags) for (param, *states), grad in zip(operands, grads)],
+                    dtype=np.float64)
+    reduce(sums)
+    for (param, *states), row in zip(operands, sums):
+        second(param, *states, tuple(row), scalars, flags)
+
+
+def compute_scalars(rule, plan, param_dtype):
+    """The plan's scalars rounded once to the compute dtype of ``param_dtype`` params, as every
+    backend computes with them (the cpp kernels round each double exactly so, and the fast path
+    declines what this rejects). Raises ValueError for a scalar finite in double but not in the
+    compute dtype (lr=1e300 on float32, or a step_size that outgrows float32)."""
+    dtype = _storage.compute_dtype(param_dtype)
     with np.errstate(over="ignore"):
         rounded = np.array(plan.scalars, dtype=dtype)
     if not np.isfinite(rounded).all():
@@ -185,7 +203,7 @@ def compute_scalars(rule, plan, dtype):
         derived = "" if field in rule.hyper else \
             f" ({rule.name}'s {field} is computed from this step's hyperparameters)"
         raise ValueError(f"Invalid {field}: {value:g} is not finite in {dtype.name}, the compute dtype of "
-                         f"{dtype.name} params{derived}")
+                         f"{np.dtype(param_dtype).name} params{derived}")
     return type(plan.scalars)(*rounded)
 
 

@@ -2,10 +2,10 @@
 ``fusedoptim.torch.Optimizer`` (torch tensors) are two layers over it.
 
 The core owns what a step means: each param's step count and host-side state (NAdam's
-``mu_product``), buckets of params that share a dtype and those caller-owned arguments (one
+``mu_product``, ASGD's ``eta`` and ``mu``), buckets of params that share a dtype and those caller-owned arguments (one
 kernel call each), the starting values of new state, and the order that makes a step all or
 nothing: every bucket of every group is checked (one native call for the usual single bucket,
-``_backends.step_all`` otherwise) before any is stepped, new state is kept only once the step
+``_backends.check`` otherwise) before any is stepped, new state is kept only once the step
 has been taken, and a Ctrl-C cannot come between the kernels and the record of the step. A
 layer supplies only how its tensors are stored and viewed, and how it names them in errors.
 Per-param work is done a whole group at a time: a step of hundreds of small tensors must not
@@ -14,6 +14,7 @@ cost a Python call per tensor.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -29,6 +30,7 @@ class Stateful:
 
     spec = None
     backend = None  # the NumPy layer's choice; fusedoptim.torch always uses the default
+    _float32_states = False  # state_dtype="float32": new state in float32, whatever the param's dtype
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
     skip_nonfinite = False  # the NumPy layer's option: a step whose grads hold inf or NaN changes nothing
@@ -39,13 +41,18 @@ class Stateful:
         """For each state entry (None or empty for a param that has not stepped), its steps so far."""
         return [entry["step"] if entry else 0 for entry in entries]
 
-    def _host_values(self, entries):
+    def _host_values(self, entries, hyper):
         """For each state entry, the values of the rule's host states before this step."""
         host = self.spec.rule.host_states
         if not host:
             return [()] * len(entries)
-        return [tuple(float(entry[name]) if entry and name in entry else start for name, start in host.items())
+        start = self._host_start(hyper)
+        return [tuple(float(entry[name]) if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
+
+    def _host_start(self, hyper):
+        """The host states of a param that has not stepped (see ``Rule.host_start``), as the layer keeps them."""
+        return self.spec.rule.host_start(_at_step(hyper, 1))  # ASGD's eta starts at the first step's lr
 
     def _new_state(self, param, fill):
         """A new state buffer shaped like ``param``, filled with ``fill``."""
@@ -72,6 +79,11 @@ class Stateful:
         """``name(arg, k)``: how errors name operand k of argument ``arg`` of a call over these params."""
         return None
 
+    def _reduction(self, params):
+        """For a two-pass rule (``Rule.sums``), what a call over ``params`` does with each tensor's
+        sums between the passes (``reduce`` of ``_backends.step``); None: they are the whole tensors'."""
+        return None
+
     def _record(self, keys, entries, created, count, host_states):
         """Records a step taken by a bucket: each param's newly created state buffers (``created``,
         None when there are none), its step count, now ``count``, and its host state."""
@@ -86,6 +98,17 @@ class Stateful:
 
     # --- The core ---
 
+    def _set_state_dtype(self, state_dtype):
+        """The layer option ``state_dtype``: None keeps each state in its param's dtype, as torch
+        does; float32 (``"float32"``, ``np.float32``, ``torch.float32``) keeps every state in float32."""
+        if state_dtype is not None and not _is_float32(state_dtype):
+            raise ValueError(f"Invalid state_dtype: {state_dtype!r} (None: each param's dtype; or float32)")
+        self._float32_states = state_dtype is not None
+
+    def _state_dtype(self, param_dtype):
+        """The NumPy dtype of a new state of a ``param_dtype`` (NumPy dtype) param."""
+        return np.dtype(np.float32) if self._float32_states else param_dtype
+
     def _hyper(self, group):
         """The plan's hyperparameters from a param group; the optimizer's pinned ones win."""
         hyper = {name: group[name] for name in self.spec.rule.hyper if name in group}
@@ -98,9 +121,8 @@ class Stateful:
         schedule, a function of the step number: each param's lr is its value at the step the param
         takes (1 for its first), so it needs no state of its own and resumes with the step counts."""
         rule = self.spec.rule
-        host = tuple(rule.host_states.values()) if host is None else host
-        if callable(hyper.get("lr")):
-            hyper = {**hyper, "lr": hyper["lr"](count)}
+        hyper = _at_step(hyper, count)
+        host = self._host_start(hyper) if host is None else host
         return rule.plan(count, *host, **hyper) if rule.step else rule.plan(*host, **hyper)
 
     def _state_name(self, arg):
@@ -109,28 +131,30 @@ class Stateful:
 
     def _initial_fill(self, name, hyper):
         initial = self.spec.rule.initial.get(name)
-        return hyper[initial] if initial else 0.0
+        return _at_step(hyper, 1)[initial] if initial else 0.0  # Rprop's step_size starts at the first step's lr
 
     def _check_group(self, hyper, dtypes):
         """What a new param group must pass before it is added: hyperparameters the rule accepts,
         scalars and starting values that params of these dtypes can hold."""
-        plan = self._plan(hyper)
+        first = _at_step(hyper, 1)  # a schedule checked once, at its first step
+        plan = self._plan(first)
         for dtype in dtypes:
             _backends.compute_scalars(self.spec.rule, plan, dtype)  # lr=1e300 cannot step float32 params
+            state = self._state_dtype(dtype)
             for name in self.spec.rule.initial.values():
                 with np.errstate(over="ignore"):
-                    if not np.isfinite(dtype.type(hyper[name])):
-                        raise ValueError(f"Invalid {name}: {hyper[name]:g} is not finite in {dtype.name}, the dtype "
+                    if not np.isfinite(state.type(first[name])):
+                        raise ValueError(f"Invalid {name}: {first[name]:g} is not finite in {state.name}, the dtype "
                                          f"of the state it starts")
 
     def _take_step(self, groups):
         """One step. ``groups`` holds, for each param group, its hyperparameters (``_hyper``) and
         three lists over its params that have a grad: their keys in ``state``, the params, the grads.
         Returns False when ``skip_nonfinite`` skipped it (a grad held inf or NaN), else True."""
-        work = []
+        work, rule = [], self.spec.rule
         for hyper, keys, params, grads in groups:
             entries = list(map(self.state.get, keys))
-            steps, hosts = self._steps_taken(entries), self._host_values(entries)
+            steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
                 buckets = {(steps[0], hosts[0]): (keys, params, grads, entries)}  # the usual step: one bucket
             else:
@@ -145,14 +169,14 @@ class Stateful:
                 count, host = key[-2] + 1, key[-1]
                 plan = self._plan(hyper, count, host)
                 arrays, readable, states, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
-                call = Call(plan, arrays, readable, states, self._namer(keys))
+                call = Call(plan, arrays, readable, states, self._namer(keys),
+                            self._reduction(params) if rule.sums else None)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
         if not work:
             return True
         sequential = self._shared_memory and _shares_memory(work)
         if sequential:  # as torch's for-loop steps them: one after another, each seeing those before
             work = [one for bucket in work for one in bucket.one_by_one()]
-        rule = self.spec.rule
         with deferred_interrupts():  # a Ctrl-C cannot split the kernels, the write-backs and the record
             if len(work) == 1 and not self.skip_nonfinite:  # the usual step: one native call checks and steps it
                 bucket = work[0]
@@ -228,10 +252,35 @@ class _Bucket(NamedTuple):
         for k in range(len(call.params)):
             states = tuple(None if slot is None else [slot[k]] for slot in call.states)
             name = call.name and (lambda arg, _, k=k: call.name(arg, k))
+            reduce = call.reduce and functools.partial(_one_row, call.reduce, k, len(call.params))
             created = None if self.created is None else [self.created[k]]
-            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name), self.count, [self.keys[k]],
-                          [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
+            yield _Bucket(Call(call.plan, [call.params[k]], [call.grads[k]], states, name, reduce), self.count,
+                          [self.keys[k]], [self.entries[k]], created, [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
+
+
+def _at_step(hyper, count):
+    """``hyper`` with a schedule ``lr`` (a callable) replaced by its value at step ``count``."""
+    lr = hyper.get("lr")
+    return {**hyper, "lr": lr(count)} if callable(lr) else hyper
+
+
+def _is_float32(dtype):
+    """Whether ``dtype`` names float32, in NumPy's or torch's words (without importing torch)."""
+    if type(dtype).__module__ == "torch":
+        return str(dtype) == "torch.float32"
+    try:
+        return np.dtype(dtype) == np.float32
+    except TypeError:
+        return False
+
+
+def _one_row(reduce, k, n, sums):
+    """``reduce`` of a call over n params, for the call of its param k alone: the other rows are zero."""
+    rows = np.zeros((n, sums.shape[1]))
+    rows[k] = sums[0]
+    reduce(rows)
+    sums[0] = rows[k]
 
 
 def _shares_memory(work):

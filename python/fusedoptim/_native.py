@@ -2,7 +2,7 @@
 same rules as this package (scalar and flag counts, state slots, the reduction's block and lanes).
 """
 
-from . import reference
+from . import _storage, reference
 from ._rules import RULES
 
 try:
@@ -25,7 +25,8 @@ def _mismatches(kernels):
         found.append(f"rules {names} != {list(RULES)}")
     for native, rule in zip(kernels.RULES, RULES.values()):
         plan = rule.first_plan()
-        mine = {"num_planned": len(plan.scalars), "num_flags": len(plan.flags), "num_states": len(rule.states)}
+        mine = {"num_planned": len(plan.scalars), "num_flags": len(plan.flags), "num_states": len(rule.states),
+                "num_sums": len(rule.sums)}
         theirs = {k: native[k] for k in mine}
         if mine != theirs:
             found.append(f"{rule.name}: {theirs} != {mine}")
@@ -40,3 +41,4 @@ if _kernels is not None:
     if _found:
         raise ImportError("fusedoptim's C++ extension was built from other rules than this package's "
                           f"(rebuild it with `pip install .`): {'; '.join(_found)}")
+    _kernels._register_bfloat16(_storage.bfloat16)  # a user-defined dtype: NumPy numbers it at run time

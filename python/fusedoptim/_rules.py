@@ -44,20 +44,33 @@ class State(NamedTuple):
 
 
 class Rule:
-    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``."""
+    """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``. ``sums`` names
+    what a two-pass rule sums over each whole tensor between its passes (LAMB's norms).
 
-    def __init__(self, name, plan, states, host_states=MappingProxyType({})):
+    ``host_states`` maps each per-param host-side state, in the plan's order, to its value before a
+    param's first step: a number, or the name of the hyperparameter it starts at (ASGD's ``eta``
+    starts at ``lr``), as ``State.initial`` names a buffer's."""
+
+    def __init__(self, name, plan, states, host_states=MappingProxyType({}), sums=()):
         self.name, self.plan, self.states, self.host_states = name, plan, tuple(states), MappingProxyType(host_states)
+        self.sums = tuple(sums)
         parameters = inspect.signature(plan).parameters
         self.step = parameters.get("step")  # None: the rule does not count steps
         #: Hyperparameter name -> its inspect.Parameter (default, and whether torch takes it positionally).
         self.hyper = MappingProxyType({k: p for k, p in parameters.items() if k != "step" and k not in host_states})
         self.initial = MappingProxyType({s.name: s.initial for s in self.states if s.initial})
 
+    def host_start(self, hyper):
+        """The host states' values before a param's first step, in order, under hyperparameters
+        ``hyper`` (the rule's defaults where it is silent)."""
+        return tuple(hyper.get(start, self.hyper[start].default) if isinstance(start, str) else start
+                     for start in self.host_states.values())
+
     def first_plan(self, **hyper):
         """The plan of a param's first step (the rule's defaults where ``hyper`` is silent; it may
         also give the step and host states)."""
-        return self.plan(**{**({"step": 1} if self.step else {}), **self.host_states, **hyper})
+        return self.plan(**{**({"step": 1} if self.step else {}), **dict(zip(self.host_states, self.host_start(hyper))),
+                            **hyper})
 
     def __repr__(self):
         return f"Rule({self.name!r})"
@@ -421,7 +434,10 @@ class NAdamFlags(NamedTuple):
 def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
                decoupled_weight_decay=False, *, maximize=False):
     """``mu_product`` is mu_1 * ... * mu_{step-1} (1 before the first step); Plan.host_states
-    carries the product through mu_step, for the next step."""
+    carries the product through mu_step, for the next step. The product is taken in mu_product's
+    own precision: a Python float's, double; a NumPy scalar's, its dtype's, as torch.optim takes
+    it in the float32 tensor it keeps mu_product in (``mu_product *= mu``, mu rounded first)."""
+    kept = mu_product.dtype.type if isinstance(mu_product, np.floating) else float
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
@@ -435,7 +451,7 @@ def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
     # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
     mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
     mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-    mu_product *= mu
+    mu_product = float(kept(mu_product) * kept(mu))
     return Plan(
         NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
                      lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
@@ -513,6 +529,80 @@ def lamb_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, 
     )
 
 
+# --- ASGD ---
+
+class AsgdScalars(NamedTuple):
+    eta: float
+    one_minus_lambd_eta: float
+    mu: float
+    weight_decay: float
+
+
+class AsgdFlags(NamedTuple):
+    maximize: bool
+    weight_decay: bool
+    averaging: bool  # mu != 1; with mu == 1, ax is a copy of param, as torch takes it
+
+
+def asgd_plan(step, eta, mu, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *, maximize=False):
+    """``eta`` and ``mu`` are this step's step size and averaging weight, computed after the
+    param's previous step (lr and 1 before its first); Plan.host_states carries the next step's,
+    as torch computes them after a step: eta = lr / (1 + lambd lr step)^alpha, mu = 1 / max(1, step - t0)."""
+    lr = at_least("lr", lr, 0.0)
+    # torch does not check lambd and alpha; negative ones can make (1 + lambd lr step)^alpha complex or 0.
+    lambd = at_least("lambd", lambd, 0.0)
+    alpha = at_least("alpha", alpha, 0.0)
+    t0 = real("t0", t0)
+    weight_decay = at_least("weight_decay", weight_decay, 0.0)
+    eta = at_least("eta", eta, 0.0)
+    mu = at_least("mu", mu, 0.0)
+    if mu > 1.0:
+        raise ValueError(f"Invalid mu: {mu} (must be in [0, 1]; 1 before the first step)")
+    step = step_number(step)
+    try:
+        eta_next = lr / (1 + lambd * lr * step) ** alpha
+    except OverflowError:  # the power is past the largest double: eta is lr / inf
+        eta_next = 0.0
+    return Plan(
+        AsgdScalars(eta, 1.0 - lambd * eta, mu, weight_decay),
+        AsgdFlags(flag("maximize", maximize), weight_decay != 0, mu != 1.0),
+        (True,),
+        {"eta": eta_next, "mu": 1.0 / max(1.0, step - t0)},
+    )
+
+
+# --- Rprop ---
+
+class RpropScalars(NamedTuple):
+    etaminus: float
+    etaplus: float
+    step_size_min: float
+    step_size_max: float
+
+
+class RpropFlags(NamedTuple):
+    maximize: bool
+
+
+def rprop_plan(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False):
+    """``lr`` is only where each element's step size starts (the ``step_size`` state's initial value)."""
+    at_least("lr", lr, 0.0)
+    if not isinstance(etas, (tuple, list)) or len(etas) != 2:
+        raise TypeError(f"Invalid etas: expected a pair (etaminus, etaplus), got {etas!r}")
+    etaminus, etaplus = real("etaminus (etas[0])", etas[0]), real("etaplus (etas[1])", etas[1])
+    if not 0.0 < etaminus < 1.0 < etaplus:
+        raise ValueError(f"Invalid etas: ({etaminus}, {etaplus}) (must be 0 < etaminus < 1 < etaplus)")
+    if not isinstance(step_sizes, (tuple, list)) or len(step_sizes) != 2:
+        raise TypeError(f"Invalid step_sizes: expected a pair (min, max), got {step_sizes!r}")
+    step_size_min = real("step_size_min (step_sizes[0])", step_sizes[0])
+    step_size_max = real("step_size_max (step_sizes[1])", step_sizes[1])
+    return Plan(
+        RpropScalars(etaminus, etaplus, step_size_min, step_size_max),
+        RpropFlags(flag("maximize", maximize)),
+        (True, True),
+    )
+
+
 # The order is the C++ dispatch tables' order (cpp/kernels/rules.hpp).
 RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("sgd", sgd_plan, [State("momentum_buffer", optional=True)]),
@@ -525,7 +615,9 @@ RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
     Rule("radam", radam_plan, [State("exp_avg"), State("exp_avg_sq")]),
     Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0}),
     Rule("lion", lion_plan, [State("exp_avg")]),
-    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")]),
+    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")], sums=("param_sq", "update_sq")),
+    Rule("asgd", asgd_plan, [State("ax")], host_states={"eta": "lr", "mu": 1.0}),
+    Rule("rprop", rprop_plan, [State("prev"), State("step_size", "state_step_sizes", initial="lr")]),
 )})
 
 _L2 = "weight_decay is L2 (added to the gradient)"
@@ -578,4 +670,18 @@ OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({spec.name: spec for 
 
     Defaults as TensorFlow Addons' ``LAMB``; weight_decay is decoupled, inside the update. The
     trust ratio is per tensor: each param is one layer.""", torch=False),
+    OptimizerSpec("ASGD", RULES["asgd"], f"""ASGD, averaged SGD (Polyak & Juditsky, 1992; ``torch.optim.ASGD``).
+
+    {_L2}. ``ax`` is the average of the params: a copy
+    of them while mu is 1 (until step t0 + 2), their running average after. ``eta`` (the step
+    size) and ``mu`` (the averaging weight) are per-param state kept on the host like the step
+    count, as torch keeps them in ``state``: the functional takes this step's and returns the
+    next step's."""),
+    OptimizerSpec("Rprop", RULES["rprop"], """Rprop, resilient backpropagation (Riedmiller & Braun, 1993;
+    ``torch.optim.Rprop``).
+
+    Each element has its own step size (``step_size``, starting at lr), grown by etaplus while
+    the gradient keeps its sign and shrunk by etaminus when it flips, within step_sizes; the
+    param moves by its step size against the gradient's sign. Where the sign flipped, the
+    gradient counts as 0, and ``prev`` keeps it so."""),
 )})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _native
+from . import _native, _storage
 from ._rules import type_name
 
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# A complex step is the step of the pairs of reals it stores, as torch steps complex params (view_as_real).
+COMPLEX_DTYPES = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
 
 _byte_bounds = getattr(np.lib, "array_utils", np).byte_bounds  # moved in NumPy 2
 
@@ -81,7 +82,8 @@ def default_name(single):
 
 
 def operands(rule, plan, params, grads, states, name=None):
-    """Checks a whole step; returns (params, grads, slots) as lists of arrays.
+    """Checks a whole step; returns (params, grads, slots) as lists of arrays (of reals: a complex
+    operand as the pairs of reals it stores).
 
     ``states`` holds what the caller passed for each of ``rule.states``, in that (kernel slot)
     order: a list, a single array, or None. ``slots`` has a list of arrays for each state the
@@ -115,21 +117,26 @@ def operands(rule, plan, params, grads, states, name=None):
     for i in range(n):
         param = _in_place(params[i], name, "params", i)
         _check_param(param, name, "params", i)
-        if i and param.dtype != checked_params[0].dtype:
+        if i and _reals(param).dtype != checked_params[0].dtype:
             raise TypeError(f"{name('params', i)} is {param.dtype} but {name('params', 0)} is "
-                            f"{checked_params[0].dtype}: one call steps one dtype")
-        checked_params.append(param)
+                            f"{params[0].dtype}: one call steps one precision")
+        checked_params.append(_reals(param))
         grad = _as_array(grads[i], name, "grads", i)
-        _check_like(grad, param, name, "grads", i)
+        _check_like(grad, param, name, "grads", i, _storage.grad_dtypes(param.dtype))
         if not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad)  # read only, so a contiguous copy is as good
-        checked_grads.append(grad)
+        checked_grads.append(_reals(grad))
         for arg, given, slot in zip(args, slots, checked_slots):
             if slot is not None:
                 buf = _in_place(given[i], name, arg, i)
-                _check_like(buf, param, name, arg, i)
+                _check_like(buf, param, name, arg, i, _storage.state_dtypes(param.dtype))
+                if i and _reals(buf).dtype != slot[0].dtype:
+                    raise TypeError(f"{name(arg, i)} is {buf.dtype} but {name(arg, 0)} is {given[0].dtype}: one call "
+                                    f"keeps each state in one dtype")
                 _check_writable(buf, name, arg, i)
-                slot.append(buf)
+                slot.append(_reals(buf))
+    if n:
+        checked_grads = _kernel_grads(checked_grads, checked_params[0].dtype)
 
     written = checked_params + [b for slot in checked_slots if slot for b in slot]
     order = ["params"] + [arg for arg, slot in zip(args, checked_slots) if slot is not None] + ["grads"]
@@ -156,6 +163,9 @@ def check_param(value, label):
     memory order (see ``dense_order``)."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{label} must be a writeable NumPy array (it is updated in place), got {type_name(value)}")
+    if value.dtype in COMPLEX_DTYPES:
+        raise TypeError(f"{label} has dtype {value.dtype}; the stateful optimizers step float32 and float64 arrays "
+                        f"(the functional API and fusedoptim.torch step complex ones, as pairs of reals)")
     _check_param(value, lambda arg, i: label, "params", 0, any_order=True)
 
 
@@ -168,7 +178,9 @@ def in_place_arrays(values, arg):
     arrays = []
     for i, value in enumerate(_as_list(values, arg, single)):
         array = _in_place(value, name, arg, i)
-        _check_param(array, name, arg, i, any_order=True)
+        if array.dtype not in (_storage.float32, _storage.float64):
+            raise TypeError(f"{name(arg, i)} has dtype {array.dtype}; supported: float32, float64")
+        _check_writable(array, name, arg, i, any_order=True)
         arrays.append(array.transpose(dense_order(array)))
     clash = find_overlap(arrays)
     if clash is not None:
@@ -189,16 +201,39 @@ def dense_order(array):
 
 
 def _check_param(param, name, arg, i, any_order=False):
-    if param.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: float32, float64")
+    if param.dtype not in _storage.PARAM_DTYPES and param.dtype not in COMPLEX_DTYPES:
+        raise TypeError(f"{name(arg, i)} has dtype {param.dtype}; supported: {_storage.names(_storage.PARAM_DTYPES)}, "
+                        f"and complex64 and complex128 as pairs of reals")
     _check_writable(param, name, arg, i, any_order)
 
 
-def _check_like(array, param, name, arg, i):
+def _reals(array):
+    """A C-contiguous complex array as the pairs of reals it stores (a trailing axis of 2, as torch's
+    view_as_real); a real array as it is."""
+    real = COMPLEX_DTYPES.get(array.dtype)
+    return array if real is None else array.reshape(-1).view(real).reshape(*array.shape, 2)
+
+
+def _check_like(array, param, name, arg, i, dtypes):
+    """Shaped like ``param`` and of one of ``dtypes`` (those an operand of ``param``'s dtype may have;
+    a complex param's operands are of its own dtype)."""
+    if param.dtype in COMPLEX_DTYPES:
+        dtypes = (param.dtype,)
     if array.shape != param.shape:
         raise ValueError(f"{name(arg, i)} has shape {array.shape} but {name('params', i)} has shape {param.shape}")
-    if array.dtype != param.dtype:
-        raise TypeError(f"{name(arg, i)} is {array.dtype} but {name('params', i)} is {param.dtype}")
+    if array.dtype not in dtypes:
+        raise TypeError(f"{name(arg, i)} is {array.dtype} but {name('params', i)} is {param.dtype}; with "
+                        f"{param.dtype} params, {arg} may be {_storage.names(dtypes)}")
+
+
+def _kernel_grads(grads, param_dtype):
+    """The grads as the kernels take them: a call reads grads of one dtype, which the kernels read
+    directly; otherwise they are widened to the compute dtype (read-only copies, exactly the values)."""
+    dtype = grads[0].dtype
+    if dtype in _storage.kernel_grad_dtypes(param_dtype) and all(g.dtype == dtype for g in grads):
+        return grads
+    compute = _storage.compute_dtype(param_dtype)
+    return [g.astype(compute) for g in grads]
 
 
 def _check_writable(array, name, arg, i, any_order=False):

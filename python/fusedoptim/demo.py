@@ -25,6 +25,8 @@ RULES = [
     ("NAdam", fo.NAdam, dict(lr=2e-3)),
     ("RAdam", fo.RAdam, dict(lr=1e-3)),
     ("Adadelta", fo.Adadelta, dict(lr=1.0)),
+    ("ASGD", fo.ASGD, dict(lr=0.05)),
+    ("Rprop", fo.Rprop, dict(lr=1e-3)),
     ("Lion", fo.Lion, dict(lr=1e-4)),
     ("LAMB", fo.Lamb, dict(lr=1e-2)),
 ]

@@ -7,7 +7,8 @@ is the 1-based count of the step being taken, owned by the caller. ``backend`` i
 step is validated before any memory is touched: bad input raises TypeError / ValueError
 naming the argument and modifies nothing. Params and states are updated in place, so each
 must be a writeable ndarray or expose its memory without a copy (array.array, a writeable
-memoryview); a list or a NumPy scalar is a TypeError. Grads are only read: any array-like,
+memoryview); a list or a NumPy scalar is a TypeError. A complex array is stepped as the pairs of
+reals it stores, as torch.optim steps complex params. Grads are only read: any array-like,
 and one array may serve several params. A step is all or nothing on every backend, also
 when interrupted: a KeyboardInterrupt (Ctrl-C) is raised before anything changed or once
 everything has.
@@ -49,3 +50,5 @@ radam_ = functional(OPTIMIZERS["RAdam"])
 nadam_ = functional(OPTIMIZERS["NAdam"])
 lion_ = functional(OPTIMIZERS["Lion"])
 lamb_ = functional(OPTIMIZERS["Lamb"])
+asgd_ = functional(OPTIMIZERS["ASGD"])
+rprop_ = functional(OPTIMIZERS["Rprop"])

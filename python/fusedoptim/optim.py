@@ -9,14 +9,16 @@ A step is all or nothing. Every group and bucket is checked (hyperparameters, sh
 overlaps across the whole step) before any param, state or step count changes, and bad input
 raises TypeError / ValueError naming the param by its position across all groups, as
 ``step(grads)`` takes it. A Ctrl-C during a step takes effect once the step is complete.
-Params are checked when they are added: each must be a writeable float32 or float64 ndarray
-with memory of its own, dense in some order. A Fortran-ordered param (or any transpose of a
-C-contiguous one) is stepped in its memory order, as its C-contiguous transpose, with state
-buffers in the same layout; LAMB's norm of it then sums in that order.
+Params are checked when they are added: each must be a writeable float64, float32, bfloat16
+(``ml_dtypes.bfloat16``) or float16 ndarray with memory of its own, dense in some order. Grads
+may be in their param's dtype or another of float32, bfloat16, float16; states are kept in each
+param's dtype, or in float32 with ``state_dtype="float32"``. A Fortran-ordered param (or any
+transpose of a C-contiguous one) is stepped in its memory order, as its C-contiguous transpose,
+with state buffers in the same layout; LAMB's norm of it then sums in that order.
 
-Beyond the rule's hyperparameters, every class takes the layer's options (``_api.NUMPY_OPTIONS``):
-``backend`` and ``skip_nonfinite``. ``lr`` may be a schedule: a function of the step number (see
-``Stateful._plan``). ``clip_grad_norm_`` clips the grads before a step.
+Beyond the rule's hyperparameters, every class takes the layer's options: ``state_dtype`` and
+(``_api.NUMPY_OPTIONS``) ``backend`` and ``skip_nonfinite``. ``lr`` may be a schedule: a function
+of the step number (see ``Stateful._plan``). ``clip_grad_norm_`` clips the grads before a step.
 
 Every class here is made from its entry in the rule registry (``_rules.OPTIMIZERS``).
 """
@@ -40,10 +42,11 @@ class Optimizer(Stateful):
 
     _viewed = False
 
-    def __init__(self, params, defaults, backend=None, skip_nonfinite=False):
+    def __init__(self, params, defaults, backend=None, skip_nonfinite=False, state_dtype=None):
         self.defaults = defaults
         _backends.resolve(backend)  # an unknown or unavailable backend could never step
         self.backend = backend
+        self._set_state_dtype(state_dtype)
         #: With True, a step whose grads hold inf or NaN changes nothing (params, state, step counts),
         #: as torch's GradScaler skips it, and ``step`` returns False.
         self.skip_nonfinite = flag("skip_nonfinite", skip_nonfinite)
@@ -89,11 +92,11 @@ class Optimizer(Stateful):
     # --- How the arrays are stepped (see Stateful) ---
 
     def _new_state(self, param, fill):
-        """A state buffer on a cache line, laid out as ``param`` is (its memory order)."""
-        order = self._order(param)
+        """A state buffer on a cache line, laid out as ``param`` is (its memory order), in the state dtype."""
+        dtype, order = self._state_dtype(param.dtype), self._order(param)
         if order is None:
-            return aligned_full(param.shape, param.dtype, fill)
-        return aligned_full([param.shape[d] for d in order], param.dtype, fill).transpose(np.argsort(order))
+            return aligned_full(param.shape, dtype, fill)
+        return aligned_full([param.shape[d] for d in order], dtype, fill).transpose(np.argsort(order))
 
     def _order(self, param):
         return None if param.flags.c_contiguous else dense_order(param)
@@ -186,7 +189,8 @@ class Optimizer(Stateful):
                     if v.shape != param.shape:
                         raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
                     buf = self._new_state(param, 0.0)
-                    buf[...] = v
+                    with np.errstate(over="ignore"):
+                        buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf
         for saved, group in zip(groups, self.param_groups):
             group.update({k: copy.deepcopy(v) for k, v in saved.items() if k != "params"})
@@ -216,7 +220,7 @@ def stateful(spec, base=Optimizer):
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
     options = "".join(f", {p.name}={p.name}" for p in _api.NUMPY_OPTIONS)
     init = _api.compile_function("__init__", signature,
-                                 f"    Optimizer.__init__(self, params, dict({defaults}){options})\n",
+                                 f"    Optimizer.__init__(self, params, dict({defaults}), state_dtype=state_dtype{options})\n",
                                  {"Optimizer": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}},
                                  None)
     doc = _api.docstring(spec, signature, f"Stateful :func:`fusedoptim.{spec.functional}`: {spec.doc}")
@@ -234,3 +238,5 @@ RAdam = stateful(OPTIMIZERS["RAdam"])
 NAdam = stateful(OPTIMIZERS["NAdam"])
 Lion = stateful(OPTIMIZERS["Lion"])
 Lamb = stateful(OPTIMIZERS["Lamb"])
+ASGD = stateful(OPTIMIZERS["ASGD"])
+Rprop = stateful(OPTIMIZERS["Rprop"])

@@ -2,7 +2,9 @@
 
 Every backend performs exactly these operations, in this order, each rounded to the compute
 dtype (the arrays' dtype; the scalars ``s`` arrive already rounded to it), so that all
-backends agree bit for bit. ``s`` and ``f`` are the rule's Scalars and Flags from
+backends agree bit for bit. Operands stored in another dtype (bfloat16, float16, float32 states
+of float64 params) arrive widened to the compute dtype and are stored back rounded, once per
+step (``_storage.widened``, ``_storage.narrowed``). ``s`` and ``f`` are the rule's Scalars and Flags from
 ``fusedoptim._rules``; states a step does not use arrive as ``None``. Each function's docstring
 is the rule's formula, which every public function and class of the rule repeats (``formula``).
 """
@@ -10,6 +12,8 @@ is the rule's formula, which every public function and class of the rule repeats
 import math
 
 import numpy as np
+
+from ._storage import stored
 
 
 def formula(rule):
@@ -300,15 +304,82 @@ def lamb(param, grad, exp_avg, exp_avg_sq, s, f):
         param      = param - (lr * trust) * u
 
     with inv_bias_correction1 = 1 / (1 - beta1^step) and inv_bias_correction2_sqrt =
-    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. The norms are of param before
-    the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
+    1 / sqrt(1 - beta2^step), or 1 and 1 without bias correction. Two passes: the first computes
+    the moments and trust; the second recomputes u from the moments as stored (rounded to their
+    storage dtype, when that is narrower than the compute dtype) to step param. The norms are of
+    param before the step; their sums of squares follow ``_sum_of_squares``'s order. NaN or Inf anywhere in
     param or u makes trust NaN or Inf, and so the whole tensor's step.
     """
+    lamb_update(param, exp_avg, exp_avg_sq, lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f), s, f)
+
+
+# LAMB's two passes, apart: a tensor sharded across processes sums its shard's squares, the
+# processes add their sums, and each steps its shard with the whole tensor's trust ratio.
+
+def _lamb_direction(param, exp_avg, exp_avg_sq, s, f):
+    u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
+    return u + s.weight_decay * param if f.weight_decay else u
+
+
+def lamb_sums(param, grad, exp_avg, exp_avg_sq, s, f):
+    """LAMB's first pass: updates the moments; returns the sums of squares of param and u."""
     g = -grad if f.maximize else grad
     exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
     exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
-    u = s.inv_bias_correction1 * (exp_avg / (np.sqrt(exp_avg_sq) * s.inv_bias_correction2_sqrt + s.eps))
+    return _sum_of_squares(param), _sum_of_squares(_lamb_direction(param, exp_avg, exp_avg_sq, s, f))
+
+
+def lamb_update(param, exp_avg, exp_avg_sq, sums, s, f):
+    """LAMB's second pass: the trust ratio from the (param, u) sums of squares, and the step. It
+    reads the moments back as stored, which in a dtype narrower than the compute dtype is not
+    quite as computed."""
+    trust = param.dtype.type(_trust_ratio(*sums))
+    param[...] = param - (s.lr * trust) * _lamb_direction(param, stored(exp_avg), stored(exp_avg_sq), s, f)
+
+
+def asgd(param, grad, ax, s, f):
+    """ASGD, averaged SGD (Polyak & Juditsky, 1992), torch's form::
+
+        g     = -grad if maximize else grad
+        g     = g + weight_decay * param                  (if weight_decay != 0)
+        param = param * (1 - lambd * eta)
+        param = param - eta * g
+        ax    = ax + (param - ax) * mu                    (if mu != 1)
+        ax    = param                                     (otherwise)
+
+    with eta and mu kept per param on the host, from the param's previous step (lr and 1 before
+    its first): after step t, eta = lr / (1 + lambd * lr * t)^alpha and mu = 1 / max(1, t - t0).
+    """
+    g = -grad if f.maximize else grad
     if f.weight_decay:
-        u = u + s.weight_decay * param
-    trust = param.dtype.type(_trust_ratio(_sum_of_squares(param), _sum_of_squares(u)))
-    param[...] = param - (s.lr * trust) * u
+        g = g + s.weight_decay * param
+    p = param * s.one_minus_lambd_eta
+    param[...] = p - s.eta * g
+    if f.averaging:
+        ax[...] = ax + (param - ax) * s.mu
+    else:
+        ax[...] = param
+
+
+def rprop(param, grad, prev, step_size, s, f):
+    """Rprop, resilient backpropagation (Riedmiller & Braun, 1993), torch's form::
+
+        g         = -grad if maximize else grad
+        factor    = etaplus    where g * prev > 0
+                    etaminus   where g * prev < 0
+                    1          elsewhere (0, or NaN: torch's sign of NaN is 0)
+        step_size = min(max(step_size * factor, step_size_min), step_size_max)   (NaN stays NaN)
+        g         = 0 where factor == etaminus               (the sign flipped: no step, and no flip next time)
+        prev      = g
+        param     = param - step_size * sign(g)              (sign(NaN) = 0, as torch's)
+
+    step_size starts at lr.
+    """
+    g = -grad if f.maximize else grad
+    d = g * prev
+    one, zero = param.dtype.type(1), param.dtype.type(0)
+    factor = np.where(d > 0, s.etaplus, np.where(d < 0, s.etaminus, one))
+    step_size[...] = np.minimum(np.maximum(step_size * factor, s.step_size_min), s.step_size_max)
+    g = np.where(factor == s.etaminus, zero, g)
+    prev[...] = g
+    param[...] = param - step_size * np.where(g > 0, one, np.where(g < 0, -one, zero))

@@ -11,10 +11,22 @@ memory, without copies; params with equal step counts and dtype go in one multi-
 Params whose ``.grad`` is None are skipped. A param stored in another dense layout (a transposed
 weight, channels-last) is stepped in its memory order, still without copies; a param that is
 not dense (a strided slice of a bigger tensor) is stepped on a contiguous copy that is then
-written back. float32 and float64 CPU tensors with dense gradients are supported; anything else
-raises TypeError / ValueError naming the param before anything is modified. ``capturable``,
-``differentiable`` and ``fused=True`` (torch's own fused kernels) are rejected; ``foreach`` is
-accepted and ignored.
+written back. float64, float32, bfloat16 and float16 CPU tensors with dense gradients are
+supported (states in each param's dtype, as torch keeps them, or in float32 with
+``state_dtype="float32"``; a bfloat16 step computes in float32 and rounds each stored value once,
+to nearest even), and complex64 and complex128 ones, stepped as pairs of reals as torch's
+``view_as_real`` steps them (their states in their own dtype); anything else raises an error
+naming the param before anything is modified. ``fused=True`` is accepted (that is what
+fusedoptim is) and kept in the param groups; ``foreach`` is accepted and ignored; ``capturable``
+and ``differentiable`` are rejected. A class with a ``torch.optim`` twin checks its arguments
+with the twin's own constructor first, so it raises torch's errors, with torch's wording, for
+anything torch rejects.
+
+Params may be created on the meta device and materialized later (``model.to_empty``), as large
+models are; they are stepped once they are CPU tensors. A DTensor (FSDP2's ``fully_shard``,
+tensor parallelism) is stepped through its local shard; a two-pass rule's per-tensor sums (LAMB's
+norms) are all-gathered over the mesh dims the tensor is sharded on and added in rank order, so
+that every rank steps with the same bits.
 
 A step is all or nothing: every group is checked before any param, state or ``step`` changes,
 and a Ctrl-C during a step takes effect once it is complete. Where torch.optim accepts odd
@@ -31,32 +43,45 @@ with a ``torch.optim`` twin takes exactly the twin's arguments.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import sys
 
+import numpy as np
 import torch
+from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _api
+from . import _api, _storage
 from ._engine import Stateful
 from ._rules import OPTIMIZERS
 
-_DTYPES = (torch.float32, torch.float64)
+_REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+_DTYPES = (*_REAL, torch.complex64, torch.complex128)
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is one fusedoptim rule."""
 
-    _unsupported = ("capturable", "differentiable", "fused")  # torch flags that must be off
+    _unsupported = ("capturable", "differentiable")  # torch flags that must be off
     _shared_memory = True
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, state_dtype=None):
+        self._set_state_dtype(state_dtype)
+        if self.spec.torch:  # torch's own checks of its arguments: torch's errors, types and wording
+            twin = getattr(torch.optim, self.spec.name)
+            known = inspect.signature(twin).parameters
+            twin([torch.empty(0, requires_grad=True)], **{k: v for k, v in defaults.items() if k in known})
         torch.optim.Optimizer.__init__(self, params, defaults)
         if self._eager:
             for group in self.param_groups:
                 hyper = self._hyper(group)
                 uses = self._plan(hyper).uses
                 for p in group["params"]:
+                    if p.is_meta:  # its state is made when it first steps, materialized
+                        continue
                     new = {s.name: self._new_state(p, self._initial_fill(s.name, hyper))
                            for s, used in zip(self.spec.rule.states, uses) if used}
                     self._record([p], None, [new], 0, {})
@@ -69,22 +94,37 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             for j, p in enumerate([params] if isinstance(params, torch.Tensor) else list(params)):
                 p = p[1] if isinstance(p, tuple) else p  # torch accepts (name, param) pairs
                 if isinstance(p, torch.Tensor):
-                    _check_tensor(p, f"param {j} of the new group", "param")
-                    _check_not_expanded(p, f"param {j} of the new group")
+                    _check_tensor(p, f"param {j} of the new group", "param", devices=("cpu", "meta"))
+                    _check_not_expanded(_local(p), f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
+
+    def load_state_dict(self, state_dict):
+        """As torch's; with ``state_dtype="float32"`` the states are then float32 copies of the
+        saved ones (torch casts every state to its param's dtype, rounding float32 state to bf16)."""
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+        if not self._float32_states:
+            return
+        saved = [i for group in state_dict["param_groups"] for i in group["params"]]
+        host = ("step", *self.spec.rule.host_states)
+        for param, i in zip([p for group in self.param_groups for p in group["params"]], saved):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if key not in host and torch.is_tensor(value) and value.is_floating_point():
+                    self.state[param][key] = value.to(dtype=torch.float32, copy=True)
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
+                    if p.default is not inspect.Parameter.empty and name != _api.STATE_DTYPE.name}
         for group in self.param_groups:
             for key, value in defaults.items():
                 group.setdefault(key, value)  # checkpoints from torch versions before a flag existed
             group.update(self.spec.fixed)  # as torch's AdamW, whatever a loaded checkpoint says
         for s in self.state.values():
+            if not isinstance(s, dict):  # a value a user or a hook keeps under its own key, loaded as torch loads it
+                continue
             for name in ("step", *self.spec.rule.host_states):
                 if name in s and not torch.is_tensor(s[name]):
-                    s[name] = torch.tensor(float(s[name]))
+                    s[name] = torch.tensor(float(s[name]), dtype=_get_scalar_dtype())
 
     def _hyper(self, group):
         """The plan's keyword arguments from a param group; rejects the torch flags we do not implement."""
@@ -92,11 +132,14 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             if group.get(flag):
                 raise ValueError(f"{type(self).__name__} does not support {flag}={group[flag]!r}")
         hyper = super()._hyper(group)
-        for k, v in hyper.items():
-            if isinstance(v, torch.Tensor):  # torch allows a 1-element tensor lr
-                hyper[k] = v.item()
+        for k, v in hyper.items():  # torch allows 1-element tensors as lr and betas; the plan takes their values
+            if isinstance(v, torch.Tensor):
+                hyper[k] = _value(k, v)
+            elif type(v) is tuple and any(isinstance(x, torch.Tensor) for x in v):
+                hyper[k] = tuple(_value(f"{k}[{i}]", x) if isinstance(x, torch.Tensor) else x for i, x in enumerate(v))
         return hyper
 
+    @torch.compiler.disable  # the kernels are not ops torch.compile can trace: a compiled caller steps eagerly here
     @torch.no_grad()
     def step(self, closure=None):
         """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -104,6 +147,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        dtensor = _dtensor_type()
         groups = []
         for index, group in enumerate(self.param_groups):
             params, grads = [], []
@@ -113,8 +157,11 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     continue
                 if not (p.dtype in _DTYPES and p.is_cpu and grad.dtype == p.dtype and grad.is_cpu
                         and grad.layout == torch.strided and grad.shape == p.shape):
-                    _check_tensor(p, self._where(index, j), "param")
-                    _check_tensor(grad, f"the gradient of {self._where(index, j)}", "gradient", like=p)
+                    _check_tensor(p, self._where(index, j), "param", optimizer=type(self).__name__)
+                    _check_tensor(grad, f"the gradient of {self._where(index, j)}", "gradient", like=p,
+                                  optimizer=type(self).__name__)
+                if dtensor is not None and (isinstance(p, dtensor) or isinstance(grad, dtensor)):
+                    grad = _placed_like(grad, p, dtensor, self._where(index, j))
                 params.append(p)
                 grads.append(grad)
             groups.append((self._hyper(group), params, params, grads))
@@ -147,29 +194,58 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             return [1 if entry and any(v is not None for v in entry.values()) else 0 for entry in entries]
         return [int(entry["step"]) if entry else 0 for entry in entries]
 
+    def _host_values(self, entries, hyper):
+        # torch keeps a host state in a 0-d tensor and updates it in the tensor's dtype (NAdam's
+        # ``mu_product *= mu`` in float32): the plan takes it as a NumPy scalar of that dtype, and so
+        # multiplies as torch does (a plan that computes with one in double, ASGD's eta, takes its value).
+        host = self.spec.rule.host_states
+        if not host:
+            return [()] * len(entries)
+        start = self._host_start(hyper)
+        return [tuple(entry[name].numpy()[()] if entry and name in entry else value for name, value in zip(host, start))
+                for entry in entries]
+
     def _new_state(self, param, fill):
-        return torch.full_like(param, fill, memory_format=torch.preserve_format)
+        if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
+            return torch.full_like(param, complex(fill, fill), memory_format=torch.preserve_format)
+        dtype = torch.float32 if self._float32_states else param.dtype
+        return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
+
+    def _host_start(self, hyper):
+        # A new one is torch's scalar dtype (float32 unless the default is float64), as torch keeps
+        # it from the start (ASGD's eta = lr, rounded to float32), and steps with that value.
+        new = _NUMPY[_get_scalar_dtype()]
+        return tuple(new(value) for value in super()._host_start(hyper))
 
     def _order(self, param):
+        param = _local(param)
         if param.is_contiguous():
             return None
         _check_not_expanded(param, self._place(param))
         return sorted(range(param.dim()), key=lambda d: -param.stride(d))
 
     def _writable(self, tensor, order, copies):
-        view = _in_order(tensor, order)
+        view = _in_order(_local(tensor), order)
         if view.is_contiguous():
-            return view.numpy()
+            return _array(view)
         copy = torch.empty_like(view, memory_format=torch.contiguous_format)
-        array = copy.numpy()
+        array = _array(copy)
         copies.append((view, copy, array))
         return array
 
     def _memory(self, view):
-        return view.numpy()
+        return _array(view)
 
     def _readable(self, grad, order):
-        return _in_order(grad, order).numpy()
+        return _array(_in_order(_local(grad), order))
+
+    def _reduction(self, params):
+        dtensor = _dtensor_type()
+        if dtensor is None:
+            return None
+        groups = [tuple(p.device_mesh.get_group(d) for d, placement in enumerate(p.placements) if placement.is_shard())
+                  if isinstance(p, dtensor) else () for p in params]
+        return functools.partial(_total_over_shards, groups) if any(groups) else None
 
     def _record(self, keys, entries, created, count, host_states):
         for key, new in zip(keys, created or [None] * len(keys)):
@@ -181,25 +257,46 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             if not self._stepless:
                 if "step" in state:
                     state["step"].fill_(count)  # cheaper than += 1
-                else:
-                    state["step"] = torch.tensor(float(count))  # torch's default dtype, on the CPU, as torch keeps it
+                else:  # on the CPU, in torch's scalar dtype, as torch keeps it
+                    state["step"] = torch.tensor(float(count), dtype=_get_scalar_dtype())
             for name, value in host_states.items():
                 if name in state:
                     state[name].fill_(value)
                 else:
-                    state[name] = torch.tensor(value)
+                    state[name] = torch.tensor(value, dtype=_get_scalar_dtype())
 
 
-def _check_tensor(t, where, what, like=None):
+def _array(t):
+    """A NumPy array of ``t``'s memory: a complex tensor as the reals torch steps it as
+    (``view_as_real``: a trailing pair); bfloat16 through int16, since ``.numpy()`` refuses it."""
+    if t.is_complex():
+        return torch.view_as_real(t).numpy()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_storage.bfloat16)
+    return t.numpy()
+
+
+def _check_tensor(t, where, what, like=None, optimizer=None, devices=("cpu",)):
+    """``optimizer`` (its class name) when stepping, None when a param is added."""
     if t.layout != torch.strided:
+        if optimizer and what == "gradient":  # torch's error, and its wording
+            raise RuntimeError(f"{where}: {optimizer} does not support sparse gradients (the gradient has layout "
+                               f"{t.layout}); fusedoptim.torch steps dense tensors")
         raise TypeError(f"{where}: {what} has layout {t.layout}; only dense (strided) tensors are supported")
-    if not t.is_cpu:
+    if t.device.type not in devices:
+        if optimizer:  # as torch's fused optimizers word it
+            raise RuntimeError(f"{where}: {what} is on {t.device}; `fused=True` requires all the params to be floating "
+                               f"point Tensors of supported devices: ['cpu'] (a param made on meta steps once "
+                               f"materialized, e.g. by model.to_empty(device='cpu'))")
         raise TypeError(f"{where}: {what} is on {t.device}; fusedoptim.torch steps CPU tensors")
     if t.dtype not in _DTYPES:
-        raise TypeError(f"{where}: {what} has dtype {t.dtype}; supported: torch.float32, torch.float64")
+        raise TypeError(f"{where}: {what} has dtype {t.dtype}; supported: {', '.join(map(str, _DTYPES))}")
     if like is not None:
-        if t.dtype != like.dtype:
-            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}")
+        # a real param's: its own, float32, bf16, fp16; a complex param's: its own
+        allowed = [like.dtype, *(d for d in _REAL[1:] if d != like.dtype and not like.is_complex())]
+        if t.dtype not in allowed:
+            raise TypeError(f"{where}: {what} is {t.dtype} but the param is {like.dtype}; the gradient of a "
+                            f"{like.dtype} param may be {', '.join(map(str, allowed))}")
         if t.shape != like.shape:
             raise ValueError(f"{where}: {what} has shape {tuple(t.shape)} but the param {tuple(like.shape)}")
 
@@ -208,6 +305,53 @@ def _check_not_expanded(p, where):
     if any(stride == 0 and size > 1 for size, stride in zip(p.shape, p.stride())):
         raise ValueError(f"{where}: param is expanded (a dimension of stride 0), so its elements share memory and "
                          f"cannot be updated one by one (torch.optim fails on it too); step a copy (tensor.clone())")
+
+
+def _value(name, t):
+    """A tensor hyperparameter's value, as torch takes it."""
+    if t.numel() != 1:
+        raise ValueError(f"Tensor {name} must be 1-element")
+    return t.item()
+
+
+def _dtensor_type():
+    """DTensor, when torch.distributed.tensor has been imported (as it is wherever there are DTensors);
+    importing it here would cost every ``import fusedoptim.torch`` over a second."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module.DTensor if module is not None else None
+
+
+def _local(t):
+    """The tensor a step updates: a DTensor's local shard, any other tensor itself."""
+    dtensor = _dtensor_type()
+    return t.to_local() if dtensor is not None and isinstance(t, dtensor) else t
+
+
+def _placed_like(grad, param, dtensor, where):
+    """A DTensor param's gradient with the param's placements, so that their local shards correspond."""
+    if not (isinstance(grad, dtensor) and isinstance(param, dtensor)):
+        raise TypeError(f"the gradient of {where}: the param is {'a' if isinstance(param, dtensor) else 'not a'} "
+                        f"DTensor but its gradient is {'a' if isinstance(grad, dtensor) else 'not a'} DTensor")
+    if grad.device_mesh != param.device_mesh:
+        raise ValueError(f"the gradient of {where} is on another device mesh than the param")
+    return grad if grad.placements == param.placements else grad.redistribute(param.device_mesh, param.placements)
+
+
+def _total_over_shards(groups, sums):
+    """``reduce`` of a two-pass call (see ``_backends.step``): the sums of a tensor sharded over the
+    process groups ``groups[i]`` (one per mesh dim it is sharded on) become its totals over all its
+    shards. They are all-gathered and added in rank order, one mesh dim after another, so that every
+    rank gets the same bits whatever the order the messages arrive in."""
+    import torch.distributed as dist
+
+    for over in dict.fromkeys(g for g in groups if g):
+        rows = [i for i, g in enumerate(groups) if g == over]
+        block = torch.from_numpy(sums[rows])
+        for group in over:
+            parts = [torch.empty_like(block) for _ in range(dist.get_world_size(group))]
+            dist.all_gather(parts, block, group=group)
+            block = functools.reduce(torch.add, parts)
+        sums[rows] = block.numpy()
 
 
 def _in_order(t, order):
@@ -226,14 +370,16 @@ def twin(spec, base=Optimizer, **layout):
         ours = {p.name: p.default for p in _api.hyper_parameters(spec)}
         theirs = inspect.signature(getattr(torch.optim, spec.name)).parameters.values()
         signature = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-            p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs])
+            p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
+            [_api.STATE_DTYPE])
         summary = f"``torch.optim.{spec.name}`` on fusedoptim's kernel: {spec.doc}"
     else:
         signature = _api.class_signature(spec)
         summary = f"{spec.doc}\n\n    A ``torch.optim.Optimizer``; torch has no {spec.name} of its own."
-    names = [name for name in signature.parameters if name not in ("self", "params")]
+    names = [name for name in signature.parameters if name not in ("self", "params", _api.STATE_DTYPE.name)]
     defaults = ", ".join([f"{name}={name}" for name in names] + [f"{name}=_fixed_{name}" for name in spec.fixed])
-    init = _api.compile_function("__init__", signature, f"    _base.__init__(self, params, dict({defaults}))\n",
+    init = _api.compile_function("__init__", signature,
+                                 f"    _base.__init__(self, params, dict({defaults}), state_dtype)\n",
                                  {"_base": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
     attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, summary), "spec": spec,
                   "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
@@ -251,3 +397,5 @@ RAdam = twin(OPTIMIZERS["RAdam"])
 NAdam = twin(OPTIMIZERS["NAdam"])
 Lion = twin(OPTIMIZERS["Lion"])
 Lamb = twin(OPTIMIZERS["Lamb"])
+ASGD = twin(OPTIMIZERS["ASGD"])
+Rprop = twin(OPTIMIZERS["Rprop"])
