@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import fusedoptim as fo
 from fusedoptim import bench
 from fusedoptim.__main__ import main
+from fusedoptim._rules import OPTIMIZERS
 
 needs_cpp = pytest.mark.skipif("cpp" not in fo.available_backends(), reason="the roof needs the cpp extension")
 TINY = ["bench", "--tiny", "--quick"]
@@ -144,6 +145,18 @@ def test_plot_writes_a_png(tmp_path):
 def test_bench_rejects_unknown_names(flag, value, message):
     with pytest.raises(SystemExit, match=message):
         main(["bench", flag, value])
+
+
+@needs_cpp
+def test_every_optimizer_of_the_registry_can_be_benchmarked(capsys):
+    """Each contender builds its step from the registry (hyperparameters, states, host states)."""
+    names = [spec.name for spec in OPTIMIZERS.values()]
+    assert main([*TINY, "--cases", "4K", "--rules", ",".join(names), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "1 thread;" in out.splitlines()[0]
+    for name in names:
+        assert f"{name}, fp32: summary" in out
+        assert re.search(rf"^4K +numpy +1 .*{name.lower()}_", out, re.M) or f"fo.{name}.step" in out
 
 
 @needs_cpp

@@ -197,7 +197,8 @@ class Contender(NamedTuple):
 def _functional(problem):
     spec = problem.spec
     rule = spec.rule
-    kwargs = {**HYPER.get(problem.rule, {}), **rule.host_states, **({"step": 1} if rule.step else {})}
+    hyper = HYPER.get(problem.rule, {})
+    kwargs = {**hyper, **dict(zip(rule.host_states, rule.host_start(hyper))), **({"step": 1} if rule.step else {})}
     kwargs.update({state.arg: arrays for state, arrays in zip(_states_used(problem.rule), problem.states)})
     step = getattr(functional, spec.functional)
     return lambda: step(problem.params, problem.grads, **kwargs)
@@ -733,7 +734,7 @@ def command(args):
     budget = None if args.tiny else 1.0 if args.quick else 10.0  # seconds per case and thread count
     results, notes = run(rules, cases, dtypes, placements, args.threads, rounds, batch, budget)
     counts = sorted({r.threads for r in results})
-    header = f"fusedoptim {__version__} bench: {machine(' and '.join(map(str, counts)) + ' threads')}"
+    header = f"fusedoptim {__version__} bench: {machine(' and '.join(map(str, counts[:-1])) + ' and ' * (len(counts) > 1) + _threads(counts[-1]))}"
     print(header)
     print(summary(results))
     if deepspeed.status not in (None, "measured"):
