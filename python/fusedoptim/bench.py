@@ -538,7 +538,7 @@ def legend(results):
         "            boundary; staggered = fusedoptim's state allocator (2 MiB boundary plus a different multiple",
         "            of 256 B each). fo.Adam, fusedoptim.torch, torch and DeepSpeed allocate their own state.",
         "  placement spread  a contender's median in its slowest placement over that in its fastest.",
-        f"  cases     {described}.",
+        *textwrap.wrap(f"  cases     {described}.", 104, subsequent_indent=" " * 12),
     ]
     if "bf16" in dtypes:
         text.append("  bf16      params, grads and state in bfloat16 (DeepSpeed keeps float32 state); its roof moves "
