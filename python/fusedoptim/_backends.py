@@ -27,7 +27,7 @@ _warned_fallback = False
 from ._env import BACKEND as _env_backend  # validated at import (any case; empty = auto)
 
 
-def available():
+def available() -> tuple[str, ...]:
     """The backends this installation can run, fastest first."""
     return _AVAILABLE
 

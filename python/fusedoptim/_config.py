@@ -1,17 +1,20 @@
 """What this installation can run, and the ISA level and threads in use."""
 
+from __future__ import annotations
+
 import numbers
+from typing import TextIO
 from importlib import metadata
 
 from . import _backends, _env, _native
 
 
-def isa_levels():
+def isa_levels() -> list[tuple[str, bool]]:
     """[(name, supported_by_this_cpu)] for every compiled ISA level, lowest first ([] without the extension)."""
     return list(_native.module().isa_levels()) if _native.module() else []
 
 
-def set_isa(name):
+def set_isa(name: str) -> str:
     """Selects the ISA level the cpp backend uses ("scalar", "avx2", "avx512"); returns the previous one.
 
     The default is the best level the CPU supports, or $FUSEDOPTIM_ISA. Names are
@@ -27,7 +30,7 @@ def set_isa(name):
     return previous
 
 
-def set_num_threads(threads):
+def set_num_threads(threads: int) -> int:
     """Sets how many threads a cpp step may use (the caller's included); returns the previous number.
 
     ``threads`` is an int from 1 to 1024 (``MAX_THREADS``). The default is
@@ -56,12 +59,12 @@ def _checked_threads(threads):
     return count
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """How many threads a cpp step may use (1 without the extension)."""
     return _native.module().num_threads() if _native.module() else 1
 
 
-def versions():
+def versions() -> dict[str, str | None]:
     """{name: version} of fusedoptim and the packages it runs with (None: not installed), read from
     their metadata: reporting torch's version must not import it."""
     from . import __version__
@@ -75,7 +78,7 @@ def versions():
     return found
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Prints the versions, the extension's compiler, the backends available and selected, and the
     cpp backend's ISA levels (compiled, supported, selected) and threads."""
     kernels = _native.module()

@@ -8,8 +8,10 @@ The norm sums squares in float64 in the one order of LAMB's norms (``reference._
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _backends, _fpenv, reference
 from ._rules import at_least, flag
@@ -51,7 +53,8 @@ def all_finite(arrays, backend):
     return all(np.isfinite(array).all() for array in arrays)
 
 
-def clip_grad_norm_(grads, max_norm, *, error_if_nonfinite=False, backend=None):
+def clip_grad_norm_(grads: ArrayLike | Sequence[ArrayLike], max_norm: float, *, error_if_nonfinite: bool = False,
+                    backend: str | None = None) -> float:
     """Scales ``grads`` in place so that their global 2-norm is at most ``max_norm``, as
     ``torch.nn.utils.clip_grad_norm_`` does; returns the norm before clipping (a float).
 

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import copy
 import textwrap
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _api, _backends
 from ._engine import Stateful
@@ -63,7 +66,7 @@ class Optimizer(Stateful):
         for group in groups:
             self.add_param_group(group)
 
-    def add_param_group(self, group):
+    def add_param_group(self, group: dict[str, Any]) -> None:
         """Adds a dict with "params" (an array or a list of arrays) and overrides of the defaults."""
         if not isinstance(group, dict):
             raise TypeError(f"param group must be a dict, got {type(group).__name__}")
@@ -136,7 +139,7 @@ class Optimizer(Stateful):
             yield group, range(i, i + len(group["params"]))
             i += len(group["params"])
 
-    def step(self, grads):
+    def step(self, grads: ArrayLike | Sequence[ArrayLike | None]) -> bool:
         """Takes one step for every param with a gradient (``grads`` in the order of the params across
         all groups; None skips a param). Returns False when ``skip_nonfinite`` skipped the step, else True."""
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
@@ -156,14 +159,14 @@ class Optimizer(Stateful):
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """{"state": {index: {"step": int, name: array copy}}, "param_groups": [{..., "params": [index]}]}."""
         groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(ix)} for g, ix in self._indexed()]
         state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
                  for i, s in self.state.items()}
         return {"state": state, "param_groups": copy.deepcopy(groups)}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores hyperparameters and state; arrays are copied into buffers this optimizer owns."""
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
@@ -215,7 +218,8 @@ class Optimizer(Stateful):
 def stateful(spec, base=Optimizer):
     """The NumPy optimizer class of an optimizer: its signature and defaults from the registry, then
     the layer's options."""
-    signature = _api.class_signature(spec, _api.NUMPY_OPTIONS)
+    signature = _api.class_signature(spec, _api.NUMPY_OPTIONS, hints={
+        "params": "ArrayLike | Iterable[ArrayLike] | Iterable[dict[str, Any]]", "lr": "float | Callable[[int], float]"})
     hyper = [name for name in signature.parameters if name in spec.rule.hyper]
     defaults = ", ".join([f"{name}={name}" for name in hyper] + [f"{name}=_fixed_{name}" for name in spec.fixed])
     options = "".join(f", {p.name}={p.name}" for p in _api.NUMPY_OPTIONS)

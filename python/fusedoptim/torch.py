@@ -46,10 +46,12 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.optimizer import _get_scalar_dtype
+from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
 from . import _api, _storage
 from ._engine import Stateful
@@ -58,6 +60,7 @@ from ._rules import OPTIMIZERS
 _REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _DTYPES = (*_REAL, torch.complex64, torch.complex128)
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
+_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]"}
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
@@ -86,7 +89,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                            for s, used in zip(self.spec.rule.states, uses) if used}
                     self._record([p], None, [new], 0, {})
 
-    def add_param_group(self, param_group):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a param group, as torch does, after checking its hyperparameters and params."""
         if isinstance(param_group, dict):
             self._plan(self._hyper({**self.defaults, **param_group}))
@@ -98,7 +101,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     _check_not_expanded(_local(p), f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's; with ``state_dtype="float32"`` the states are then float32 copies of the
         saved ones (torch casts every state to its param's dtype, rounding float32 state to bf16)."""
         torch.optim.Optimizer.load_state_dict(self, state_dict)
@@ -141,7 +144,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
     @torch.compiler.disable  # the kernels are not ops torch.compile can trace: a compiled caller steps eagerly here
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
@@ -369,18 +372,20 @@ def twin(spec, base=Optimizer, **layout):
     if spec.torch:
         ours = {p.name: p.default for p in _api.hyper_parameters(spec)}
         theirs = inspect.signature(getattr(torch.optim, spec.name)).parameters.values()
-        signature = inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-            p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
-            [_api.STATE_DTYPE])
+        signature = _api.with_hints(inspect.Signature(
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] +
+            [p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
+            [_api.STATE_DTYPE]), _HINTS)
         summary = f"``torch.optim.{spec.name}`` on fusedoptim's kernel: {spec.doc}"
     else:
-        signature = _api.class_signature(spec)
+        signature = _api.class_signature(spec, hints=_HINTS)
         summary = f"{spec.doc}\n\n    A ``torch.optim.Optimizer``; torch has no {spec.name} of its own."
     names = [name for name in signature.parameters if name not in ("self", "params", _api.STATE_DTYPE.name)]
     defaults = ", ".join([f"{name}={name}" for name in names] + [f"{name}=_fixed_{name}" for name in spec.fixed])
     init = _api.compile_function("__init__", signature,
                                  f"    _base.__init__(self, params, dict({defaults}), state_dtype)\n",
-                                 {"_base": Optimizer, **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
+                                 {"_base": Optimizer, "ParamsT": ParamsT, "Tensor": torch.Tensor,
+                                  **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
     attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, summary), "spec": spec,
                   "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
     return type(spec.name, (base,), attributes)
