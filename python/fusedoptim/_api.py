@@ -37,8 +37,9 @@ def functional_signature(spec):
     host = [P(name, P.KEYWORD_ONLY) for name in rule.host_states]
     hyper = [p.replace(kind=P.KEYWORD_ONLY) for p in hyper_parameters(spec, include_initial=False)]
     returns = {0: "None", 1: "float"}.get(len(host), f"tuple[{', '.join('float' for _ in host)}]")  # the host states
-    return Signature([P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD), *states, *counted,
-                      *host, *hyper, P("backend", P.KEYWORD_ONLY, default=None)], return_annotation=returns)
+    return _hinted(Signature([P("params", P.POSITIONAL_OR_KEYWORD), P("grads", P.POSITIONAL_OR_KEYWORD), *states,
+                              *counted, *host, *hyper, P("backend", P.KEYWORD_ONLY, default=None)],
+                             return_annotation=returns))
 
 
 # The stateful layers' own options (not a rule's): keyword-only, after the hyperparameters.
@@ -59,8 +60,8 @@ def class_signature(spec, extra=(), hints=None):
 
 def with_hints(signature, hints):
     """An ``__init__`` signature with a layer's own type hints by argument name (over ``HINTS``)."""
-    return signature.replace(parameters=[p.replace(annotation=hints[p.name]) if p.name in hints else p
-                                         for p in signature.parameters.values()], return_annotation="None")
+    return _hinted(signature.replace(parameters=[p.replace(annotation=hints[p.name]) if p.name in hints else p
+                                                 for p in signature.parameters.values()], return_annotation="None"))
 
 
 # The generated functions' type hints, by argument; a hyperparameter not listed has its default's type.
@@ -72,6 +73,12 @@ HINTS = {"params": _ARRAYS, "grads": _ARRAYS, "step": "int", "backend": "str | N
 # What the hints name, for typing.get_type_hints (a layer adds its own: torch's ParamsT, Tensor).
 _TYPES = {"Any": Any, "ArrayLike": ArrayLike, "Callable": Callable, "DTypeLike": DTypeLike, "Iterable": Iterable,
           "Sequence": Sequence}
+
+
+def _hinted(signature):
+    """``signature`` with a type hint on every argument but ``self``."""
+    return signature.replace(parameters=[p if p.name == "self" else p.replace(annotation=_hint(p))
+                                         for p in signature.parameters.values()])
 
 
 def _hint(p):
@@ -108,8 +115,8 @@ def compile_function(name, signature, body, namespace, doc):
     text that may use the parameters and ``namespace``). Defaults are bound by reference, not by repr."""
     defaults, params = {}, []
     for p in signature.parameters.values():
-        if p.name != "self":  # as written in the source, where they are never evaluated (PEP 563)
-            p = p.replace(annotation=_Name(_hint(p)))
+        if p.annotation is not P.empty:  # as written in the source, where they are never evaluated (PEP 563)
+            p = p.replace(annotation=_Name(p.annotation))
         if p.default is not P.empty:
             defaults[f"_default_{p.name}"] = p.default
             p = p.replace(default=_Name(f"_default_{p.name}"))
