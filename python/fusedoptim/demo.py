@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 import fusedoptim as fo
+from fusedoptim._storage import bfloat16
 
 RULES = [
     ("SGD", fo.SGD, dict(lr=0.05)),
@@ -29,6 +30,13 @@ RULES = [
     ("Rprop", fo.Rprop, dict(lr=1e-3)),
     ("Lion", fo.Lion, dict(lr=1e-4)),
     ("LAMB", fo.Lamb, dict(lr=1e-2)),
+]
+# Adam on bfloat16 params (float32 grads), with each way of storing an update in 8 bits of mantissa.
+BF16_MODES = [
+    ("nearest", dict()),
+    ("stochastic", dict(rounding="stochastic")),
+    ("kahan", dict(rounding="kahan")),
+    ("master weights", dict(master_weights=True)),
 ]
 CLASSES = 8
 WARMUP, TIMED = 3, 25  # optimizer steps before timing (the first allocates state, numba compiles), and timed
@@ -54,8 +62,8 @@ def init_params(features, hidden, seed=1):
 
 
 def loss_and_grads(params, x, labels):
-    """Mean softmax cross-entropy of a ReLU MLP, and its gradients by hand."""
-    w1, b1, w2, b2 = params
+    """Mean softmax cross-entropy of a ReLU MLP, and its float32 gradients by hand (for params of any dtype)."""
+    w1, b1, w2, b2 = (p.astype(np.float32, copy=False) for p in params)
     h = np.maximum(x @ w1 + b1, 0)
     logits = h @ w2 + b2
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -69,10 +77,11 @@ def loss_and_grads(params, x, labels):
     return loss, [x.T @ dh, dh.sum(0), h.T @ d, d.sum(0)]
 
 
-def train(make_optimizer, hyper, backend, steps, data, hidden):
-    """The loss after ``steps`` full-batch steps, the trained params, the optimizer and the last grads."""
+def train(make_optimizer, hyper, backend, steps, data, hidden, dtype=np.float32):
+    """The loss after ``steps`` full-batch steps of params stored in ``dtype``, the trained params, the
+    optimizer and the last grads."""
     x, labels = data
-    params = init_params(x.shape[1], hidden)
+    params = [p.astype(dtype) for p in init_params(x.shape[1], hidden)]
     opt = make_optimizer(params, backend=backend, **hyper)
     for _ in range(steps):
         grads = loss_and_grads(params, x, labels)[1]
@@ -117,7 +126,20 @@ bitwise  : whether the {fast} and numpy runs end with the same params, bit for b
     for name, cls, hyper in RULES:
         loss, fast_params, fast_opt, grads = train(cls, hyper, fast, steps, data, hidden)
         _, ref_params, ref_opt, _ = train(cls, hyper, "numpy", steps, data, hidden)
-        equal = all(np.array_equal(a.view(np.uint32), b.view(np.uint32)) for a, b in zip(fast_params, ref_params))
-        fast_time, ref_time = step_time(fast_opt, grads), step_time(ref_opt, grads)
-        print(f"{name:<14} {loss:6.3f} {fast_time * 1e6:10.1f}us {ref_time * 1e6:10.1f}us "
-              f"{ref_time / fast_time:8.1f}x  {'yes' if equal else 'NO'}")
+        row(name, loss, fast_params, fast_opt, ref_params, ref_opt, grads)
+    print(f"\nAdam (lr=1e-3) on bfloat16 params (ml_dtypes.bfloat16; float32 grads; the state in bfloat16, or a float32\n"
+          f"master copy): how each update is stored. Nearest rounding loses updates smaller than half a bfloat16\n"
+          f"step; stochastic rounding keeps them on average; Kahan's compensation and a float32 master copy carry\nthem over to later steps.\n")
+    print(f"{'rounding':<14} {'loss':>6} {'step ' + fast:>12} {'step numpy':>12} {'speed-up':>9}  bitwise")
+    for name, options in BF16_MODES:
+        loss, fast_params, fast_opt, grads = train(fo.Adam, dict(lr=1e-3, **options), fast, steps, data, hidden, bfloat16)
+        _, ref_params, ref_opt, _ = train(fo.Adam, dict(lr=1e-3, **options), "numpy", steps, data, hidden, bfloat16)
+        row(name, loss, fast_params, fast_opt, ref_params, ref_opt, grads)
+
+
+def row(name, loss, fast_params, fast_opt, ref_params, ref_opt, grads):
+    """One line of the table: the loss, both step times and whether both backends' params agree bit for bit."""
+    equal = all(np.array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}")) for a, b in zip(fast_params, ref_params))
+    fast_time, ref_time = step_time(fast_opt, grads), step_time(ref_opt, grads)
+    print(f"{name:<14} {loss:6.3f} {fast_time * 1e6:10.1f}us {ref_time * 1e6:10.1f}us "
+          f"{ref_time / fast_time:8.1f}x  {'yes' if equal else 'NO'}")
