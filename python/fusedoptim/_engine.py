@@ -226,10 +226,11 @@ class Stateful:
                 else:
                     operands = self._operands(params, grads, entries, plan, hyper)
                 arrays, readable, states, modes, created, copies, memory = operands
-                keys_ = None
-                if self._rounding == "stochastic":
-                    keys_ = [rounding_key(self._seed, count, i) for i in self._indices(keys)]
-                precision = Precision(self._rounding, modes.get(MASTER), modes.get(COMPENSATION), keys_, grad_scale)
+                rounding_keys = None
+                if self._rounding == "stochastic":  # hashed per param from the seed, its step and its position
+                    rounding_keys = [rounding_key(self._seed, count, i) for i in self._indices(keys)]
+                precision = Precision(self._rounding, modes.get(MASTER), modes.get(COMPENSATION), rounding_keys,
+                                      grad_scale)
                 call = Call(plan, arrays, readable, states, self._namer(keys),
                             self._reduction(params) if rule.sums else None, precision)
                 work.append(_Bucket(call, count, keys, entries, created, copies, memory))
