@@ -51,7 +51,9 @@ def test_the_summary_comes_first_one_row_per_case_placement_and_thread_count(cap
     assert len(rows) == len(expected)
     for threads in ("1 thread", "2 threads"):  # 16M is the only case in two placements
         assert len(re.findall(rf"^placement spread, 16M, {threads}: roof", out, re.M)) == 0
-        assert len(re.findall(rf"^placement spread, 16M, {threads}: adam_ \d+\.\d\dx, fo\.Adam\.step ", out, re.M)) == 1
+        # a spread is three digits: 1.23x, or 12.3x when another process disturbed a tiny step
+        assert len(re.findall(rf"^placement spread, 16M, {threads}: adam_ (\d\.\d\d|\d\d\.\d|\d+)x, fo\.Adam\.step ",
+                              out, re.M)) == 1
     assert "placement spread, 4K" not in out
     assert "DeepSpeed: absent (not importable)" in out
     assert out.index("Legend") > out.index(bench.SUMMARY_HEADER)
