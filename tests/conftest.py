@@ -423,3 +423,19 @@ def run_python(code, blocked=(), env=None):
 # Together big enough for three threads (fusedoptim._kernels.THREAD_BYTES of each operand per
 # thread, fp32 or fp64), split so that tensors end mid-chunk and mid-vector.
 BIG = [150001, 37, 70003]
+
+
+# Every optimizer of the registry, with hyperparameters that use every state it has.
+EVERY_STATE_KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
+                      "Adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5),
+                      "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
+                      "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.1),
+                      "AdamW": dict(lr=0.01, amsgrad=True),
+                      "Adamax": dict(lr=0.01, weight_decay=0.1),
+                      "Adadelta": dict(lr=0.5, weight_decay=0.1),
+                      "RAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+                      "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
+                      "Lion": dict(lr=0.01, weight_decay=0.1),
+                      "Lamb": dict(lr=0.01, weight_decay=0.1),
+                      "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1),
+                      "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}

@@ -12,24 +12,11 @@ import pytest
 import fusedoptim as fo
 from fusedoptim._rules import OPTIMIZERS as SPECS
 
-from conftest import BF16, F16, F32, assert_bitwise_equal
+from conftest import BF16, F16, F32, EVERY_STATE_KWARGS as KWARGS, assert_bitwise_equal
 
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedoptim.torch")
 
-# Every optimizer, with hyperparameters that use every state it has (as tests/test_optim.py's).
-KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
-          "Adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5),
-          "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
-          "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.1),
-          "AdamW": dict(lr=0.01, amsgrad=True),
-          "Adamax": dict(lr=0.01, weight_decay=0.1),
-          "Adadelta": dict(lr=0.5, weight_decay=0.1),
-          "RAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
-          "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
-          "Lion": dict(lr=0.01, weight_decay=0.1),
-          "Lamb": dict(lr=0.01, weight_decay=0.1), "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1),
-          "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}
 TORCH_DTYPES = {BF16: torch.bfloat16, F16: torch.float16}
 
 

@@ -6,23 +6,9 @@ import numpy as np
 import pytest
 
 import fusedoptim as fo
-from conftest import assert_bitwise_equal
+from conftest import EVERY_STATE_KWARGS as KWARGS, assert_bitwise_equal
 from fusedoptim._rules import OPTIMIZERS as SPECS
 
-# Every optimizer of the registry, with hyperparameters that use every state it has.
-KWARGS = {"SGD": dict(lr=0.1, momentum=0.9, nesterov=True),
-          "Adagrad": dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.5),
-          "RMSprop": dict(lr=0.01, momentum=0.5, centered=True),
-          "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.1),
-          "AdamW": dict(lr=0.01, amsgrad=True),
-          "Adamax": dict(lr=0.01, weight_decay=0.1),
-          "Adadelta": dict(lr=0.5, weight_decay=0.1),
-          "RAdam": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
-          "NAdam": dict(lr=0.01, weight_decay=0.1, momentum_decay=0.01),
-          "Lion": dict(lr=0.01, weight_decay=0.1),
-          "Lamb": dict(lr=0.01, weight_decay=0.1),
-          "ASGD": dict(lr=0.01, lambd=0.01, t0=2.0, weight_decay=0.1),
-          "Rprop": dict(lr=0.01, etas=(0.4, 1.3))}
 # (class, constructor kwargs, functional, spec)
 OPTIMIZERS = [(getattr(fo, name), KWARGS[name], getattr(fo, spec.functional), spec) for name, spec in SPECS.items()]
 IDS = [o[0].__name__ for o in OPTIMIZERS]
