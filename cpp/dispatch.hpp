@@ -104,7 +104,8 @@ struct IsaTable {
 };
 
 // The bandwidth roof's operands (bench only): fp32 arrays of `size` elements, read and written once each.
-inline constexpr int kMaxStreams = kMaxStates + 2;
+// Up to two per operand: bench.py streams a float32 operand beside bfloat16 ones as two streams.
+inline constexpr int kMaxStreams = 2 * (kMaxStates + 2);
 struct Streams {
   const float* read[kMaxStreams];
   float* write[kMaxStreams];

@@ -82,7 +82,18 @@ def test_summary_names_the_fastest_and_fusedoptims_best_layer_with_their_ratios(
     row = bench.summary(results).splitlines()[-1].split()
     # fastest: DeepSpeed at 50% of roof, 4x torch fused; fusedoptim's best: adam_ at 25%, 2x fused, 0.5x DeepSpeed
     assert row == ["4K", "numpy", "1", "1.00", "µs", "DeepSpeed", "CPUAdam", "50%", "4.00x", "adam_", "25%", "2.00x",
-                   "0.50x", "~"]  # ~: DeepSpeed's p90/p10 is above 1.3
+                   "0.50x", "-", "~"]  # vs fp32: this is fp32; ~: DeepSpeed's p90/p10 is above 1.3
+
+
+def test_a_low_precision_row_compares_fusedoptims_best_layers_with_fp32():
+    """vs fp32: fusedoptim's best fp32 time over its best time in the row's dtype, same case."""
+    fp32 = [result("roof", "roof", 4e-6), result("adam_", "fusedoptim", 8e-6), result("fo.Adam.step", "fusedoptim", 6e-6),
+            result("torch fused", "torch", 1e-6)]  # torch is no fusedoptim layer
+    bf16 = [r._replace(dtype="bf16", samples=[t / 3 for t in r.samples]) for r in fp32]
+    bf16[2] = bf16[2]._replace(samples=[4e-6])  # in bf16, adam_ (8/3 µs) is the best layer
+    rows = [line.split() for line in bench.summary(fp32 + bf16).splitlines() if line.startswith("4K")]
+    assert rows[0][-1] == "-"  # the fp32 row
+    assert rows[1][-1] == "2.25x"  # 6 µs (fo.Adam.step, fp32) over 8/3 µs (adam_, bf16)
 
 
 def test_a_steady_row_is_not_flagged():
@@ -169,6 +180,43 @@ def test_bench_takes_the_registrys_optimizer_names_in_any_case(capsys):
     assert "AdamW, fp32: summary" in out and "SGD, fp32: summary" in out
 
 
+@pytest.mark.parametrize("dtype,per_element", [("fp32", 28), ("bf16", 14), ("bf16/fp32", 22), ("bf16+master", 28)])
+def test_each_dtypes_roof_moves_the_steps_bytes(dtype, per_element):
+    """Adam reads and writes the param (a master copy instead, when it has one: the param is then
+    only written), its two states, and reads the grad: the roof streams exactly those bytes."""
+    pytest.importorskip("ml_dtypes")
+    problem = bench.problem("adam", bench.case("1000"), dtype, "numpy")
+    assert bench.traffic(problem) == 1000 * per_element
+    reads, writes = bench.roof_streams(problem)
+    assert sum(a.nbytes for a in reads + writes) == bench.traffic(problem)
+    assert len({a.size for a in reads + writes}) == 1 and max(len(reads), len(writes)) <= 12  # kMaxStreams
+
+
+@needs_cpp
+def test_every_dtype_is_benchmarked_with_its_options(capsys):
+    if bench.bf16_support():
+        pytest.skip(bench.bf16_support())
+    assert main([*TINY, "--cases", "4K", "--dtype", "bf16/fp32,bf16+master", "--threads", "1", "--detail"]) == 0
+    out = capsys.readouterr().out
+    for dtype in ("bf16/fp32", "bf16+master"):
+        assert f"Adam, {dtype}: summary" in out and f"Adam, {dtype}, 4K (1 tensor" in out
+        assert f"  {dtype:<9} " in out.split("Legend")[1]
+    assert "vs fp32   fusedoptim's best fp32 time" in out
+
+
+def test_the_layers_store_state_and_masters_as_the_dtype_says():
+    pytest.importorskip("ml_dtypes")
+    for dtype, state, masters in [("bf16", "bfloat16", None), ("bf16/fp32", "float32", None),
+                                  ("bf16+master", "float32", "float32")]:
+        problem = bench.problem("adam", bench.case("64"), dtype, "numpy")
+        assert [s[0].dtype.name for s in problem.states] == [state, state]
+        assert (problem.masters and problem.masters[0].dtype.name) == masters
+        bench._functional(problem)()  # the functional takes them
+        opt = fo.Adam(problem.params, **problem.mode.options())
+        opt.step(problem.grads)
+        assert {a.dtype.name for a in opt.state[0].values() if hasattr(a, "dtype")} >= {state}
+
+
 @needs_cpp
 def test_bf16_is_benchmarked_or_skipped_with_the_reason(capsys):
     assert main([*TINY, "--cases", "4K", "--dtype", "fp32,bf16", "--threads", "1"]) == 0
@@ -223,7 +271,7 @@ def test_without_torch_the_models_are_placed_by_numpy_and_torchs_columns_are_emp
     assert main([*TINY, "--cases", "192", "--threads", "1", "--detail"]) == 0
     out = capsys.readouterr().out
     assert [row[:3] for row in summary_rows(out)] == [["192", "tensors", "numpy"]]
-    assert summary_rows(out)[0][3].split().count("-") == 3  # vs torch fused (twice), vs DeepSpeed
+    assert summary_rows(out)[0][3].split().count("-") == 4  # vs torch fused (twice), vs DeepSpeed, vs fp32
     assert not re.search(r"^(torch|fusedoptim\.torch)", out.split("Legend")[1], re.M)
 
 

@@ -44,7 +44,30 @@ NAMES = {spec.name.lower(): spec for spec in OPTIMIZERS.values()}  # what --rule
 
 PLACEMENTS = ("numpy", "torch", "aligned2M", "staggered")
 UNSTABLE = 1.3  # p90 / p10 above this flags a timing as unstable
-DTYPES = ("fp32", "bf16")
+
+
+class Mode(NamedTuple):
+    """A --dtype: how a step stores its operands."""
+    param: str  # the params' and grads' NumPy dtype name
+    state: str  # the states'
+    master: bool  # a float32 master copy of each param (master_weights=True)
+    legend: str  # what the legend says of it
+
+    def options(self):
+        """The optimizer layers' options that store a step as this mode does."""
+        return {**({"state_dtype": "float32"} if self.state != self.param else {}),
+                **({"master_weights": True} if self.master else {})}
+
+
+MODES = {
+    "fp32": Mode("float32", "float32", False, ""),
+    "bf16": Mode("bfloat16", "bfloat16", False, "params, grads and state in bfloat16"),
+    "bf16/fp32": Mode("bfloat16", "float32", False, 'bfloat16 params and grads, float32 state (state_dtype="float32")'),
+    "bf16+master": Mode("bfloat16", "float32", True, "bf16/fp32 plus a float32 master copy of each param "
+                                                     "(master_weights=True): the step reads and writes the master, "
+                                                     "and writes the param rounded from it"),
+}
+DTYPES = tuple(MODES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,11 +128,12 @@ CASES = ("192", "gpt2", "4K", "1M", "16M")
 
 
 def _dtype(name):
-    if name == "fp32":
-        return np.dtype(np.float32)
-    import ml_dtypes
+    """A NumPy dtype by name, bfloat16 included."""
+    if name == "bfloat16":
+        import ml_dtypes
 
-    return np.dtype(ml_dtypes.bfloat16)
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 def placed(sizes, dtype, placement):
@@ -135,9 +159,11 @@ def placed(sizes, dtype, placement):
 
 class Problem(NamedTuple):
     rule: str
+    mode: Mode
     params: list  # arrays shared by every contender (each steps them in place)
     grads: list
     states: list  # per state the functional uses: the caller's arrays, placed like the params
+    masters: list | None  # the functional's float32 master copies of the params (master weights)
     tensors: Callable[[], list]  # the params as torch tensors sharing their memory, with .grad
 
     @property
@@ -161,15 +187,22 @@ def _as_tensor(array):
     return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)  # torch knows no ml_dtypes.bfloat16
 
 
-def problem(rule, case, dtype, placement, seed=1):
-    """The caller's side of a step: params, grads (and the functional's state), placed."""
-    dtype = _dtype(dtype)
+def problem(rule, case, mode, placement, seed=1):
+    """The caller's side of a step stored as ``mode`` (a MODES key): params, grads (and the
+    functional's state and master copies), placed."""
+    mode = MODES[mode]
+    dtype = _dtype(mode.param)
     rng = np.random.default_rng(seed)
     params, grads = placed(case.sizes, dtype, placement), placed(case.sizes, dtype, placement)
     for p, g in zip(params, grads):
         p[...] = rng.standard_normal(p.size, np.float32).astype(dtype, copy=False)
         g[...] = (rng.standard_normal(g.size, np.float32) * np.float32(1e-3)).astype(dtype, copy=False)
-    states = [placed(case.sizes, dtype, placement) for _ in _states_used(rule)]
+    states = [placed(case.sizes, _dtype(mode.state), placement) for _ in _states_used(rule)]
+    masters = None
+    if mode.master:
+        masters = placed(case.sizes, np.dtype(np.float32), placement)
+        for master, p in zip(masters, params):
+            master[...] = p
     made = []
 
     def tensors():
@@ -179,7 +212,22 @@ def problem(rule, case, dtype, placement, seed=1):
                 made[-1].grad = _as_tensor(g)
         return made
 
-    return Problem(rule, params, grads, states, tensors)
+    return Problem(rule, mode, params, grads, states, masters, tensors)
+
+
+def operands(problem):
+    """(bytes per element, read, written) of each operand a step streams: the param (not read
+    when a master copy is), the grad, every state and the master."""
+    mode, states = problem.mode, len(problem.states)
+    param, state = _dtype(mode.param).itemsize, _dtype(mode.state).itemsize
+    return [(param, not mode.master, True), (param, True, False), *[(state, True, True)] * states,
+            *[(4, True, True)] * mode.master]
+
+
+def traffic(problem):
+    """Bytes a step moves: every operand read and written as ``operands`` says."""
+    elements = sum(p.size for p in problem.params)
+    return elements * sum(size * (read + written) for size, read, written in operands(problem))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,12 +248,14 @@ def _functional(problem):
     hyper = HYPER.get(problem.rule, {})
     kwargs = {**hyper, **dict(zip(rule.host_states, rule.host_start(hyper))), **({"step": 1} if rule.step else {})}
     kwargs.update({state.arg: arrays for state, arrays in zip(_states_used(problem.rule), problem.states)})
+    if problem.masters is not None:
+        kwargs["master_params"] = problem.masters
     step = getattr(functional, spec.functional)
     return lambda: step(problem.params, problem.grads, **kwargs)
 
 
 def _stateful(problem):
-    opt = getattr(optim, problem.spec.name)(problem.params, **HYPER.get(problem.rule, {}))
+    opt = getattr(optim, problem.spec.name)(problem.params, **HYPER.get(problem.rule, {}), **problem.mode.options())
     return lambda: opt.step(problem.grads)
 
 
@@ -214,7 +264,8 @@ def _fusedoptim_torch(problem):
         return None
     from . import torch as fusedoptim_torch
 
-    return getattr(fusedoptim_torch, problem.spec.name)(problem.tensors(), **HYPER.get(problem.rule, {})).step
+    return getattr(fusedoptim_torch, problem.spec.name)(problem.tensors(), **HYPER.get(problem.rule, {}),
+                                                        **problem.mode.options()).step
 
 
 def _torch(flag):
@@ -238,7 +289,7 @@ class _DeepSpeed:
     status = None  # what the output says of DeepSpeed; None until a run asked for it
 
     def __call__(self, problem):
-        if problem.spec.name not in ("Adam", "AdamW"):
+        if problem.spec.name not in ("Adam", "AdamW") or problem.mode.master:  # it keeps no master copy
             return None
         if self.status is None:
             self.status = "absent (not importable)"
@@ -274,15 +325,28 @@ class _DeepSpeed:
 deepspeed = _DeepSpeed()
 
 
+def roof_streams(problem):
+    """The roof's float32 arrays, read and written (``operands``): one stream per operand, of the
+    operand's bytes, or where operands differ in width, one stream per 2 bytes of an element (a
+    float32 state is two streams beside a bfloat16 param), so that every stream has one size.
+    fusedoptim's own staggered buffers; an operand both read and written is one array."""
+    elements = sum(p.size for p in problem.params)
+    unit = min(size for size, _, _ in operands(problem))
+    reads, writes = [], []
+    for size, read, written in operands(problem):
+        for _ in range(size // unit):
+            stream = aligned_full(elements * unit // 4, np.float32)
+            reads += [stream] * read
+            writes += [stream] * written
+    return reads, writes
+
+
 def _roof(problem):
-    """Streams the step's bytes: reads the param, the grad and every state, writes the param and every
-    state, one add per read, on fusedoptim's own staggered float32 buffers."""
+    """Streams the step's bytes, one add per read (``roof_streams``)."""
     if _native.module() is None:
         return None
-    states = len(problem.states)
-    count = sum(p.size for p in problem.params) * problem.params[0].dtype.itemsize // 4  # the same bytes
-    arrays = [aligned_full(count, np.float32) for _ in range(2 + states)]
-    return lambda: _native.module().roof(arrays, arrays[:1] + arrays[2:])
+    reads, writes = roof_streams(problem)
+    return lambda: _native.module().roof(reads, writes)
 
 
 def contenders():
@@ -357,12 +421,6 @@ class Result(NamedTuple):
         return p90 > UNSTABLE * p10
 
 
-def _traffic(rule, elements, dtype):
-    """Bytes a step moves: the param, the grad and every state read, the param and every state written."""
-    states = len(_states_used(rule))
-    return ((2 + states) + (1 + states)) * elements * _dtype(dtype).itemsize
-
-
 def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15, batch_seconds=2e-3, budget=None,
         progress=None):
     """Times every (rule, dtype, case, placement, threads) and contender. Returns a list of Result, and
@@ -401,7 +459,7 @@ def run(rules, cases, dtypes=("fp32",), placements=None, threads=None, rounds=15
                         torch.set_num_threads(count)  # torch's and DeepSpeed's (OpenMP) threads
                     samples = measure(steps, rounds, batch_seconds, budget)
                     results += [Result(rule, dtype, c, placement, count, contender_name(k, rule), k.layer, s,
-                                       _traffic(rule, c.elements, dtype)) for k, s in samples.items()]
+                                       traffic(prob)) for k, s in samples.items()]
             del steps, prob
     finally:
         if progress:
@@ -462,33 +520,39 @@ def _blocks(results):
 
 SUMMARY_HEADER = (f"{'':<36}{'fastest contender':<38}fusedoptim's best layer\n"
                   f"{'case':<12}{'placement':<10}{'thr':>3}{'roof':>9}  {'name':<22}{'% roof':>7}{'vs fused':>9}  "
-                  f"{'name':<22}{'% roof':>7}{'vs fused':>9}{'vs DS':>8}")
+                  f"{'name':<22}{'% roof':>7}{'vs fused':>9}{'vs DS':>8}{'vs fp32':>9}")
 
 
 def summary(results):
     """One line per (case, placement, threads) of each (rule, dtype): who is fastest, how close to
     the roof, and how fusedoptim's best layer compares with torch fused and DeepSpeed."""
     lines = []
-    for (rule, dtype), cases in _blocks(results).items():
+    blocks = _blocks(results)
+    for (rule, dtype), cases in blocks.items():
         lines += ["", f"{NAMES[rule].name}, {dtype}: summary (medians of {_rounds(results)} interleaved rounds)",
                   SUMMARY_HEADER]
-        for (_, placement, threads), group in cases.items():
+        for where, group in cases.items():
+            placement, threads = where[1:]
             roof = next((r for r in group if r.layer == "roof"), None)
             fused = next((r for r in group if r.contender == "torch fused"), None)
             ds = next((r for r in group if r.layer == "deepspeed"), None)
-            others = [r for r in group if r.layer != "roof"]
-            fastest = min(others, key=lambda r: r.median, default=None)
-            best = min((r for r in others if r.layer == "fusedoptim"), key=lambda r: r.median, default=None)
-            shown = [r for r in (roof, fused, ds, fastest, best) if r]
+            best = _best_fusedoptim(group)
+            fp32 = _best_fusedoptim(blocks.get((rule, "fp32"), {}).get(where, [])) if dtype != "fp32" else None
+            fastest = min((r for r in group if r.layer != "roof"), key=lambda r: r.median, default=None)
+            shown = [r for r in (roof, fused, ds, fastest, best, fp32) if r]
             lines.append(
                 f"{group[0].case.label:<12}{placement:<10}{threads:>3}"
                 f"{format_time(roof.median) if roof else '-':>9}  "
                 f"{fastest.contender if fastest else '-':<22}{_percent_of_roof(roof, fastest):>7}"
                 f"{_ratio(fused, fastest):>9}  "
                 f"{best.contender if best else '-':<22}{_percent_of_roof(roof, best):>7}{_ratio(fused, best):>9}"
-                f"{_ratio(ds, best):>8}{' ~' if any(r.unstable for r in shown) else ''}")
+                f"{_ratio(ds, best):>8}{_ratio(fp32, best):>9}{' ~' if any(r.unstable for r in shown) else ''}")
         lines += _placement_spreads([r for group in cases.values() for r in group])
     return "\n".join(lines[1:])
+
+
+def _best_fusedoptim(group):
+    return min((r for r in group if r.layer == "fusedoptim"), key=lambda r: r.median, default=None)
 
 
 def _placement_spreads(results):
@@ -540,9 +604,12 @@ def legend(results):
         "  placement spread  a contender's median in its slowest placement over that in its fastest.",
         *textwrap.wrap(f"  cases     {described}.", 104, subsequent_indent=" " * 12),
     ]
-    if "bf16" in dtypes:
-        text.append("  bf16      params, grads and state in bfloat16 (DeepSpeed keeps float32 state); its roof moves "
-                    "the same bytes.")
+    for name in (name for name in MODES if name in dtypes and MODES[name].legend):
+        text += textwrap.wrap(f"  {name:<9} {MODES[name].legend}.", 104, subsequent_indent=" " * 12)
+    if dtypes - {"fp32"}:
+        text += ["  vs fp32   fusedoptim's best fp32 time / its best time in this dtype, in the same case, placement",
+                 "            and threads. torch steps bfloat16 params with bfloat16 state; DeepSpeed keeps float32",
+                 "            state (and no master copy); each roof moves its own dtype's bytes."]
     return "\n".join(text)
 
 
@@ -724,9 +791,10 @@ def command(args):
     if "torch" in (placements or ()) and importlib.util.find_spec("torch") is None:
         raise SystemExit("the torch placement needs torch")
     dtypes = _choices(args.dtype, DTYPES, "dtypes")
-    if "bf16" in dtypes and (why := bf16_support()):
-        print(f"bf16: skipped: {why}")
-        dtypes.remove("bf16")
+    low = [name for name in dtypes if MODES[name].param == "bfloat16"]
+    if low and (why := bf16_support()):
+        print(f"{', '.join(low)}: skipped: {why}")
+        dtypes = [name for name in dtypes if name not in low]
         if not dtypes:
             return 0
     rounds = 2 if args.tiny else 7 if args.quick else 15
