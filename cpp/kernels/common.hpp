@@ -45,6 +45,14 @@ struct Operands {
       : param(Operand<typename L::Param>::make(t.param)), grad(Operand<const typename L::Grad>::make(t.grad)), state{} {
     for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k]);
   }
+
+  // Asks for element i of every operand the step uses (an unused state is null).
+  FUSEDOPTIM_INLINE void prefetch(std::size_t i) const {
+    __builtin_prefetch(param + i);
+    __builtin_prefetch(grad + i);
+    for (const auto& s : state)
+      if (s) __builtin_prefetch(s + i);
+  }
 };
 
 // Loads widen exactly to the compute type V; stores round to nearest even (the vector types'
