@@ -8,28 +8,69 @@ namespace scalar { extern const IsaTable table; extern const RoofFn roof; }
 #if defined(FUSEDOPTIM_HAVE_X86)
 namespace avx2 { extern const IsaTable table; extern const RoofFn roof; }
 namespace avx512 { extern const IsaTable table; extern const RoofFn roof; }
+#if defined(FUSEDOPTIM_HAVE_AVX512BF16)
+namespace avx512bf16 { extern const IsaTable table; extern const RoofFn roof; }
+#endif
 #endif
 
-const std::vector<const IsaTable*>& compiled_isas() {
+namespace {
+
+// A compiled level: its kernels, its roof, and whether the running CPU (and OS) can execute it.
+struct Level {
+  const IsaTable* table;
+  const RoofFn* roof;
+  bool (*supported)();
+};
+
+// Every level compiled into this build, lowest first. __builtin_cpu_supports also checks that the
+// OS saves the wide registers (XGETBV). The level is first chosen by a static initializer, which
+// may run before libgcc's own: hence __builtin_cpu_init.
+const std::vector<Level>& levels() {
+  static const std::vector<Level> compiled{
+      {&scalar::table, &scalar::roof, [] { return true; }},
 #if defined(FUSEDOPTIM_HAVE_X86)
-  static const std::vector<const IsaTable*> isas{&scalar::table, &avx2::table, &avx512::table};
-#else
-  static const std::vector<const IsaTable*> isas{&scalar::table};
+      {&avx2::table, &avx2::roof,
+       [] {
+         __builtin_cpu_init();
+         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+       }},
+      {&avx512::table, &avx512::roof,
+       [] {
+         __builtin_cpu_init();
+         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+       }},
+#if defined(FUSEDOPTIM_HAVE_AVX512BF16)
+      {&avx512bf16::table, &avx512bf16::roof,
+       [] {
+         __builtin_cpu_init();
+         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                __builtin_cpu_supports("avx512bf16");
+       }},
 #endif
+#endif
+  };
+  return compiled;
+}
+
+const Level& level_of(const IsaTable& isa) {
+  for (const Level& level : levels())
+    if (level.table == &isa) return level;
+  throw std::logic_error("an ISA table that no level owns");
+}
+
+}  // namespace
+
+const std::vector<const IsaTable*>& compiled_isas() {
+  static const std::vector<const IsaTable*> isas = [] {
+    std::vector<const IsaTable*> tables;
+    for (const Level& level : levels()) tables.push_back(level.table);
+    return tables;
+  }();
   return isas;
 }
 
-bool cpu_supports(const IsaTable& isa) {
-#if defined(FUSEDOPTIM_HAVE_X86)
-  // __builtin_cpu_supports also checks that the OS saves the wide registers (XGETBV). The
-  // level is first chosen by a static initializer, which may run before libgcc's own.
-  __builtin_cpu_init();
-  if (&isa == &avx2::table) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  if (&isa == &avx512::table)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-#endif
-  return &isa == &scalar::table;
-}
+bool cpu_supports(const IsaTable& isa) { return level_of(isa).supported(); }
 
 namespace {
 
@@ -59,14 +100,7 @@ std::atomic<const IsaTable*> active{best_supported()};
 
 const IsaTable& active_isa() { return *active.load(std::memory_order_relaxed); }
 
-RoofFn active_roof() {
-  const IsaTable* isa = &active_isa();
-#if defined(FUSEDOPTIM_HAVE_X86)
-  if (isa == &avx2::table) return avx2::roof;
-  if (isa == &avx512::table) return avx512::roof;
-#endif
-  return scalar::roof;
-}
+RoofFn active_roof() { return *level_of(active_isa()).roof; }
 
 int layout_of(const Tensor& t, unsigned used_states, bool native_only) {
   Dtype state = t.param_dtype;  // a step that uses no state matches its param's native layout

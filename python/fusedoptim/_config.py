@@ -15,7 +15,8 @@ def isa_levels() -> list[tuple[str, bool]]:
 
 
 def set_isa(name: str) -> str:
-    """Selects the ISA level the cpp backend uses ("scalar", "avx2", "avx512"); returns the previous one.
+    """Selects the ISA level the cpp backend uses ("scalar", "avx2", "avx512", "avx512bf16"); returns the
+    previous one.
 
     The default is the best level the CPU supports, or $FUSEDOPTIM_ISA. Names are
     case-insensitive. Every level gives bitwise-identical results; this exists to check that
