@@ -1,6 +1,7 @@
 // The vector type of the ISA level a translation unit is compiled for: CMake compiles each
 // per-level source once per level, defining FUSEDOPTIM_AVX512 or FUSEDOPTIM_AVX2 (the scalar
-// level defines neither) and FUSEDOPTIM_ISA_NS, the level's namespace.
+// level defines neither; avx512bf16 defines FUSEDOPTIM_AVX512 and FUSEDOPTIM_AVX512_BF16) and
+// FUSEDOPTIM_ISA_NS, the level's namespace.
 #pragma once
 #include "scalar.hpp"
 #if defined(FUSEDOPTIM_AVX512)
