@@ -4,7 +4,9 @@
 same class names, arguments, defaults, param groups, ``closure``, ``zero_grad``,
 ``add_param_group``, LR schedulers, hooks, and the same ``state_dict`` layout (``step`` as a
 float32 scalar tensor, ``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``sum``, ...), so a
-checkpoint of a ``torch.optim`` optimizer loads into its ``fusedoptim.torch`` twin and back.
+checkpoint of a ``torch.optim`` optimizer loads into its ``fusedoptim.torch`` twin and back. The
+``step`` tensors of a group are 0-d views of one tensor (one op reads their counts, one advances
+them); those of a loaded checkpoint are copied into such views.
 
 A step hands each param, its gradient and its state to the kernel as NumPy views of the same
 memory, without copies; params with equal step counts and dtype go in one multi-tensor call.
