@@ -8,23 +8,10 @@
 
 #include "kernels/rules.hpp"
 #include "square_sums.hpp"
-#include "simd/scalar.hpp"
-#if defined(FUSEDOPTIM_AVX512)
-#include "simd/avx512.hpp"
-#elif defined(FUSEDOPTIM_AVX2)
-#include "simd/avx2.hpp"
-#endif
+#include "simd/level.hpp"
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 namespace {
-
-#if defined(FUSEDOPTIM_AVX512) || defined(FUSEDOPTIM_AVX2)
-template <class T>
-using Wide = Vec<T>;
-#else
-template <class T>
-using Wide = Scalar<T>;
-#endif
 
 // Native layout k of the tables (dispatch.hpp).
 template <Dtype d>

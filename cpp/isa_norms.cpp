@@ -5,23 +5,10 @@
 
 #include "norms.hpp"
 #include "square_sums.hpp"
-#include "simd/scalar.hpp"
-#if defined(FUSEDOPTIM_AVX512)
-#include "simd/avx512.hpp"
-#elif defined(FUSEDOPTIM_AVX2)
-#include "simd/avx2.hpp"
-#endif
+#include "simd/level.hpp"
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 namespace {
-
-#if defined(FUSEDOPTIM_AVX512) || defined(FUSEDOPTIM_AVX2)
-template <class T>
-using Wide = Vec<T>;
-#else
-template <class T>
-using Wide = Scalar<T>;
-#endif
 
 template <class T>
 void block_sums(const void* data, std::size_t size, std::size_t first, std::size_t last, double* sums) {

@@ -2,23 +2,12 @@
 // one add per read and no other work, so "% of roof" is how much of a step is more than moving
 // its bytes. Compiled once per ISA level like isa_kernels.cpp, but kept out of the rules' table.
 #include "dispatch.hpp"
-#include "simd/scalar.hpp"
-#if defined(FUSEDOPTIM_AVX512)
-#include "simd/avx512.hpp"
-#elif defined(FUSEDOPTIM_AVX2)
-#include "simd/avx2.hpp"
-#endif
+#include "simd/level.hpp"
 
 #include <utility>
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
 namespace {
-
-#if defined(FUSEDOPTIM_AVX512) || defined(FUSEDOPTIM_AVX2)
-using Wide = Vec<float>;
-#else
-using Wide = Scalar<float>;
-#endif
 
 template <int reads, int writes, class V>
 void roof_at(const Streams& s, std::size_t i) {
@@ -31,7 +20,7 @@ template <int reads, int writes>
 void roof_range(const Streams& streams, std::size_t begin, std::size_t end) {
   const Streams s = streams;  // a local copy: the stores cannot alias its pointers, which stay in registers
   std::size_t i = begin;
-  for (; i + Wide::width <= end; i += Wide::width) roof_at<reads, writes, Wide>(s, i);
+  for (; i + Wide<float>::width <= end; i += Wide<float>::width) roof_at<reads, writes, Wide<float>>(s, i);
   for (; i < end; ++i) roof_at<reads, writes, Scalar<float>>(s, i);
 }
 
