@@ -174,6 +174,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         # A step checks every param and grad (_check_step), but only once it has failed: the checks cost
         # more than a small tensor's step, and all they reject also fails the step, which raises before it
         # changes anything; they word the error as torch users know it.
+        self._counted = {}  # id(entries) -> (entries, their _Counts), of those whose counts _steps_taken read
         try:
             self._take_step(self._grads(), getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
         except (TypeError, ValueError, RuntimeError) as error:
@@ -245,6 +246,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         counts = self._counts_of(entries)
         count = counts and counts.common()
         if count is not None:
+            self.__dict__.setdefault("_counted", {})[id(entries)] = entries, counts
             return [count] * len(entries)
         return [int(entry["step"]) if entry else 0 for entry in entries]
 
@@ -347,11 +349,10 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return functools.partial(_total_over_shards, groups) if any(groups) else None
 
     def _record(self, keys, entries, created, count, host_states):
-        if not (self._stepless or host_states or any(created or ())):  # the usual step: one op advances all
-            counts = self._counts_of(entries)
-            if counts is not None:
-                counts.base.fill_(count)
-                return
+        counted, counts = self.__dict__.get("_counted", {}).pop(id(entries), (None, None))
+        if counted is entries and not (host_states or any(created or ())):  # the usual step: one op advances all
+            counts.base.fill_(count)
+            return
         steps, fresh = [], []  # the step tensors to set to count; the states that have none yet
         for key, new in zip(keys, created or [None] * len(keys)):
             if self._stepless and not new:
