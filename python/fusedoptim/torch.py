@@ -349,9 +349,9 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return functools.partial(_total_over_shards, groups) if any(groups) else None
 
     def _record(self, keys, entries, created, count, host_states):
-        counted, counts = self.__dict__.get("_counted", {}).pop(id(entries), (None, None))
-        if counted is entries and not (host_states or any(created or ())):  # the usual step: one op advances all
-            counts.base.fill_(count)
+        counted = self.__dict__.get("_counted", {}).pop(id(entries), None)
+        if counted and counted[0] is entries and not (host_states or any(created or ())):  # the usual step
+            counted[1].base.fill_(count)  # one op advances them all
             return
         steps, fresh = [], []  # the step tensors to set to count; the states that have none yet
         for key, new in zip(keys, created or [None] * len(keys)):
