@@ -307,3 +307,12 @@ def test_a_bad_grad_of_a_prepared_step_raises_as_a_fresh_step_does(bad):
     assert str(raised.value) == str(expected.value)
     assert "param_groups[0]['params'][1]" in str(raised.value) and message in str(raised.value)
     assert_same(snapshot(opt), before)
+
+
+def test_counts_past_float32_are_rounded_once_as_torch_keeps_them():
+    params, opt = make()
+    warm(params, opt)
+    for p in params:
+        opt.state[p]["step"].fill_(2**24)  # the next count, 2**24 + 1, is no float32
+    step_and_compare(params, opt)
+    assert {(opt.state[p]["step"].dtype, opt.state[p]["step"].item()) for p in params} == {(torch.float32, 2.0**24)}

@@ -351,7 +351,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _record(self, keys, entries, created, count, host_states):
         counted = self.__dict__.get("_counted", {}).pop(id(entries), None)
         if counted and counted[0] is entries and not (host_states or any(created or ())):  # the usual step
-            counted[1].base.fill_(count)  # one op advances them all
+            counted[1].array.fill(count)  # one op advances them all, each rounded once to its dtype as fill_ rounds
             return
         steps, fresh = [], []  # the step tensors to set to count; the states that have none yet
         for key, new in zip(keys, created or [None] * len(keys)):
@@ -391,6 +391,7 @@ class _Counts:
 
     def __init__(self, values):
         self.base = torch.tensor(values, dtype=_get_scalar_dtype())
+        self.array = self.base.numpy()  # read and written through NumPy: a torch op's dispatch costs more
         self.views = list(self.base)  # each a 0-d view of its element
         self.pointers = [view.data_ptr() for view in self.views]
 
@@ -406,7 +407,7 @@ class _Counts:
 
     def common(self):
         """The step count of every view, when they are all equal (as ``int()`` of each reads it); else None."""
-        values = self.base.tolist()
+        values = self.array.tolist()
         return int(values[0]) if values.count(values[0]) == len(values) else None
 
 
