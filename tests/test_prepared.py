@@ -33,9 +33,16 @@ def fresh_step(opt):
     twin = type(opt)(params, **opt.defaults)
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))
     for p, q in zip(ours, params):
+        any_dtype(q)
         q.grad = None if p.grad is None else p.grad.clone()
     twin.step()
     return snapshot(twin)
+
+
+def any_dtype(p):
+    """Lets ``p`` take a gradient of another dtype (torch >= 2.9 holds it to ``grad_dtype``)."""
+    if hasattr(p, "grad_dtype"):
+        p.grad_dtype = None
 
 
 def snapshot(opt):
@@ -58,10 +65,14 @@ def warm(params, opt, steps=2):
         opt.step()
 
 
-def step_and_compare(params, opt, seed=7, skip=()):
+def step_and_compare(params, opt, seed=7, skip=(), change=None):
+    """A step of ``opt`` on new grads (``skip``: params given none; ``change``: done to each param
+    with its grad) is the one a fresh optimizer takes from the same state."""
     set_grads(params, seed)
     for k in skip:
         params[k].grad = None
+    for p in params if change else ():
+        change(p)
     expected = fresh_step(opt)
     opt.step()
     assert_same(snapshot(opt), expected)
@@ -173,3 +184,135 @@ def test_step_counts_are_advanced_as_torch_keeps_them(n):
             assert ours.item() == big + 1
         else:
             assert (ours.dtype, ours.shape, ours.item()) == (expected.dtype, expected.shape, 4.0)
+
+
+# --- The step counts: 0-d views of one tensor per group, read and advanced with one op each ---
+
+@pytest.mark.parametrize("change", ["replaced", "filled", "data replaced", "all filled"])
+def test_a_step_tensor_changed_by_the_user_is_read_and_advanced(change):
+    params, opt = make()
+    warm(params, opt)
+    state = opt.state[params[1]]
+    mine = torch.tensor(7.0)
+    if change == "replaced":
+        state["step"] = mine
+    elif change == "filled":
+        state["step"].fill_(7)
+    elif change == "data replaced":  # same object, other memory: the view no longer views its element
+        state["step"].data = mine
+    else:
+        for p in params:
+            opt.state[p]["step"].fill_(7)
+    step_and_compare(params, opt)
+    assert [float(opt.state[p]["step"]) for p in params] == [8.0] * 3 if change == "all filled" else [3.0, 8.0, 3.0]
+    if change in ("replaced", "data replaced"):
+        assert mine.item() == 8.0  # the user's tensor is advanced in place, as torch advances it
+    step_and_compare(params, opt, seed=8)
+
+
+def test_step_counts_are_read_from_a_state_dict_as_saved_and_stepped_as_torch_does():
+    params, opt = make()
+    warm(params, opt)
+    saved = copy.deepcopy(opt.state_dict())
+    saved["state"][1]["step"] = torch.tensor(5.0)
+    theirs_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    theirs = torch.optim.Adam(theirs_params)
+    theirs.load_state_dict(copy.deepcopy(saved))
+    opt.load_state_dict(saved)
+    for k in range(2):
+        set_grads(params, 20 + k)
+        set_grads(theirs_params, 20 + k)
+        opt.step()
+        theirs.step()
+    for p, q in zip(params, theirs_params):
+        ours, expected = opt.state[p]["step"], theirs.state[q]["step"]
+        assert (ours.dtype, ours.shape, ours.item()) == (expected.dtype, expected.shape, expected.item())
+        torch.testing.assert_close(p, q)
+
+
+def test_eager_state_is_counted_from_zero():
+    params, opt = make(cls=ft.Adagrad)
+    assert [opt.state[p]["step"].item() for p in params] == [0.0] * 3
+    warm(params, opt)
+    step_and_compare(params, opt)
+    assert [opt.state[p]["step"].item() for p in params] == [3.0] * 3
+
+
+def test_a_copy_counts_its_own_steps():
+    params, opt = make()
+    warm(params, opt)
+    twin = copy.deepcopy(opt)
+    twin_params = [p for group in twin.param_groups for p in group["params"]]
+    set_grads(twin_params, 11)
+    twin.step()
+    assert [opt.state[p]["step"].item() for p in params] == [2.0] * 3
+    assert [twin.state[p]["step"].item() for p in twin_params] == [3.0] * 3
+
+
+# --- The grads: read afresh each step, each as the first step of a fresh optimizer reads it ---
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_grads_that_change_dtype_between_steps(dtype):
+    params, opt = make()
+    warm(params, opt)
+    step_and_compare(params, opt, change=lambda p: (any_dtype(p), setattr(p, "grad", p.grad.to(dtype))))
+
+
+def test_grads_that_require_grad():
+    params, opt = make()
+    warm(params, opt)
+    step_and_compare(params, opt, change=lambda p: p.grad.requires_grad_(True))
+
+
+def test_complex_params():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5 + k, dtype=torch.complex64, generator=gen)) for k in range(3)]
+    opt = ft.Adam(params)
+    warm(params, opt)
+    step_and_compare(params, opt)
+
+
+def bad_grads():
+    """How a grad goes bad, and the words of torch's layer for it."""
+    return {
+        "float64": (lambda p: setattr(p, "grad", p.grad.double()), "gradient is torch.float64 but the param is"),
+        "int": (lambda p: setattr(p, "grad", p.grad.to(torch.int32)), "gradient has dtype torch.int32"),
+        "complex": (lambda p: setattr(p, "grad", p.grad.to(torch.complex64)), "gradient is torch.complex64 but"),
+        "shape": (lambda p: p.grad.set_(p.grad[:2].clone()), "gradient has shape (2,) but the param (6,)"),
+        "sparse": (lambda p: setattr(p, "grad", p.grad.to_sparse()), "Adam does not support sparse gradients"),
+        "dtype in place": (lambda p: setattr(p.grad, "data", p.grad.data.double()), "gradient is torch.float64 but"),
+    }
+
+
+@pytest.mark.parametrize("bad", list(bad_grads()))
+def test_a_bad_grad_of_a_prepared_step_raises_as_a_fresh_step_does(bad):
+    """The checks of a step's params and grads run once it has failed, to word its error: a step that
+    reuses the last step's arrays raises what the first step of a fresh optimizer raises, and changes nothing."""
+    params, opt = make()
+    warm(params, opt)
+    set_grads(params, 7)
+    fresh_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fresh = type(opt)(fresh_params)
+    for p, q in zip(params, fresh_params):
+        q.grad = p.grad.clone()
+    spoil, message = bad_grads()[bad]
+    for p in params[1], fresh_params[1]:
+        any_dtype(p)
+        spoil(p)
+    with pytest.raises((TypeError, ValueError, RuntimeError)) as expected:
+        fresh.step()
+    before = snapshot(opt)
+    with pytest.raises(type(expected.value)) as raised:
+        opt.step()
+    assert str(raised.value) == str(expected.value)
+    assert "param_groups[0]['params'][1]" in str(raised.value) and message in str(raised.value)
+    assert_same(snapshot(opt), before)
+
+
+def test_counts_past_float32_are_rounded_once_as_torch_keeps_them():
+    params, opt = make()
+    warm(params, opt)
+    for p in params:
+        opt.state[p]["step"].fill_(2**24)  # the next count, 2**24 + 1, is no float32
+    step_and_compare(params, opt)
+    assert {(opt.state[p]["step"].dtype, opt.state[p]["step"].item()) for p in params} == {(torch.float32, 2.0**24)}

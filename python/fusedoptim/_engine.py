@@ -89,6 +89,11 @@ class Stateful:
     def _readable(self, grad, order):
         return grad
 
+    def _grad_reader(self, params, orders):
+        """How the grads of ``params`` (in ``orders``) are read at each prepared step: a function
+        of the grads returning ``_readable`` of each."""
+        return lambda grads: list(map(self._readable, grads, orders))
+
     def _storage(self, tensors):
         """What tells whether the memory behind ``tensors`` is still what their arrays, made at an
         earlier step, view (torch: each tensor's data pointer, which ``p.data = x`` changes); None:
@@ -283,14 +288,13 @@ class Stateful:
         last = prepared.get(index)
         if (storage is not None and last is not None and last.uses == plan.uses and len(last.held) == len(held)
                 and all(map(operator.is_, last.held, held)) and last.storage == storage):
-            return (last.arrays, list(map(self._readable, grads, last.orders)), last.states, last.modes, None, [],
-                    last.memory)
+            return last.arrays, last.read(grads), last.states, last.modes, None, [], last.memory
         operands = arrays, _, states, modes, created, copies, memory = self._operands(params, grads, entries, plan, hyper)
         if storage is None or copies or any(created):
             prepared.pop(index, None)
         else:
-            prepared[index] = _Ready(plan.uses, held, storage, list(map(self._order, params)), arrays, states, modes,
-                                     memory)
+            read = self._grad_reader(params, list(map(self._order, params)))
+            prepared[index] = _Ready(plan.uses, held, storage, read, arrays, states, modes, memory)
         return operands
 
     def _forget_prepared(self):
@@ -352,7 +356,7 @@ class _Ready(NamedTuple):
     uses: tuple  # the plan's used state slots
     held: list  # the params, then the used states' buffers slot by slot: the objects the arrays view
     storage: object  # the layer's ``_storage`` of them
-    orders: list  # each param's memory order, in which its grad is read
+    read: object  # the grads -> their arrays, each in its param's memory order (``_grad_reader``)
     arrays: list
     states: tuple
     modes: dict  # the param modes' arrays by state name (master weights, Kahan compensation)

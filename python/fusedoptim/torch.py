@@ -4,7 +4,9 @@
 same class names, arguments, defaults, param groups, ``closure``, ``zero_grad``,
 ``add_param_group``, LR schedulers, hooks, and the same ``state_dict`` layout (``step`` as a
 float32 scalar tensor, ``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ``sum``, ...), so a
-checkpoint of a ``torch.optim`` optimizer loads into its ``fusedoptim.torch`` twin and back.
+checkpoint of a ``torch.optim`` optimizer loads into its ``fusedoptim.torch`` twin and back. The
+``step`` tensors of a group are 0-d views of one tensor (one op reads their counts, one advances
+them); those of a loaded checkpoint are copied into such views.
 
 A step hands each param, its gradient and its state to the kernel as NumPy views of the same
 memory, without copies; params with equal step counts and dtype go in one multi-tensor call.
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -68,6 +71,7 @@ _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 _LAYER_OPTIONS = tuple(p.name for p in _api.LAYER_OPTIONS)  # Optimizer.__init__'s, in its order
 _HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no DTensor is of these exact types
+_grad = operator.attrgetter("grad")
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
@@ -93,12 +97,10 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             for group in self.param_groups:
                 hyper = self._hyper(group)
                 uses = self._plan(hyper).uses
-                for p in group["params"]:
-                    if p.is_meta:  # its state is made when it first steps, materialized
-                        continue
-                    new = {s.name: self._new_state(p, self._initial_fill(s.name, hyper))
-                           for s, used in zip(self.spec.rule.states, uses) if used}
-                    self._record([p], None, [new], 0, {})
+                params = [p for p in group["params"] if not p.is_meta]  # a meta param's is made when it first steps
+                new = [{s.name: self._new_state(p, self._initial_fill(s.name, hyper))
+                        for s, used in zip(self.spec.rule.states, uses) if used} for p in params]
+                self._record(params, None, new, 0, {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Adds a param group, as torch does, after checking its hyperparameters and params."""
@@ -129,6 +131,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
         self._forget_prepared()  # the old state is no longer needed
+        self.__dict__.pop("_counts", None)
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
                     if p.default is not inspect.Parameter.empty and name not in _LAYER_OPTIONS}
         for group in self.param_groups:
@@ -141,6 +144,11 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             for name in ("step", *self.spec.rule.host_states):
                 if name in s and not torch.is_tensor(s[name]):
                     s[name] = torch.tensor(float(s[name]), dtype=_get_scalar_dtype())
+        for group in self.param_groups:  # each group's loaded (or copied) counts, as views of one tensor
+            held = [self.state[p] for p in group["params"] if p in self.state]
+            held = [s for s in held if isinstance(s, dict) and _Counts.can_hold(s.get("step"))]
+            if held:
+                self._hold_counts(held, [float(s["step"]) for s in held])
 
     def _hyper(self, group):
         """The plan's keyword arguments from a param group; rejects the torch flags we do not implement."""
@@ -163,10 +171,41 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # A step checks every param and grad (_check_step), but only once it has failed: the checks cost
+        # more than a small tensor's step, and all they reject also fails the step, which raises before it
+        # changes anything; they word the error as torch users know it.
+        self._counted = {}  # id(entries) -> (entries, their _Counts), of those whose counts _steps_taken read
+        try:
+            self._take_step(self._grads(), getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+        except (TypeError, ValueError, RuntimeError) as error:
+            failed = error
+        else:
+            return loss
+        self._check_step()
+        raise failed
+
+    def _grads(self):
+        """Each group's hyperparameters, and its params that have a grad, with their grads."""
         dtensor = _dtensor_type()
         groups = []
         for index, group in enumerate(self.param_groups):
-            params, grads = [], []
+            params = group["params"]
+            grads = list(map(_grad, params))
+            kinds = {*map(type, params), *map(type, grads)}  # (not `None in grads`: == on tensors)
+            if not kinds.issubset(_PLAIN):  # a None grad to skip, a DTensor to place
+                stepped = [(j, p, grad) for j, (p, grad) in enumerate(zip(params, grads)) if grad is not None]
+                params = [p for _, p, _ in stepped]
+                grads = [_placed_like(grad, p, dtensor, self._where(index, j))
+                         if dtensor is not None and (isinstance(p, dtensor) or isinstance(grad, dtensor)) else grad
+                         for j, p, grad in stepped]
+            groups.append((self._hyper(group), params, params, grads))
+        return groups
+
+    def _check_step(self):
+        """Raises the error of the first param, grad or group that fusedoptim cannot step, if there is one,
+        checking them in the order a step reads them."""
+        dtensor = _dtensor_type()
+        for index, group in enumerate(self.param_groups):
             for j, p in enumerate(group["params"]):
                 grad = p.grad
                 if grad is None:
@@ -177,12 +216,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     _check_tensor(grad, f"the gradient of {self._where(index, j)}", "gradient", like=p,
                                   optimizer=type(self).__name__)
                 if dtensor is not None and (isinstance(p, dtensor) or isinstance(grad, dtensor)):
-                    grad = _placed_like(grad, p, dtensor, self._where(index, j))
-                params.append(p)
-                grads.append(grad)
-            groups.append((self._hyper(group), params, params, grads))
-        self._take_step(groups, getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
-        return loss
+                    _check_placeable(grad, p, dtensor, self._where(index, j))
+            self._hyper(group)
 
     def _where(self, g, j):
         """A param as torch users know it: by its name, or by its place in param_groups."""
@@ -208,7 +243,32 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _steps_taken(self, entries):
         if self._stepless:
             return [1 if entry and any(v is not None for v in entry.values()) else 0 for entry in entries]
+        counts = self._counts_of(entries)
+        count = counts and counts.common()
+        if count is not None:
+            self.__dict__.setdefault("_counted", {})[id(entries)] = entries, counts
+            return [count] * len(entries)
         return [int(entry["step"]) if entry else 0 for entry in entries]
+
+    def _counts_of(self, entries):
+        """The ``_Counts`` whose views are exactly the step tensors of ``entries``, in order; else None."""
+        try:
+            steps = [entry["step"] for entry in entries]
+        except (TypeError, KeyError):  # a param without state
+            return None
+        counts = steps and self.__dict__.get("_counts", {}).get(id(steps[0]))
+        return counts if counts and counts.holds(steps) else None
+
+    def _hold_counts(self, states, values):
+        """Makes the ``step`` of each of ``states`` a view of one new ``_Counts`` holding ``values``."""
+        counts = _Counts(values)
+        for state, view in zip(states, counts.views):
+            state["step"] = view
+        known = self.__dict__.setdefault("_counts", {})
+        live = {id(s.get("step")) for s in self.state.values() if isinstance(s, dict)}
+        for key in [key for key in known if key not in live]:  # those of state since dropped or replaced
+            del known[key]
+        known[id(counts.views[0])] = counts
 
     def _host_values(self, entries, hyper):
         # torch keeps a host state in a 0-d tensor and updates it in the tensor's dtype (NAdam's
@@ -274,6 +334,12 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def _readable(self, grad, order):
         return _array(_in_order(_local(grad), order))
 
+    def _grad_reader(self, params, orders):
+        # (the grad of a real param is real, and a plain tensor's is plain: step() checks them)
+        if any(orders) or not all(type(p) in _PLAIN and not p.is_complex() for p in params):
+            return super()._grad_reader(params, orders)
+        return _read_plain
+
     def _reduction(self, params):
         dtensor = _dtensor_type()
         if dtensor is None:
@@ -283,7 +349,11 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return functools.partial(_total_over_shards, groups) if any(groups) else None
 
     def _record(self, keys, entries, created, count, host_states):
-        steps = []  # the step tensors to set to count
+        counted = self.__dict__.get("_counted", {}).pop(id(entries), None)
+        if counted and counted[0] is entries and not (host_states or any(created or ())):  # the usual step
+            counted[1].array.fill(count)  # one op advances them all, each rounded once to its dtype as fill_ rounds
+            return
+        steps, fresh = [], []  # the step tensors to set to count; the states that have none yet
         for key, new in zip(keys, created or [None] * len(keys)):
             if self._stepless and not new:
                 continue
@@ -293,8 +363,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             if not self._stepless:
                 if "step" in state:
                     steps.append(state["step"])
-                else:  # on the CPU, in torch's scalar dtype, as torch keeps it
-                    state["step"] = torch.tensor(float(count), dtype=_get_scalar_dtype())
+                else:
+                    fresh.append(state)
             for name, value in host_states.items():
                 if name in state:
                     state[name].fill_(value)
@@ -308,6 +378,46 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         else:
             for step in steps:
                 step.fill_(count)
+        if fresh:
+            self._hold_counts(fresh, [float(count)] * len(fresh))
+
+
+class _Counts:
+    """The step tensors of params that started (or were loaded) together: 0-d views of one tensor
+    ``base``, in torch's scalar dtype on the CPU, as torch keeps each. A step reads all their counts
+    with one op and advances them with another, where an ``int()`` or ``fill_`` each would cost more
+    than the kernel of a small tensor; a step tensor that is not one of the views, or whose memory
+    is no longer the view's (``step.data = x``), is read and written on its own."""
+
+    def __init__(self, values):
+        self.base = torch.tensor(values, dtype=_get_scalar_dtype())
+        self.array = self.base.numpy()  # read and written through NumPy: a torch op's dispatch costs more
+        self.views = list(self.base)  # each a 0-d view of its element
+        self.pointers = [view.data_ptr() for view in self.views]
+
+    @staticmethod
+    def can_hold(step):
+        """Whether ``step`` is a count a view can take the place of: as torch keeps a new one."""
+        return type(step) is torch.Tensor and step.dtype == _get_scalar_dtype() and step.dim() == 0 and step.is_cpu
+
+    def holds(self, steps):
+        """Whether ``steps`` are the views, in order, each still viewing its element."""
+        return (len(steps) == len(self.views) and all(map(operator.is_, steps, self.views))
+                and list(map(torch.Tensor.data_ptr, steps)) == self.pointers)
+
+    def common(self):
+        """The step count of every view, when they are all equal (as ``int()`` of each reads it); else None."""
+        values = self.array.tolist()
+        return int(values[0]) if values.count(values[0]) == len(values) else None
+
+
+def _read_plain(grads):
+    """The grads of contiguous real params, each as ``_readable`` reads it: ``.numpy()`` is all it
+    does for most (bare, it is most of a small tensor's step); anything else, one by one."""
+    try:
+        return list(map(torch.Tensor.numpy, grads))
+    except (TypeError, RuntimeError):  # bfloat16, a grad that requires grad, ...
+        return [_array(_in_order(_local(grad), None)) for grad in grads]
 
 
 def _array(t):
@@ -375,12 +485,16 @@ def _local(t):
 
 def _placed_like(grad, param, dtensor, where):
     """A DTensor param's gradient with the param's placements, so that their local shards correspond."""
+    _check_placeable(grad, param, dtensor, where)
+    return grad if grad.placements == param.placements else grad.redistribute(param.device_mesh, param.placements)
+
+
+def _check_placeable(grad, param, dtensor, where):
     if not (isinstance(grad, dtensor) and isinstance(param, dtensor)):
         raise TypeError(f"the gradient of {where}: the param is {'a' if isinstance(param, dtensor) else 'not a'} "
                         f"DTensor but its gradient is {'a' if isinstance(grad, dtensor) else 'not a'} DTensor")
     if grad.device_mesh != param.device_mesh:
         raise ValueError(f"the gradient of {where} is on another device mesh than the param")
-    return grad if grad.placements == param.placements else grad.redistribute(param.device_mesh, param.placements)
 
 
 def _total_over_shards(groups, sums):
