@@ -44,12 +44,6 @@ constexpr int planned_scalars() {
   else return Rule::S::count;
 }
 
-// How far ahead of the vector loop its operands are prefetched, in elements. The hardware
-// prefetchers alone left all-bfloat16 Adam at 16M elements (Sapphire Rapids, one thread) at the sum
-// of its compute and memory times, 13.4 ms against a 7.0 ms roof: a loop held up by its divides
-// did not keep enough lines in flight. 512 ahead took it to 8.7 ms; 256 and 1024 to 9.4 and 9.0.
-inline constexpr std::size_t kAhead = 512;
-
 // One element at a time until the param is vector-aligned, full vectors, then the tail one
 // element at a time through the same update: every op is IEEE-rounded either way, so where the
 // splits fall never changes a result. The head matters for NumPy's big arrays, which start 16 B
@@ -67,7 +61,7 @@ void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double
     for (; i < std::min(end, begin + head); ++i) Rule::template update<flags>(one, x, i);
     const Scalars<Wide<T>, Rule::S::count> wide(s);
     for (; i + Wide<T>::width <= end; i += Wide<T>::width) {
-      x.prefetch(std::min(i + kAhead, end - 1));  // never past the range: near its end, its last line again
+      x.prefetch(std::min(i + kPrefetchAhead, end - 1));  // never past the range: near its end, its last line again
       Rule::template update<flags>(wide, x, i);
     }
   }

@@ -4,6 +4,7 @@
 #include "dispatch.hpp"
 #include "simd/level.hpp"
 
+#include <algorithm>
 #include <utility>
 
 namespace fusedoptim::FUSEDOPTIM_ISA_NS {
@@ -20,7 +21,11 @@ template <int reads, int writes>
 void roof_range(const Streams& streams, std::size_t begin, std::size_t end) {
   const Streams s = streams;  // a local copy: the stores cannot alias its pointers, which stay in registers
   std::size_t i = begin;
-  for (; i + Wide<float>::width <= end; i += Wide<float>::width) roof_at<reads, writes, Wide<float>>(s, i);
+  for (; i + Wide<float>::width <= end; i += Wide<float>::width) {
+    const std::size_t ahead = std::min(i + kPrefetchAhead, end - 1);  // as the rules' loops (isa_kernels.cpp)
+    for (int k = 0; k < reads; ++k) __builtin_prefetch(s.read[k] + ahead);
+    roof_at<reads, writes, Wide<float>>(s, i);
+  }
   for (; i < end; ++i) roof_at<reads, writes, Scalar<float>>(s, i);
 }
 
