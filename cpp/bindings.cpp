@@ -384,6 +384,20 @@ PYBIND11_MODULE(_kernels, m) {
     py::gil_scoped_release nogil;
     hold_pool_locks(std::chrono::milliseconds(static_cast<long long>(seconds * 1000)));
   }, "Holds the pool's locks for `seconds` (GIL released), for tests of fork safety.");
+  m.def("_is_native", [](const std::string& param, const std::string& grad, const std::string& state, bool master,
+                         double grad_scale) {
+    auto dtype = [](const std::string& name) {
+      for (auto [known, d] : {std::pair{"float32", Dtype::float32}, {"float64", Dtype::float64},
+                              {"bfloat16", Dtype::bfloat16}, {"float16", Dtype::float16}})
+        if (name == known) return d;
+      throw py::value_error("unknown dtype " + name);
+    };
+    char somewhere;
+    Tensor t{nullptr, nullptr, {}, 0, dtype(param), dtype(grad), {dtype(state)}};
+    t.master = master ? &somewhere : nullptr;
+    t.grad_scale = grad_scale;
+    return layout_of(t, 1, false) < kAnyFloat;
+  }, "Whether a step of this storage (one state) and these modes runs a native layout, not the catch-all, for tests.");
   m.def("isa_levels", [] {
     std::vector<std::pair<std::string, bool>> levels;
     for (const IsaTable* isa : compiled_isas()) levels.emplace_back(isa->name, cpu_supports(*isa));

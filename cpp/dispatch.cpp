@@ -110,9 +110,10 @@ int layout_of(const Tensor& t, unsigned used_states, bool native_only) {
       if (any && t.state_dtype[k] != state) uniform = false;
       state = t.state_dtype[k], any = true;
     }
-  if (uniform && !t.modes())
+  if (uniform && !t.modes_but_master())
     for (std::size_t k = 0; k < kNativeLayouts.size(); ++k)
-      if (kNativeLayouts[k] == Storage{t.param_dtype, t.grad_dtype, state}) return static_cast<int>(k);
+      if (kNativeLayouts[k] == Storage{t.param_dtype, t.grad_dtype, state, t.master != nullptr})
+        return static_cast<int>(k);
   if (native_only) return -1;
   return t.param_dtype == Dtype::float64 ? kAnyDouble : kAnyFloat;
 }

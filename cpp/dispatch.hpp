@@ -25,23 +25,29 @@ struct f16 {
   std::uint16_t bits;
 };
 
-// A step's storage: the param's dtype, the grad's, and every used state's.
+// A step's storage: the param's dtype, the grad's, every used state's, and whether the param has a
+// float32 master copy (master weights).
 struct Storage {
   Dtype param, grad, state;
+  bool master = false;
   friend constexpr bool operator==(const Storage&, const Storage&) = default;
 };
 
-// The storages the kernels are compiled for natively (the hot ones: each dtype on its own, and
-// bf16 params and grads with float32 states), then one catch-all layout per compute dtype that
-// takes any mix the validator accepts (float32, bfloat16 and float16 operands for float32 compute;
-// float64 and float32 ones for float64) by staging blocks through buffers of the compute dtype
-// (isa_kernels.cpp). A layout is an index into every rule's kernels.
-inline constexpr std::array<Storage, 5> kNativeLayouts{{
+// The storages the kernels are compiled for natively (the hot ones: each dtype on its own, bf16
+// params and grads with float32 states, and bf16 params with float32 masters beside float32 or
+// bf16 states, the ZeRO-Offload case), then one catch-all layout per compute dtype that takes any
+// mix the validator accepts (float32, bfloat16 and float16 operands for float32 compute; float64
+// and float32 ones for float64) and every other param mode, by staging blocks through buffers of
+// the compute dtype (isa_kernels.cpp). A layout is an index into every rule's kernels; each native
+// one compiles every rule at every flag combination again, at every ISA level.
+inline constexpr std::array<Storage, 7> kNativeLayouts{{
     {Dtype::float32, Dtype::float32, Dtype::float32},
     {Dtype::float64, Dtype::float64, Dtype::float64},
     {Dtype::bfloat16, Dtype::bfloat16, Dtype::bfloat16},
     {Dtype::float16, Dtype::float16, Dtype::float16},
     {Dtype::bfloat16, Dtype::bfloat16, Dtype::float32},
+    {Dtype::bfloat16, Dtype::bfloat16, Dtype::float32, true},
+    {Dtype::bfloat16, Dtype::bfloat16, Dtype::bfloat16, true},
 }};
 inline constexpr int kAnyFloat = kNativeLayouts.size(), kAnyDouble = kAnyFloat + 1;
 inline constexpr int kNumLayouts = kAnyDouble + 1;
@@ -57,8 +63,8 @@ struct Tensor {
   std::size_t size;
   // What each operand is stored as (read by the catch-all layouts; unused slots' are ignored).
   Dtype param_dtype, grad_dtype, state_dtype[kMaxStates];
-  // What a param is beyond its storage: read by the catch-all layouts only, which step every
-  // tensor that sets any of these (modes(), dispatch.cpp's layout_of).
+  // What a param is beyond its storage: read by the catch-all layouts, which step every tensor that
+  // sets any of these (modes(), dispatch.cpp's layout_of) but a master alone over a native master layout's.
   void* master = nullptr;        // master weights: the float32 copy the rule steps; the param gets it rounded
   void* compensation = nullptr;  // Rounding::kahan: what the param cannot hold, stored as the param is
   Rounding rounding = Rounding::nearest;
@@ -66,6 +72,7 @@ struct Tensor {
   double grad_scale = 1.0;  // grads are divided by it as they are loaded (rounded to the compute dtype)
 
   bool modes() const { return master || rounding != Rounding::nearest || grad_scale != 1.0; }
+  bool modes_but_master() const { return rounding != Rounding::nearest || grad_scale != 1.0; }
 };
 
 // Steps elements [begin, end) of one tensor.
@@ -122,8 +129,8 @@ struct Streams {
 using RoofFn = void (*)(const Streams&, std::size_t begin, std::size_t end);
 
 // The layout that steps a tensor stored as `t` says, in the state slots of `used_states` (bit k:
-// slot k): its native layout if it has one and sets no modes() (else -1 when `native_only`), else
-// its compute dtype's catch-all. The dtypes must be a combination the validator accepts (_validate.operands).
+// slot k): its native layout if it has one and sets no modes() but a master (else -1 when
+// `native_only`), else its compute dtype's catch-all. The dtypes must be a combination the validator accepts (_validate.operands).
 int layout_of(const Tensor& t, unsigned used_states, bool native_only);
 // The size in bytes of an element stored as `dtype`.
 std::size_t itemsize(Dtype dtype);

@@ -23,7 +23,8 @@ template <int k>
 auto layout_at() {
   constexpr Storage s = kNativeLayouts[k];
   using T = std::conditional_t<s.param == Dtype::float64, double, float>;
-  return Layout<T, StorageOf<s.param>, StorageOf<s.grad>, StorageOf<s.state>>{};
+  using P = std::conditional_t<s.master, Master<StorageOf<s.param>>, StorageOf<s.param>>;
+  return Layout<T, P, StorageOf<s.grad>, StorageOf<s.state>>{};
 }
 template <int k>
 using LayoutAt = decltype(layout_at<k>());
@@ -56,8 +57,9 @@ void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double
   const Scalars<Scalar<T>, Rule::S::count> one(s);
   std::size_t i = begin;
   if constexpr (Wide<T>::width > 1) {
-    constexpr std::size_t item = sizeof(*x.param), bytes = Wide<T>::width * item;  // as the param is stored
-    const std::size_t head = -reinterpret_cast<std::uintptr_t>(x.param + begin) % bytes / item;
+    // As the param is stored, or its master: the widest stream is the one a split vector costs most.
+    constexpr std::size_t item = sizeof(*widest(x.param)), bytes = Wide<T>::width * item;
+    const std::size_t head = -reinterpret_cast<std::uintptr_t>(widest(x.param) + begin) % bytes / item;
     for (; i < std::min(end, begin + head); ++i) Rule::template update<flags>(one, x, i);
     const Scalars<Wide<T>, Rule::S::count> wide(s);
     for (; i + Wide<T>::width <= end; i += Wide<T>::width) {
@@ -116,6 +118,8 @@ void first_pass(const Tensor& t, std::size_t first, std::size_t last, const doub
 }
 
 // --- The catch-all layouts: any storage the validator accepts, and every param mode ---
+//
+// (Master weights alone, over a native master layout's storage, run natively: common.hpp's Mastered.)
 //
 // A block of every operand not stored as the compute type T is widened into a buffer, the compute
 // type's own native kernel steps the block (those buffers, and the other operands in place), and

@@ -116,6 +116,46 @@ def test_thread_counts_agree_bitwise_in_every_mode(case, mode, isa, threads):
                     assert_bitwise_equal(a, e, f"{case.name} {mode} {level} {count} threads: {arg}[{i}]")
 
 
+# Master weights that a native layout steps (the master loaded, the master and the rounded param
+# stored in the same pass), and some that stay on the staging catch-all.
+NATIVE_MASTERS = [Storage(BF16, BF16, (F32,)), Storage(BF16, BF16, (BF16,))]
+STAGED_MASTERS = [Storage(F16, F16, (F32,)), Storage(BF16, F32, (BF16,))]
+
+
+@pytest.mark.skipif("cpp" not in fo.available_backends(), reason="needs the cpp extension")
+def test_master_weights_take_a_native_layout_unless_scaled():
+    name = {BF16: "bfloat16", F16: "float16", F32: "float32"}
+    is_native = fo._backends._kernels._is_native
+    for storage in NATIVE_MASTERS:
+        dtypes = name[storage.param], name[storage.grad], name[storage.states[0]]
+        assert is_native(*dtypes, True, 1.0), storage
+        assert not is_native(*dtypes, True, 3000.0), storage  # grad_scale stays on the staging path
+    for storage in STAGED_MASTERS:
+        assert not is_native(name[storage.param], name[storage.grad], name[storage.states[0]], True, 1.0), storage
+    assert not is_native("float32", "float32", "float32", True, 1.0)  # the native fp32 layout has no master
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_native_master_weights_agree_bitwise(case, isa, threads, data):
+    """The native master layouts at every level and 1 or 2 threads, with the masters placed apart
+    from their params (so the vector loop's alignment, which follows the master, misaligns the rest)."""
+    hyper = data.draw(st.sampled_from(case.grid), label="hyper")
+    storage = data.draw(st.sampled_from(NATIVE_MASTERS), label="storage")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    big = st.sampled_from([40001, 70003])  # big enough for a second thread
+    problem = make_problem(case, hyper, storage, data.draw(st.lists(st.one_of(sizes, big), min_size=1, max_size=3),
+                                                           label="sizes"),
+                           data.draw(st.integers(1, 2), label="steps"), seed,
+                           specials=data.draw(st.booleans(), label="nan/inf"))
+    arrays = mode_arrays("master", problem[0], seed)
+    if "cpp" in fo.available_backends():
+        fo.set_num_threads(data.draw(st.integers(1, 2), label="threads"))
+    assert_modes_match(case, hyper, problem, "master", arrays, data.draw(st.sampled_from([1, 2, 1000])),
+                       data.draw(offsets, label="offsets"))
+
+
 def test_modes_change_what_they_say():
     """Guards the comparisons above: each mode's result differs from the plain step's as it should."""
     rng = np.random.default_rng(0)

@@ -24,14 +24,54 @@ struct Layout {
   using State = S;
 };
 
-// What an operand of storage type S is to the rule. A plain pointer today; an operand that is more
-// than an array (a master copy beside a bf16 param, a grad scaled on load) is a type of its own,
-// with its own load and store overloads below, and the rules do not change.
+// What an operand of storage type S is to the rule. A plain pointer, unless the operand is more
+// than an array: then a type of its own, with its own load and store overloads below, and the rules
+// do not change.
 template <class S>
 struct Operand {
   using type = S*;
-  static type make(const void* p) { return static_cast<type>(const_cast<void*>(p)); }
+  static type make(const void* p, const void* /*master*/) { return static_cast<type>(const_cast<void*>(p)); }
 };
+
+// A param stored as S (bf16 or f16) beside its float32 master copy (master weights, _storage.py):
+// the rule loads the master, and its store writes the master and the master rounded to nearest
+// even into the param, in the same pass.
+template <class S>
+struct Master {};
+
+template <class S>
+struct Mastered {
+  float* master;
+  S* param;
+};
+
+template <class S>
+struct Operand<Master<S>> {
+  using type = Mastered<S>;
+  static type make(const void* p, const void* master) {
+    return {static_cast<float*>(const_cast<void*>(master)), static_cast<S*>(const_cast<void*>(p))};
+  }
+};
+
+// The array whose alignment a loop follows: the operand's widest stream.
+template <class S>
+FUSEDOPTIM_INLINE S* widest(S* p) {
+  return p;
+}
+template <class S>
+FUSEDOPTIM_INLINE float* widest(const Mastered<S>& p) {
+  return p.master;
+}
+
+template <class S>
+FUSEDOPTIM_INLINE void prefetch_element(const S* p, std::size_t i) {
+  __builtin_prefetch(p + i);
+}
+template <class S>
+FUSEDOPTIM_INLINE void prefetch_element(const Mastered<S>& p, std::size_t i) {
+  __builtin_prefetch(p.master + i);
+  __builtin_prefetch(p.param + i);
+}
 
 // One tensor's operands, as layout L stores them. A rule reads and writes them only through load
 // and store, so what an operand is stored as is this type's business, not the rule's.
@@ -42,16 +82,18 @@ struct Operands {
   typename Operand<typename L::State>::type state[kMaxStates];
 
   explicit Operands(const Tensor& t)
-      : param(Operand<typename L::Param>::make(t.param)), grad(Operand<const typename L::Grad>::make(t.grad)), state{} {
-    for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k]);
+      : param(Operand<typename L::Param>::make(t.param, t.master)),
+        grad(Operand<const typename L::Grad>::make(t.grad, nullptr)),
+        state{} {
+    for (int k = 0; k < kMaxStates; ++k) state[k] = Operand<typename L::State>::make(t.state[k], nullptr);
   }
 
   // Asks for element i of every operand the step uses (an unused state is null).
   FUSEDOPTIM_INLINE void prefetch(std::size_t i) const {
-    __builtin_prefetch(param + i);
-    __builtin_prefetch(grad + i);
+    prefetch_element(param, i);
+    prefetch_element(grad, i);
     for (const auto& s : state)
-      if (s) __builtin_prefetch(s + i);
+      if (s) prefetch_element(s, i);
   }
 };
 
@@ -65,6 +107,17 @@ FUSEDOPTIM_INLINE V load(const S* p, std::size_t i) {
 template <class V, class S>
 FUSEDOPTIM_INLINE void store(S* p, std::size_t i, V v) {
   v.store(p + i);
+}
+
+template <class V, class S>
+FUSEDOPTIM_INLINE V load(const Mastered<S>& p, std::size_t i) {
+  return V::load(p.master + i);
+}
+
+template <class V, class S>
+FUSEDOPTIM_INLINE void store(const Mastered<S>& p, std::size_t i, V v) {
+  v.store(p.master + i);
+  v.store(p.param + i);
 }
 
 // Scalars arrive as doubles already rounded to the compute type on the host, so the cast is exact.
