@@ -344,7 +344,11 @@ class Stateful:
 
 class _Prepared(dict):
     """Group index -> its ``_Ready`` operands. Never copied or pickled with its optimizer: a copy
-    of an optimizer has params of its own, and prepares its own."""
+    of an optimizer has params of its own, and prepares its own. A layer may keep a plan of its
+    steps made from them (``plan``), and what it was last made from (``made_from``)."""
+
+    plan = None
+    made_from = None
 
     def __reduce__(self):
         return _Prepared, ()

@@ -49,18 +49,20 @@ with a ``torch.optim`` twin takes exactly the twin's arguments.
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import operator
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 
-from . import _api, _storage
+from . import _api, _backends, _native, _rules, _storage
+from ._backends import _bits, deferred_interrupts
 from ._memory import aligned_empty
 from ._engine import Stateful
 from ._rules import OPTIMIZERS
@@ -93,6 +95,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             known = inspect.signature(twin).parameters
             twin([torch.empty(0, requires_grad=True)], **{k: v for k, v in defaults.items() if k in known})
         torch.optim.Optimizer.__init__(self, params, defaults)
+        self.state = _State(self.state)
         if self._eager:
             for group in self.param_groups:
                 hyper = self._hyper(group)
@@ -130,6 +133,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
+        self.state = _State(self.state)
         self._forget_prepared()  # the old state is no longer needed
         self.__dict__.pop("_counts", None)
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
@@ -175,14 +179,104 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         # more than a small tensor's step, and all they reject also fails the step, which raises before it
         # changes anything; they word the error as torch users know it.
         self._counted = {}  # id(entries) -> (entries, their _Counts), of those whose counts _steps_taken read
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         try:
-            self._take_step(self._grads(), getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+            if grad_scale is not None or found_inf is not None or not self._planned_step():
+                self._take_step(self._grads(), grad_scale, found_inf)
         except (TypeError, ValueError, RuntimeError) as error:
             failed = error
         else:
             return loss
         self._check_step()
         raise failed
+
+    def _planned_step(self):
+        """The usual step, through the extension's ``Plan`` of the groups the general path prepared
+        (``Stateful._prepared_operands``): one native call checks that nothing but the grads' values
+        changed since, reads the grads and steps every group. False, having changed nothing, where
+        it does not apply; the general path then takes the step (and words any error). A plan that
+        no longer holds is dropped, and made again once the general path has prepared anew."""
+        prepared = self.__dict__.get("_prepared")
+        if prepared is None:
+            return False
+        groups, state = self.param_groups, self.state
+        planned = prepared.plan
+        if planned is None:
+            made_from = (tuple(prepared.get(g) for g in range(len(groups))), state, getattr(state, "changes", None))
+            last = prepared.made_from
+            if last is not None and all(map(operator.is_, last[0], made_from[0])) and last[1:] == made_from[1:] \
+                    and len(last[0]) == len(groups):
+                return False  # as when it was last dropped or could not be made
+            prepared.made_from = made_from
+            planned = prepared.plan = self._plan_groups(made_from[0])
+            if planned is None:
+                return False
+        counts = [counts.common() if counts else 1 for counts in planned.counts]  # (a rule without: past its first)
+        if (len(groups) != len(planned.uses) or None in counts or state is not planned.state
+                or type(state) is _State and state.changes != planned.changes):
+            prepared.plan = None
+            return False
+        plans = [self._plan(self._hyper(group), count + 1) for group, count in zip(groups, counts)]
+        if [plan.uses for plan in plans] != planned.uses:
+            prepared.plan = None
+            return False
+        with deferred_interrupts():  # a Ctrl-C cannot come between the kernels and the counts
+            outcome = planned.native.step([group["params"] for group in groups], [plan.scalars for plan in plans],
+                                          [_bits(plan.flags) for plan in plans])
+            if outcome != planned.native.STEPPED:
+                if outcome == planned.native.STALE:
+                    prepared.plan = None
+                return False
+            for group_counts, count in zip(planned.counts, counts):
+                if group_counts:
+                    group_counts.array.fill(count + 1)
+        return True
+
+    def _plan_groups(self, readies):
+        """The ``_Planned`` of every group from its prepared operands (``_Ready``), when the plan can
+        step them: plain CPU params that all had grads, every state a tensor of this optimizer's
+        state, no host state, no param mode, the C++ backend; else None."""
+        kernels = _native.module()
+        rule = self.spec.rule
+        if (kernels is None or rule.host_states or self._master_weights or self._rounding != "nearest"
+                or _backends.resolve(self.backend) != "cpp" or None in readies):
+            return None
+        groups, entries, storages, all_counts, uses = [], [], [], [], []
+        for group, ready in zip(self.param_groups, readies):
+            params = group["params"]
+            n = len(params)
+            if len(ready.arrays) != n or ready.modes or not all(map(operator.is_, ready.held[:n], params)) \
+                    or not all(type(p) in _PLAIN for p in params):
+                return None
+            states = ready.held[n:]
+            used = [state.name for state, on in zip(rule.states, ready.uses) if on]
+            own = [self.state.get(p) for p in params]
+            if any(entry is None for entry in own):  # (SGD without momentum keeps none)
+                if used or not self._stepless:
+                    return None
+                own = []
+            if type(self.state) is not _State:  # (else one count of its changes tells)
+                entries += [(self.state, p, entry) for p, entry in zip(params, own)]
+            entries += [(entry, name, state) for k, name in enumerate(used)
+                        for entry, state in zip(own, states[k * n:(k + 1) * n])]
+            storages += list(zip(ready.held, ready.storage))
+            counts = None
+            if not self._stepless:
+                counts = self._counts_of(own)
+                if counts is None:
+                    return None
+                entries += [(entry, "step", view) for entry, view in zip(own, counts.views)]
+                storages += list(zip(counts.views, counts.pointers))
+            all_counts.append(counts)
+            uses.append(ready.uses)
+            groups.append((list(params), list(ready.arrays), tuple(None if slot is None else list(slot)
+                                                                   for slot in ready.states)))
+        try:
+            native = kernels.Plan(list(_rules.RULES).index(rule.name), groups, entries, storages, torch.Tensor,
+                                  torch._C._to_dlpack, torch.strided)
+        except ValueError:  # params or states that share memory: the general path steps them one by one
+            return None
+        return _Planned(native, all_counts, uses, self.state, getattr(self.state, "changes", None))
 
     def _grads(self):
         """Each group's hyperparameters, and its params that have a grad, with their grads."""
@@ -332,7 +426,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return list(map(torch.Tensor.data_ptr, tensors))
 
     def _readable(self, grad, order):
-        return _array(_in_order(_local(grad), order))
+        return _read(grad, order)
 
     def _grad_reader(self, params, orders):
         # (the grad of a real param is real, and a plain tensor's is plain: step() checks them)
@@ -382,6 +476,48 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             self._hold_counts(fresh, [float(count)] * len(fresh))
 
 
+class _State(collections.defaultdict):
+    """torch's ``Optimizer.state`` (a ``defaultdict(dict)``) that counts the changes made to which
+    entry a param has: a planned step tells by one comparison that every param still has the entry
+    it was planned with, where a lookup of each (torch's ``Tensor.__hash__`` is Python) would
+    cost more than a small tensor's kernel."""
+
+    def __init__(self, entries=()):
+        super().__init__(dict, entries)
+        self.changes = 0
+
+    def __reduce__(self):  # as a defaultdict(dict) pickles, but with its own type
+        return type(self), (), None, None, iter(self.items())
+
+    def _changed(method):
+        @functools.wraps(method)
+        def changing(self, *args, **kwargs):
+            self.changes += 1
+            return method(self, *args, **kwargs)
+
+        return changing
+
+    __setitem__ = _changed(collections.defaultdict.__setitem__)
+    __delitem__ = _changed(collections.defaultdict.__delitem__)
+    __ior__ = _changed(collections.defaultdict.__ior__)
+    pop = _changed(collections.defaultdict.pop)
+    popitem = _changed(collections.defaultdict.popitem)
+    clear = _changed(collections.defaultdict.clear)
+    setdefault = _changed(collections.defaultdict.setdefault)
+    update = _changed(collections.defaultdict.update)
+    del _changed
+
+
+class _Planned(NamedTuple):
+    """The extension's ``Plan`` of a step of every group, and what the layer keeps beside it."""
+
+    native: Any
+    counts: list  # per group, the _Counts of its step tensors (None: the rule keeps no count)
+    uses: list  # per group, the state slots its plan uses
+    state: dict  # the optimizer's state it was made with
+    changes: int | None  # the _State's count of changes then
+
+
 class _Counts:
     """The step tensors of params that started (or were loaded) together: 0-d views of one tensor
     ``base``, in torch's scalar dtype on the CPU, as torch keeps each. A step reads all their counts
@@ -412,12 +548,24 @@ class _Counts:
 
 
 def _read_plain(grads):
-    """The grads of contiguous real params, each as ``_readable`` reads it: ``.numpy()`` is all it
-    does for most (bare, it is most of a small tensor's step); anything else, one by one."""
+    """The grads of contiguous real params, each as ``_readable`` reads it: through the extension's
+    DLPack reader when it is built (``.numpy()`` would be most of a small tensor's step), else
+    ``.numpy()``; one it cannot read (a grad that is not a CPU tensor of a float dtype), as
+    ``_readable`` reads it."""
+    kernels = _native.module()
+    if kernels is not None:
+        arrays = kernels.arrays_of(grads, torch._C._to_dlpack)
+        return [_read(grad, None) if array is None else array
+                for grad, array in zip(grads, arrays)] if type(None) in map(type, arrays) else arrays
     try:
         return list(map(torch.Tensor.numpy, grads))
     except (TypeError, RuntimeError):  # bfloat16, a grad that requires grad, ...
-        return [_array(_in_order(_local(grad), None)) for grad in grads]
+        return [_read(grad, None) for grad in grads]
+
+
+def _read(grad, order):
+    """An array of a grad's values in ``order`` (``_in_order``); a view with the negative bit, negated."""
+    return _array(_in_order(_local(grad), order).resolve_neg())
 
 
 def _array(t):
