@@ -241,3 +241,19 @@ def test_a_copy_steps_its_own_arrays():
         for p, q in zip(opt._params(), kept):
             assert_bitwise_equal(p, q, "the original's param")
         assert_steps_as_fresh(twin, grads)
+
+
+@pytest.mark.parametrize("option, error", [
+    (dict(seed=-1), ValueError), (dict(seed=2**32), ValueError), (dict(seed=True), TypeError),
+    (dict(seed=1.0), TypeError), (dict(rounding="Nearest"), ValueError), (dict(rounding=None), ValueError),
+    (dict(grad_scale=float("nan")), ValueError), (dict(grad_scale=0.0), ValueError)])
+def test_the_functionals_plain_call_still_checks_its_options(option, error):
+    """``functional._precision`` takes the usual call (nearest rounding, no modes, no scale, an int seed)
+    without its checks: anything else is checked as before, and raises before a param changes."""
+    p, g = arrays(0)[0], arrays(1)[0]
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    kept = p.copy()
+    with pytest.raises(error, match="Invalid (seed|rounding|grad_scale)"):
+        fo.adam_(p, g, m, v, step=1, **option)
+    assert_bitwise_equal(p, kept, "param")
+    fo.adam_(p, g, m, v, step=1, seed=2**32 - 1)  # the largest seed is plain
