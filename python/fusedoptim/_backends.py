@@ -68,7 +68,7 @@ def step(backend, rule, plan, params, grads, states, name=None, reduce=None, pre
     ``precision`` (``_storage.Precision``) sets the params' modes and the loss scale. With
     ``found_inf`` the step is checked, not run."""
     backend = resolve(backend)
-    if backend == "cpp" and precision.plain() and not found_inf:
+    if backend == "cpp" and (precision is _storage.PLAIN or precision.plain()) and not found_inf:
         # The extension recognizes the common case itself, in microseconds for hundreds of
         # tensors, and steps it; anything else it declines untouched, for the validator to
         # judge (and word the error) below.

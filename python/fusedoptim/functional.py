@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 
 from . import _api, _backends
 from ._rules import OPTIMIZERS
-from ._storage import Precision, rounding_key
+from ._storage import PLAIN, Precision, rounding_key
 from ._validate import found_inf_value, grad_scale_value, rounding_mode, seed_value
 
 
@@ -54,6 +54,9 @@ def functional(spec):
 def _precision(params, step, master_params, compensations, rounding, seed, grad_scale):
     """The ``_storage.Precision`` of a functional call; stochastic rounding keys each param by its
     position in ``params``."""
+    if (master_params is None and compensations is None and grad_scale is None and type(rounding) is str
+            and rounding == "nearest" and type(seed) is int and 0 <= seed < 2**32):
+        return PLAIN  # the usual call, as the checks below find it, without their cost
     rounding, seed, grad_scale = rounding_mode(rounding), seed_value(seed), grad_scale_value(grad_scale)
     keys = None
     if rounding == "stochastic":

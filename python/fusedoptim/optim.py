@@ -29,18 +29,80 @@ Every class here is made from its entry in the rule registry (``_rules.OPTIMIZER
 from __future__ import annotations
 
 import copy
+import operator
 import textwrap
+from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _api, _backends
+from ._backends import deferred_interrupts
 from ._engine import Stateful
 from ._memory import aligned_full
 from ._rules import OPTIMIZERS, flag
 from ._validate import check_param, dense_order, find_overlap
+
+
+def _edited(mutator):
+    def edit(self, *args, **kwargs):
+        owner = self._owner
+        if owner is not None:
+            owner.edits += 1
+        return mutator(self, *args, **kwargs)
+
+    edit.__name__ = mutator.__name__
+    return edit
+
+
+class _Counted(dict):
+    """A dict whose every change counts in its owner's ``edits`` (an optimizer's ``_State``)."""
+
+    _owner = None  # (also while a copy or an unpickled one is filled, before its attributes are set)
+    __setitem__, __delitem__, __ior__ = map(_edited, (dict.__setitem__, dict.__delitem__, dict.__ior__))
+    pop, popitem, clear, update, setdefault = map(_edited, (dict.pop, dict.popitem, dict.clear, dict.update,
+                                                          dict.setdefault))
+
+
+class _State(_Counted):
+    """An optimizer's ``state``: param index -> entry. ``edits`` counts every change to it and to the
+    entries it made (a state buffer replaced, a count set, an entry added or dropped): a ``_Ready``
+    step made before a change is not taken after it. (An entry a user puts in as a plain dict is
+    stepped, but never ready.)"""
+
+    def __init__(self):
+        super().__init__()
+        self._owner, self.edits = self, 0
+
+    def entry(self):
+        entry = _Counted()
+        entry._owner = self
+        return entry
+
+    def setdefault(self, key, default=None):
+        return super().setdefault(key, self.entry() if type(default) is dict and not default else default)
+
+
+class _Ready:
+    """The usual step made ready: one group whose params all have a grad, their state and the same
+    count, stepped plainly (no param modes, loss scale, skipping or host state) by one call that
+    checks and steps it. Made after a step, from what it took; taken while nothing it holds has
+    changed: the state (``_State.edits``), the group and its params (by identity) and the layer's options.
+    The hyperparameters are read from the group and planned at every step, so a change to them is
+    seen as a fresh step sees it."""
+
+    __slots__ = ("state", "edits", "group", "params", "held", "entries", "count", "uses", "states", "name", "options")
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+    # state: the optimizer's state object; edits: its edits when made; group, params: the group and its
+    # list; held: a copy of the list (its items replaced in place are seen); entries: each param's
+    # state entry; count: the steps every param has taken; uses, states: the used state slots and,
+    # per slot, the buffers (None: unused); name: the namer of errors; options: ``Optimizer._options``.
 
 
 class Optimizer(Stateful):
@@ -59,7 +121,7 @@ class Optimizer(Stateful):
         #: as torch's GradScaler skips it, and ``step`` returns False.
         self.skip_nonfinite = flag("skip_nonfinite", skip_nonfinite)
         self.param_groups = []
-        self.state = {}  # param index (position across all groups) -> {"step": int, state name: array}
+        self.state = _State()  # param index (position across all groups) -> {"step": int, state name: array}
         if isinstance(params, dict):  # list() would take its keys for params
             raise TypeError("params must be an array, or a list of arrays or of param groups, got dict (a lone "
                             "group goes in a list)")
@@ -158,6 +220,9 @@ class Optimizer(Stateful):
         after checking its input as any step does. Returns False when the step was skipped
         (``found_inf``, ``skip_nonfinite``), else True."""
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
+        ready = self.__dict__.get("_ready")
+        if ready is not None and grad_scale is None and found_inf is False and self._take_ready(ready, grads):
+            return True
         indexed = list(self._indexed())
         n = indexed[-1][1].stop
         if len(grads) != n:
@@ -169,7 +234,62 @@ class Optimizer(Stateful):
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
             work.append((self._hyper(group), keys, params, group_grads))
-        return self._take_step(work, grad_scale, found_inf)
+        self.__dict__.pop("_ready", None)
+        taken = self._take_step(work, grad_scale, found_inf)
+        if taken and work[0][1] is indexed[0][1] and grad_scale is None and found_inf is False:
+            self._make_ready(*work[0])
+        return taken
+
+    def __getstate__(self):
+        """Without the ready step: a copy's state and params are its own (and the step's namer is a closure)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_ready"}
+
+    def _options(self):
+        """What a ``_Ready`` step assumes of the layer's options (any of them may be set after a step)."""
+        return (self.backend, self.skip_nonfinite, self._rounding, self._master_weights, self._viewed,
+                len(self.param_groups))
+
+    def _make_ready(self, hyper, keys, params, grads):
+        """Makes the step just taken by the only group (every param had a grad) ``_Ready``, if it was the usual step."""
+        if (self._options()[1:] != (False, "nearest", False, False, 1) or self.spec.rule.host_states
+                or type(self.state) is not _State or len({p.dtype for p in params}) > 1):
+            return
+        entries = list(map(self.state.get, keys))
+        if not entries or any(type(entry) is not _Counted or entry._owner is not self.state for entry in entries):
+            return
+        count = entries[0]["step"]
+        if any(entry["step"] != count for entry in entries):
+            return
+        group = self.param_groups[0]
+        self.__dict__["_ready"] = _Ready(state=self.state, edits=self.state.edits, group=group, params=group["params"],
+                                         held=list(params), entries=entries, count=count, uses=None, states=None,
+                                         name=self._namer(keys), options=self._options())
+
+    def _take_ready(self, ready, grads):
+        """Takes the ``_Ready`` step when nothing it holds has changed; False: the step is to be taken afresh."""
+        group = ready.group
+        params = group["params"]
+        if (self.state is not ready.state or ready.edits != ready.state.edits or self.param_groups[0] is not group
+                or params is not ready.params or len(params) != len(grads) or len(params) != len(ready.held)
+                or not all(map(operator.is_, params, ready.held)) or type(None) in map(type, grads)
+                or self._options() != ready.options):
+            return False
+        count = ready.count + 1
+        plan = self._plan(self._hyper(group), count, ())
+        if plan.uses != ready.uses:  # the first step taken ready, or amsgrad switched
+            names = [state.name if on else None for state, on in zip(self.spec.rule.states, plan.uses)]
+            try:
+                ready.states = tuple(None if name is None else [entry[name] for entry in ready.entries]
+                                     for name in names)
+            except KeyError:  # a state this step creates
+                return False
+            ready.uses = plan.uses
+        with deferred_interrupts():  # a Ctrl-C cannot come between the kernel and the count
+            _backends.step(self.backend, self.spec.rule, plan, ready.held, grads, ready.states, ready.name)
+            # Not entry["step"] = count: that counts as an edit. (dict.update is the cheapest call per entry.)
+            deque(map(dict.update, ready.entries, repeat({"step": count})), 0)
+            ready.count = count
+        return True
 
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
@@ -190,7 +310,7 @@ class Optimizer(Stateful):
             if len(saved["params"]) != len(indices):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
         host_states = self.spec.rule.host_states
-        new_state = {}
+        new_state = _State()
         params = self._params()
         for saved, (group, indices) in zip(groups, self._indexed()):
             for saved_index, i in zip(saved["params"], indices):
@@ -198,7 +318,7 @@ class Optimizer(Stateful):
                 if entry is None:
                     continue
                 param = params[i]
-                new_state[i] = {}
+                new_state[i] = new_state.entry()
                 for k, v in entry.items():
                     if k == "step" or k in host_states:
                         new_state[i][k] = int(v) if k == "step" else float(v)
