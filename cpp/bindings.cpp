@@ -397,15 +397,14 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
 // A step over param groups whose operands a layer prepared at earlier steps (fusedoptim.torch's
 // usual step): it holds the kernels' arrays of the params and states, and what must still be true
 // of the objects they came from, and reads only the grads, each step, from the params' `.grad`.
-// Each step it checks, in microseconds for hundreds of tensors: each group's param list holds the
-// same params in the same order; each (mapping, key, value) of `entries` still holds (a state
-// dict still maps a param to its entry, an entry a state name to its tensor); each (tensor,
-// address) of `storages` still has that data_ptr() (`p.data = x` changes it); every param has a
-// grad of the registered grad type, readable through `export_` (Exported), C-contiguous and
-// shaped like its param, the group's grads of one dtype that makes a native layout with its
-// params and states; no grad shares a byte with a param or state; the scalars are finite in the
-// compute dtype. Then it steps every group; otherwise it changes nothing, says why (Outcome), and
-// the layer takes its general path, which words any error.
+// The layer checks that its state entries still hold the same tensors (one count of edits); each
+// step checks here, in microseconds for hundreds of tensors: each group's param list holds the
+// same params in the same order; each (tensor, address) of `storages` still has that data_ptr()
+// (`p.data = x` changes it); every param has a grad of the grad type, dense, readable (Exported),
+// C-contiguous and shaped like its param, a group's grads of one dtype that makes a native layout
+// with its params and states; no grad shares a byte with a param or state; the scalars are finite
+// in the compute dtype. Then it steps every group; otherwise it changes nothing and says why
+// (Outcome), and the layer takes its general path, which words any error.
 class Plan {
  public:
   // What a step did: stepped; changed nothing, for the plan no longer holds (drop it: a param,
@@ -414,13 +413,13 @@ class Plan {
 
   // `groups`: per group, (params, their arrays, per state slot the states' arrays or None); the
   // arrays plain, C-contiguous and writeable, shaped like their params' arrays.
-  Plan(int r, const py::list& groups, const py::list& entries, const py::list& storages, const py::type& grad_type,
-       py::object export_, py::object dense)
+  Plan(int r, const py::list& groups, const py::list& storages, const py::type& grad_type, py::object export_,
+       py::object dense)
       : r_(r), grad_type_(reinterpret_cast<PyTypeObject*>(grad_type.ptr())), export_(std::move(export_)),
         dense_(std::move(dense)) {
     if (r < 0 || r >= kNumRules) throw py::value_error("Plan: no rule " + std::to_string(r));
     const RuleKernels& rule = active_isa().rules[r];
-    keep_.append(groups), keep_.append(entries), keep_.append(storages), keep_.append(grad_type);
+    keep_.append(groups), keep_.append(storages), keep_.append(grad_type);
     for (py::handle g : groups) {
       const auto group = g.cast<py::tuple>();
       const auto params = group[0].cast<py::list>(), arrays = group[1].cast<py::list>();
@@ -450,10 +449,6 @@ class Plan {
     }
     std::erase_if(written_, [](const auto& s) { return s.first == s.second; });
     if (any_overlap(written_)) throw py::value_error("Plan: params and states must not share memory");
-    for (py::handle e : entries) {
-      const auto entry = e.cast<py::tuple>();
-      entries_.emplace_back(entry[0].ptr(), entry[1].ptr(), entry[2].ptr());
-    }
     for (py::handle s : storages) {
       const auto storage = s.cast<py::tuple>();
       storages_.emplace_back(storage[0].ptr(), storage[1].cast<std::uintptr_t>());
@@ -471,10 +466,6 @@ class Plan {
     const RuleKernels& rule = active_isa().rules[r_];
     if (params.size() != groups_.size() || scalars.size() != groups_.size() || flags.size() != groups_.size())
       throw py::value_error("Plan.step: one entry per group");
-    for (const auto& [mapping, key, value] : entries_) {
-      PyObject* now = PyDict_Check(mapping) ? PyDict_GetItemWithError(mapping, key) : nullptr;
-      if (now != value) return PyErr_Clear(), Outcome::stale;
-    }
     for (auto [tensor, address] : storages_)
       if (address_of(tensor) != address) return PyErr_Clear(), Outcome::stale;
     static const py::str grad_name("grad");
@@ -587,7 +578,6 @@ class Plan {
   int (*describe_)(void*, dlpack::Tensor*) = nullptr;  // the exchange table's, when the grad type has one
   py::list keep_;
   std::vector<Group> groups_;
-  std::vector<std::tuple<PyObject*, PyObject*, PyObject*>> entries_;  // held by keep_
   std::vector<std::pair<PyObject*, std::uintptr_t>> storages_;          // held by keep_
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;      // sorted: the params' and states' bytes
 };
@@ -695,9 +685,9 @@ PYBIND11_MODULE(_kernels, m) {
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
   m.def("arrays_of", &arrays_of, py::arg("tensors"), py::arg("export"));
   py::class_<Plan> plan(m, "Plan", "A layer's prepared step (fusedoptim.torch): see cpp/bindings.cpp.");
-  plan.def(py::init<int, const py::list&, const py::list&, const py::list&, const py::type&, py::object, py::object>(),
-           py::arg("rule"), py::arg("groups"), py::arg("entries"), py::arg("storages"), py::arg("grad_type"),
-           py::arg("export"), py::arg("dense"))
+  plan.def(py::init<int, const py::list&, const py::list&, const py::type&, py::object, py::object>(),
+           py::arg("rule"), py::arg("groups"), py::arg("storages"), py::arg("grad_type"), py::arg("export"),
+           py::arg("dense"))
       .def("step", [](Plan& self, const py::list& params, const py::list& scalars, const py::list& flags) {
         return static_cast<int>(self.step(params, scalars, flags));
       }, py::arg("params"), py::arg("scalars"), py::arg("flags"), "One step: a Plan.Outcome as an int.");

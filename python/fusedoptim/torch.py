@@ -49,7 +49,6 @@ with a ``torch.optim`` twin takes exactly the twin's arguments.
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 import operator
@@ -64,7 +63,7 @@ from torch.optim.optimizer import ParamsT, _get_scalar_dtype
 from . import _api, _backends, _native, _rules, _storage
 from ._backends import _bits, deferred_interrupts
 from ._memory import aligned_empty
-from ._engine import Stateful
+from ._engine import Entry, State, Stateful
 from ._rules import OPTIMIZERS
 
 _REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -117,6 +116,12 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     self._check_modes([str(p.dtype).removeprefix("torch.")], f"param {j} of the new group")
                     _check_not_expanded(_local(p), f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """As torch's, each param's state a plain dict (as ``torch.load(weights_only=True)`` loads)."""
+        saved = torch.optim.Optimizer.state_dict(self)
+        saved["state"] = {k: dict(v) if isinstance(v, Entry) else v for k, v in saved["state"].items()}
+        return saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's; float32 states (``state_dtype="float32"``, master weights) are then float32
@@ -202,7 +207,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         groups, state = self.param_groups, self.state
         planned = prepared.plan
         if planned is None:
-            made_from = (tuple(prepared.get(g) for g in range(len(groups))), state, getattr(state, "changes", None))
+            made_from = (tuple(prepared.get(g) for g in range(len(groups))), state, getattr(state, "edits", None))
             last = prepared.made_from
             if last is not None and all(map(operator.is_, last[0], made_from[0])) and last[1:] == made_from[1:] \
                     and len(last[0]) == len(groups):
@@ -212,8 +217,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             if planned is None:
                 return False
         counts = [counts.common() if counts else 1 for counts in planned.counts]  # (a rule without: past its first)
-        if (len(groups) != len(planned.uses) or None in counts or state is not planned.state
-                or type(state) is _State and state.changes != planned.changes):
+        if len(groups) != len(planned.uses) or None in counts or state is not planned.state \
+                or state.edits != planned.edits:
             prepared.plan = None
             return False
         plans = [self._plan(self._hyper(group), count + 1) for group, count in zip(groups, counts)]
@@ -234,49 +239,46 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
     def _plan_groups(self, readies):
         """The ``_Planned`` of every group from its prepared operands (``_Ready``), when the plan can
-        step them: plain CPU params that all had grads, every state a tensor of this optimizer's
-        state, no host state, no param mode, the C++ backend; else None."""
-        kernels = _native.module()
-        rule = self.spec.rule
+        step them: plain CPU params that all had grads, their entries made by this optimizer's
+        ``_State`` (whose count of edits then tells that they still hold the prepared states), no
+        host state, no param mode, the C++ backend; else None."""
+        kernels, rule, state = _native.module(), self.spec.rule, self.state
         if (kernels is None or rule.host_states or self._master_weights or self._rounding != "nearest"
-                or _backends.resolve(self.backend) != "cpp" or None in readies):
+                or type(state) is not _State or _backends.resolve(self.backend) != "cpp" or None in readies):
             return None
-        groups, entries, storages, all_counts, uses = [], [], [], [], []
+        groups, storages, all_counts, uses = [], [], [], []
         for group, ready in zip(self.param_groups, readies):
             params = group["params"]
             n = len(params)
             if len(ready.arrays) != n or ready.modes or not all(map(operator.is_, ready.held[:n], params)) \
                     or not all(type(p) in _PLAIN for p in params):
                 return None
-            states = ready.held[n:]
-            used = [state.name for state, on in zip(rule.states, ready.uses) if on]
-            own = [self.state.get(p) for p in params]
+            used = [slot.name for slot, on in zip(rule.states, ready.uses) if on]
+            own = [state.get(p) for p in params]
             if any(entry is None for entry in own):  # (SGD without momentum keeps none)
                 if used or not self._stepless:
                     return None
                 own = []
-            if type(self.state) is not _State:  # (else one count of its changes tells)
-                entries += [(self.state, p, entry) for p, entry in zip(params, own)]
-            entries += [(entry, name, state) for k, name in enumerate(used)
-                        for entry, state in zip(own, states[k * n:(k + 1) * n])]
+            if not state.owns(own) or any(entry[name] is not held for k, name in enumerate(used)
+                                          for entry, held in zip(own, ready.held[(k + 1) * n:(k + 2) * n])):
+                return None
             storages += list(zip(ready.held, ready.storage))
             counts = None
             if not self._stepless:
                 counts = self._counts_of(own)
                 if counts is None:
                     return None
-                entries += [(entry, "step", view) for entry, view in zip(own, counts.views)]
                 storages += list(zip(counts.views, counts.pointers))
             all_counts.append(counts)
             uses.append(ready.uses)
             groups.append((list(params), list(ready.arrays), tuple(None if slot is None else list(slot)
                                                                    for slot in ready.states)))
         try:
-            native = kernels.Plan(list(_rules.RULES).index(rule.name), groups, entries, storages, torch.Tensor,
+            native = kernels.Plan(list(_rules.RULES).index(rule.name), groups, storages, torch.Tensor,
                                   torch._C._to_dlpack, torch.strided)
         except ValueError:  # params or states that share memory: the general path steps them one by one
             return None
-        return _Planned(native, all_counts, uses, self.state, getattr(self.state, "changes", None))
+        return _Planned(native, all_counts, uses, state, state.edits)
 
     def _grads(self):
         """Each group's hyperparameters, and its params that have a grad, with their grads."""
@@ -476,36 +478,13 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             self._hold_counts(fresh, [float(count)] * len(fresh))
 
 
-class _State(collections.defaultdict):
-    """torch's ``Optimizer.state`` (a ``defaultdict(dict)``) that counts the changes made to which
-    entry a param has: a planned step tells by one comparison that every param still has the entry
-    it was planned with, where a lookup of each (torch's ``Tensor.__hash__`` is Python) would
-    cost more than a small tensor's kernel."""
+class _State(State):
+    """torch's ``Optimizer.state`` (a ``defaultdict(dict)``: a param without an entry reads as a new
+    one) whose changes count (``State``)."""
 
-    def __init__(self, entries=()):
-        super().__init__(dict, entries)
-        self.changes = 0
-
-    def __reduce__(self):  # as a defaultdict(dict) pickles, but with its own type
-        return type(self), (), None, None, iter(self.items())
-
-    def _changed(method):
-        @functools.wraps(method)
-        def changing(self, *args, **kwargs):
-            self.changes += 1
-            return method(self, *args, **kwargs)
-
-        return changing
-
-    __setitem__ = _changed(collections.defaultdict.__setitem__)
-    __delitem__ = _changed(collections.defaultdict.__delitem__)
-    __ior__ = _changed(collections.defaultdict.__ior__)
-    pop = _changed(collections.defaultdict.pop)
-    popitem = _changed(collections.defaultdict.popitem)
-    clear = _changed(collections.defaultdict.clear)
-    setdefault = _changed(collections.defaultdict.setdefault)
-    update = _changed(collections.defaultdict.update)
-    del _changed
+    def __missing__(self, key):
+        entry = self[key] = self.entry()
+        return entry
 
 
 class _Planned(NamedTuple):
@@ -515,7 +494,7 @@ class _Planned(NamedTuple):
     counts: list  # per group, the _Counts of its step tensors (None: the rule keeps no count)
     uses: list  # per group, the state slots its plan uses
     state: dict  # the optimizer's state it was made with
-    changes: int | None  # the _State's count of changes then
+    edits: int  # the state's count of edits then
 
 
 class _Counts:
