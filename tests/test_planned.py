@@ -328,3 +328,15 @@ def test_grads_the_plan_does_not_read_are_taken_as_a_fresh_step_takes_them(grad)
         assert ours == expected
     else:
         assert_same(ours, expected)
+
+
+def test_a_state_replaced_while_no_plan_is_held():
+    """(What a dropped plan was made from is compared by identity: a state of tensors has no truth value.)"""
+    params, opt = make()
+    warm(params, opt, steps=3)
+    opt.state.setdefault(params[0], {})  # drops the plan at the next step
+    step_and_compare(params, opt)
+    opt.state = type(opt.state)({p: dict(s) for p, s in opt.state.items()})
+    for seed in (8, 9):
+        step_and_compare(params, opt, seed=seed)
+    assert planned(opt)

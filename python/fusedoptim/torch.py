@@ -209,8 +209,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         if planned is None:
             made_from = (tuple(prepared.get(g) for g in range(len(groups))), state, getattr(state, "edits", None))
             last = prepared.made_from
-            if last is not None and all(map(operator.is_, last[0], made_from[0])) and last[1:] == made_from[1:] \
-                    and len(last[0]) == len(groups):
+            if last is not None and len(last[0]) == len(groups) and all(map(operator.is_, last[0], made_from[0])) \
+                    and last[1] is state and last[2] == made_from[2]:
                 return False  # as when it was last dropped or could not be made
             prepared.made_from = made_from
             planned = prepared.plan = self._plan_groups(made_from[0])
