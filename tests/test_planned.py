@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 torch = pytest.importorskip("torch")
 ft = pytest.importorskip("fusedoptim.torch")
 import fusedoptim  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
 from fusedoptim import _native  # noqa: E402
 from test_prepared import any_dtype, make, set_grads, warm  # noqa: E402
 
@@ -340,3 +341,44 @@ def test_a_state_replaced_while_no_plan_is_held():
     for seed in (8, 9):
         step_and_compare(params, opt, seed=seed)
     assert planned(opt)
+
+
+def test_step_hooks_and_the_profiler_as_torch_runs_them():
+    """torch's step wrapper runs only while a hook is registered or a profiler runs (it costs more
+    than a small model's step): each hook then runs once a step, in torch's order."""
+    params, opt = make()
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append("global pre")),
+               opt.register_step_pre_hook(lambda o, a, k: calls.append("pre")),
+               opt.register_step_post_hook(lambda o, a, k: calls.append("post")),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append("global post"))]
+    warm(params, opt)
+    assert calls == ["global pre", "pre", "post", "global post"] * 2
+    for handle in handles:
+        handle.remove()
+    warm(params, opt)
+    assert len(calls) == 8
+    with torch.autograd.profiler.profile() as profile:
+        warm(params, opt, steps=1)
+    assert [e.name for e in profile.function_events if e.name.startswith("Optimizer.step")] == ["Optimizer.step#Adam.step"]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_grad_mode_is_restored(enabled):
+    params, opt = make()
+    seen = []
+
+    def closure():
+        seen.append(torch.is_grad_enabled())
+        return 0.0
+
+    with torch.set_grad_enabled(enabled):
+        for seed in range(4):
+            set_grads(params, seed)
+            opt.step(closure)
+            assert torch.is_grad_enabled() == enabled
+        params[0].grad = params[0].data  # a step that raises
+        with pytest.raises(ValueError):
+            opt.step()
+        assert torch.is_grad_enabled() == enabled
+    assert seen == [True] * 4
