@@ -183,9 +183,10 @@ struct Exported {
   }
 
   void* data() const { return static_cast<char*>(t->data) + t->byte_offset; }
-  // Whether its elements lie in C order, one after another (as the kernels read a grad).
+  // Whether its elements lie in C order, one after another (as the kernels read a grad); an empty
+  // one has none to place.
   bool c_contiguous() const {
-    if (!t->strides) return true;
+    if (!t->strides || std::find(t->shape, t->shape + t->ndim, 0) != t->shape + t->ndim) return true;
     std::int64_t expected = 1;
     for (int d = t->ndim - 1; d >= 0; --d) {
       if (t->shape[d] != 1 && t->strides[d] != expected) return false;
