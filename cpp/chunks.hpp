@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <vector>
 
+#include "dispatch.hpp"  // Piece
 #include "parallel.hpp"
 
 namespace fusedoptim {
@@ -21,12 +22,6 @@ inline constexpr std::size_t kChunksPerThread = 8;
 // Cuts inside an item fall on multiples of this many bytes from its start, so threads share no
 // cache line of an aligned item.
 inline constexpr std::size_t kCutBytes = 64;
-
-template <class Item>
-struct Piece {
-  const Item* item;
-  std::size_t begin, end;
-};
 
 // Splits the items' elements, taken in order as one sequence, into chunks of about `work`
 // elements, cutting inside an item only at multiples of `grain` from its start. Chunk c is
@@ -53,17 +48,25 @@ void split(const std::vector<Item>& items, std::size_t work, std::size_t grain, 
   if (first.back() != pieces.size()) first.push_back(pieces.size());
 }
 
-// Calls fn(item, begin, end) so that together the calls cover [0, item.size) of every item
-// once, on as many threads as the step's size pays for (at most num_threads()). Cuts inside an
-// item fall on multiples of `grain` elements (by default kCutBytes). Where the cuts fall never
-// changes a result: every element goes through the same sequence of rounded operations.
+// Calls fn(piece, next) so that together the pieces cover [0, item.size) of every item once, on
+// as many threads as the step's size pays for (at most num_threads()). `next` is the piece the
+// same thread steps right after (null at the end of its chunk), for a kernel to prefetch. Cuts
+// inside an item fall on multiples of `grain` elements (by default kCutBytes). Where the cuts fall
+// never changes a result: every element goes through the same sequence of rounded operations.
 template <class Item, class Fn>
-void for_each_chunk(const std::vector<Item>& items, std::size_t itemsize, const Fn& fn, std::size_t grain = 0) {
+void for_each_piece(const std::vector<Item>& items, std::size_t itemsize, const Fn& fn, std::size_t grain = 0) {
   std::size_t total = 0;
   for (const Item& item : items) total += item.size;
   const std::size_t threads = std::min<std::size_t>(num_threads(), total * itemsize / kThreadBytes);
   if (threads <= 1) {
-    for (const Item& item : items) fn(item, 0, item.size);
+    const Item* current = nullptr;  // every non-empty item whole, in order
+    for (const Item& item : items) {
+      if (!item.size) continue;
+      const Piece<Item> next{&item, 0, item.size};
+      if (current) fn(Piece<Item>{current, 0, current->size}, &next);
+      current = &item;
+    }
+    if (current) fn(Piece<Item>{current, 0, current->size}, nullptr);
     return;
   }
   const std::size_t chunks = threads * kChunksPerThread;
@@ -72,9 +75,15 @@ void for_each_chunk(const std::vector<Item>& items, std::size_t itemsize, const 
   std::vector<std::size_t> first;
   split(items, work, grain ? grain : kCutBytes / itemsize, pieces, first);
   auto body = [&](std::size_t c) {
-    for (std::size_t k = first[c]; k < first[c + 1]; ++k) fn(*pieces[k].item, pieces[k].begin, pieces[k].end);
+    for (std::size_t k = first[c]; k < first[c + 1]; ++k) fn(pieces[k], k + 1 < first[c + 1] ? &pieces[k + 1] : nullptr);
   };
   parallel_for(first.size() - 1, static_cast<int>(threads), body);
+}
+
+// for_each_piece for a kernel that needs no look ahead: fn(item, begin, end).
+template <class Item, class Fn>
+void for_each_chunk(const std::vector<Item>& items, std::size_t itemsize, const Fn& fn, std::size_t grain = 0) {
+  for_each_piece(items, itemsize, [&](const Piece<Item>& p, const Piece<Item>*) { fn(*p.item, p.begin, p.end); }, grain);
 }
 
 }  // namespace fusedoptim

@@ -75,8 +75,19 @@ struct Tensor {
   bool modes_but_master() const { return rounding != Rounding::nearest || grad_scale != 1.0; }
 };
 
-// Steps elements [begin, end) of one tensor.
-using RangeFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, const double* scalars, unsigned flags);
+// Elements [begin, end) of one item (a Tensor, a Grad, ...): what a thread steps in one call
+// (chunks.hpp cuts a step into pieces).
+template <class Item>
+struct Piece {
+  const Item* item;
+  std::size_t begin, end;
+};
+
+// Steps elements [begin, end) of one tensor. `next` is the piece the calling thread steps after
+// this one, or null: the kernel prefetches its first elements while it finishes this range, so
+// that a list of small tensors streams in as one array does.
+using RangeFn = void (*)(const Tensor&, std::size_t begin, std::size_t end, const double* scalars, unsigned flags,
+                         const Piece<Tensor>* next);
 // Pass 1 of a two-pass rule (reduction.hpp) over blocks [first, last) of one tensor: block b's
 // k-th sum goes to block_sums[k * stride + b]. Pass 2 is the RangeFn.
 using FirstPassFn = void (*)(const Tensor&, std::size_t first, std::size_t last, const double* scalars, unsigned flags,

@@ -50,22 +50,36 @@ constexpr int planned_scalars() {
 // splits fall never changes a result. The head matters for NumPy's big arrays, which start 16 B
 // past a page: unpeeled, every other 32 B vector straddles two cache lines. Equal-size arrays
 // share that offset, so aligning the param aligns them all.
+//
+// The vector loop prefetches kPrefetchAhead elements ahead along the thread's sequence of pieces,
+// as it would along one array: this range's own elements while it has that many left, then the
+// first ones of `next`. So a small tensor starts with its head in cache, and no prefetch is spent
+// past its end.
 template <class Rule, class L, unsigned flags>
-void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s) {
+void run_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, const Piece<Tensor>* next) {
   using T = typename L::Compute;
   const Operands<L> x(t);
   const Scalars<Scalar<T>, Rule::S::count> one(s);
   std::size_t i = begin;
   if constexpr (Wide<T>::width > 1) {
+    constexpr std::size_t width = Wide<T>::width;
     // As the param is stored, or its master: the widest stream is the one a split vector costs most.
-    constexpr std::size_t item = sizeof(*widest(x.param)), bytes = Wide<T>::width * item;
+    constexpr std::size_t item = sizeof(*widest(x.param)), bytes = width * item;
     const std::size_t head = -reinterpret_cast<std::uintptr_t>(widest(x.param) + begin) % bytes / item;
     for (; i < std::min(end, begin + head); ++i) Rule::template update<flags>(one, x, i);
     const Scalars<Wide<T>, Rule::S::count> wide(s);
-    for (; i + Wide<T>::width <= end; i += Wide<T>::width) {
-      x.prefetch(std::min(i + kPrefetchAhead, end - 1));  // never past the range: near its end, its last line again
+    for (; i + width <= end && i + kPrefetchAhead < end; i += width) {
+      x.prefetch(i + kPrefetchAhead);
       Rule::template update<flags>(wide, x, i);
     }
+    if (next) {
+      const Operands<L> after(*next->item);
+      for (; i + width <= end; i += width) {
+        after.prefetch(std::min(next->begin + (i + kPrefetchAhead - end), next->end - 1));
+        Rule::template update<flags>(wide, x, i);
+      }
+    }
+    for (; i + width <= end; i += width) Rule::template update<flags>(wide, x, i);
   }
   for (; i < end; ++i) Rule::template update<flags>(one, x, i);
 }
@@ -91,15 +105,16 @@ void first_pass_range(const Tensor& t, std::size_t first, std::size_t last, cons
 // the instantiation for a step's flags.
 template <class Rule, class L, unsigned... flags>
 void range_by_flags(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned f,
-                    std::integer_sequence<unsigned, flags...>) {
-  using Fn = void (*)(const Tensor&, std::size_t, std::size_t, const double*);
+                    const Piece<Tensor>* next, std::integer_sequence<unsigned, flags...>) {
+  using Fn = void (*)(const Tensor&, std::size_t, std::size_t, const double*, const Piece<Tensor>*);
   static constexpr Fn table[] = {&run_range<Rule, L, flags>...};
-  table[f](t, begin, end, s);
+  table[f](t, begin, end, s, next);
 }
 
 template <class Rule, class L>
-void range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags) {
-  range_by_flags<Rule, L>(t, begin, end, s, flags, std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
+void range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags,
+           const Piece<Tensor>* next) {
+  range_by_flags<Rule, L>(t, begin, end, s, flags, next, std::make_integer_sequence<unsigned, 1u << Rule::F::count>{});
 }
 
 template <class Rule, class L, unsigned... flags>
@@ -289,13 +304,15 @@ struct Staged {
   }
 };
 
+// (The staged blocks are in L1 already: nothing to prefetch.)
 template <class Rule, class T>
-void staged_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags) {
+void staged_range(const Tensor& t, std::size_t begin, std::size_t end, const double* s, unsigned flags,
+                  const Piece<Tensor>*) {
   Staged<T> stage;
   for (std::size_t i = begin; i < end; i += kBlock) {
     const std::size_t n = std::min(kBlock, end - i);
     stage.load(t, i, n);
-    range<Rule, ComputeLayout<T>>(stage.tensor, 0, n, s, flags);
+    range<Rule, ComputeLayout<T>>(stage.tensor, 0, n, s, flags, nullptr);
     stage.store(t, i, n, true);
   }
 }

@@ -41,8 +41,8 @@ void run_two_pass(const RuleKernels& rule, int layout, std::size_t itemsize, con
   if (hook) hook(tensor_sums.data(), n, sums);
   for (std::size_t i = 0; i < n; ++i) rule.between_passes(tensor_sums.data() + i * sums, scalars.data() + i * count);
   const RangeFn update = rule.range[layout];
-  for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
-    update(t, begin, end, scalars.data() + index(t) * count, flags);
+  for_each_piece(tensors, itemsize, [&](const Piece<Tensor>& p, const Piece<Tensor>* next) {
+    update(*p.item, p.begin, p.end, scalars.data() + index(*p.item) * count, flags, next);
   });
 }
 
@@ -53,8 +53,8 @@ void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const s
   const ContractFpEnv contract;  // the pool's workers hold one too
   if (rule.num_sums) return run_two_pass(rule, layout, itemsize, tensors, planned, flags, between_passes);
   const RangeFn range = rule.range[layout];
-  for_each_chunk(tensors, itemsize, [&](const Tensor& t, std::size_t begin, std::size_t end) {
-    range(t, begin, end, planned, flags);
+  for_each_piece(tensors, itemsize, [&](const Piece<Tensor>& p, const Piece<Tensor>* next) {
+    range(*p.item, p.begin, p.end, planned, flags, next);
   });
 }
 

@@ -342,9 +342,62 @@ class Stateful:
         return arrays, readable, tuple(columns[:len(rule.states)]), modes, created, copies, memory
 
 
+def _counted(change):
+    """A dict method that counts as an edit of the dict's owner (see ``State``)."""
+
+    def counting(self, *args, **kwargs):
+        owner = self._owner
+        if owner is not None:
+            owner.edits += 1
+        return change(self, *args, **kwargs)
+
+    counting.__name__ = change.__name__
+    return counting
+
+
+class Entry(dict):
+    """A param's state (name -> buffer or count) whose every change counts in its owner's ``edits``."""
+
+    _owner = None  # (also while a copy or an unpickled one is filled, before its attributes are set)
+    __setitem__, __delitem__, __ior__ = map(_counted, (dict.__setitem__, dict.__delitem__, dict.__ior__))
+    pop, popitem, clear, update, setdefault = map(_counted, (dict.pop, dict.popitem, dict.clear, dict.update,
+                                                           dict.setdefault))
+
+
+class State(Entry):
+    """An optimizer's ``state``: key -> ``Entry``. ``edits`` counts every change to it and to the
+    entries it made (an entry added, replaced or dropped, a state buffer replaced, a count set): a
+    step planned before a change is not taken after it, and telling so costs one comparison, where
+    looking at each entry would cost more than a small tensor's kernel. (An entry a user puts in as
+    a plain dict is stepped, but never planned.)"""
+
+    def __init__(self, entries=()):
+        super().__init__()
+        self._owner, self.edits = self, 0
+        for key, values in dict(entries).items():  # (a user's own key may hold anything)
+            self[key] = self.entry(values) if isinstance(values, dict) else values
+
+    def entry(self, values=()):
+        """A new entry of this state, holding ``values``."""
+        entry = Entry(values)
+        entry._owner = self
+        return entry
+
+    def owns(self, entries):
+        """Whether every one of ``entries`` is an entry this state made."""
+        return all(type(entry) is Entry and entry._owner is self for entry in entries)
+
+    def setdefault(self, key, default=None):
+        return super().setdefault(key, self.entry() if type(default) is dict and not default else default)
+
+
 class _Prepared(dict):
     """Group index -> its ``_Ready`` operands. Never copied or pickled with its optimizer: a copy
-    of an optimizer has params of its own, and prepares its own."""
+    of an optimizer has params of its own, and prepares its own. A layer may keep a plan of its
+    steps made from them (``plan``), and what it was last made from (``made_from``)."""
+
+    plan = None
+    made_from = None
 
     def __reduce__(self):
         return _Prepared, ()

@@ -41,56 +41,17 @@ from numpy.typing import ArrayLike
 
 from . import _api, _backends
 from ._backends import deferred_interrupts
-from ._engine import Stateful
+from ._engine import State, Stateful
 from ._memory import aligned_full
 from ._rules import OPTIMIZERS, flag
 from ._validate import check_param, dense_order, find_overlap
-
-
-def _edited(mutator):
-    def edit(self, *args, **kwargs):
-        owner = self._owner
-        if owner is not None:
-            owner.edits += 1
-        return mutator(self, *args, **kwargs)
-
-    edit.__name__ = mutator.__name__
-    return edit
-
-
-class _Counted(dict):
-    """A dict whose every change counts in its owner's ``edits`` (an optimizer's ``_State``)."""
-
-    _owner = None  # (also while a copy or an unpickled one is filled, before its attributes are set)
-    __setitem__, __delitem__, __ior__ = map(_edited, (dict.__setitem__, dict.__delitem__, dict.__ior__))
-    pop, popitem, clear, update, setdefault = map(_edited, (dict.pop, dict.popitem, dict.clear, dict.update,
-                                                          dict.setdefault))
-
-
-class _State(_Counted):
-    """An optimizer's ``state``: param index -> entry. ``edits`` counts every change to it and to the
-    entries it made (a state buffer replaced, a count set, an entry added or dropped): a ``_Ready``
-    step made before a change is not taken after it. (An entry a user puts in as a plain dict is
-    stepped, but never ready.)"""
-
-    def __init__(self):
-        super().__init__()
-        self._owner, self.edits = self, 0
-
-    def entry(self):
-        entry = _Counted()
-        entry._owner = self
-        return entry
-
-    def setdefault(self, key, default=None):
-        return super().setdefault(key, self.entry() if type(default) is dict and not default else default)
 
 
 class _Ready:
     """The usual step made ready: one group whose params all have a grad, their state and the same
     count, stepped plainly (no param modes, loss scale, skipping or host state) by one call that
     checks and steps it. Made after a step, from what it took; taken while nothing it holds has
-    changed: the state (``_State.edits``), the group and its params (by identity) and the layer's options.
+    changed: the state (``State.edits``), the group and its params (by identity) and the layer's options.
     The hyperparameters are read from the group and planned at every step, so a change to them is
     seen as a fresh step sees it."""
 
@@ -121,7 +82,7 @@ class Optimizer(Stateful):
         #: as torch's GradScaler skips it, and ``step`` returns False.
         self.skip_nonfinite = flag("skip_nonfinite", skip_nonfinite)
         self.param_groups = []
-        self.state = _State()  # param index (position across all groups) -> {"step": int, state name: array}
+        self.state = State()  # param index (position across all groups) -> {"step": int, state name: array}
         if isinstance(params, dict):  # list() would take its keys for params
             raise TypeError("params must be an array, or a list of arrays or of param groups, got dict (a lone "
                             "group goes in a list)")
@@ -252,10 +213,10 @@ class Optimizer(Stateful):
     def _make_ready(self, hyper, keys, params, grads):
         """Makes the step just taken by the only group (every param had a grad) ``_Ready``, if it was the usual step."""
         if (self._options()[1:] != (False, "nearest", False, False, 1) or self.spec.rule.host_states
-                or type(self.state) is not _State or len({p.dtype for p in params}) > 1):
+                or type(self.state) is not State or len({p.dtype for p in params}) > 1):
             return
         entries = list(map(self.state.get, keys))
-        if not entries or any(type(entry) is not _Counted or entry._owner is not self.state for entry in entries):
+        if not entries or not self.state.owns(entries):
             return
         count = entries[0]["step"]
         if any(entry["step"] != count for entry in entries):
@@ -310,7 +271,7 @@ class Optimizer(Stateful):
             if len(saved["params"]) != len(indices):
                 raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
         host_states = self.spec.rule.host_states
-        new_state = _State()
+        new_state = State()
         params = self._params()
         for saved, (group, indices) in zip(groups, self._indexed()):
             for saved_index, i in zip(saved["params"], indices):

@@ -54,15 +54,16 @@ import inspect
 import operator
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.optim.optimizer import ParamsT, _get_scalar_dtype
+from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from . import _api, _storage
+from . import _api, _backends, _native, _rules, _storage
+from ._backends import _bits, deferred_interrupts
 from ._memory import aligned_empty
-from ._engine import Stateful
+from ._engine import Entry, State, Stateful
 from ._rules import OPTIMIZERS
 
 _REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
@@ -93,6 +94,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             known = inspect.signature(twin).parameters
             twin([torch.empty(0, requires_grad=True)], **{k: v for k, v in defaults.items() if k in known})
         torch.optim.Optimizer.__init__(self, params, defaults)
+        self.state = _State(self.state)
         if self._eager:
             for group in self.param_groups:
                 hyper = self._hyper(group)
@@ -115,6 +117,12 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     _check_not_expanded(_local(p), f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
 
+    def state_dict(self) -> dict[str, Any]:
+        """As torch's, each param's state a plain dict (as ``torch.load(weights_only=True)`` loads)."""
+        saved = torch.optim.Optimizer.state_dict(self)
+        saved["state"] = {k: dict(v) if isinstance(v, Entry) else v for k, v in saved["state"].items()}
+        return saved
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's; float32 states (``state_dtype="float32"``, master weights) are then float32
         copies of the saved ones (torch casts every state to its param's dtype, rounding float32
@@ -130,6 +138,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
+        self.state = _State(self.state)
         self._forget_prepared()  # the old state is no longer needed
         self.__dict__.pop("_counts", None)
         defaults = {name: p.default for name, p in inspect.signature(type(self)).parameters.items()
@@ -163,26 +172,137 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 hyper[k] = tuple(_value(f"{k}[{i}]", x) if isinstance(x, torch.Tensor) else x for i, x in enumerate(v))
         return hyper
 
+    @staticmethod
+    def profile_hook_step(func):
+        """torch's wrapper of ``step`` (its step hooks, and the profiler's record of the step), taken
+        only while a hook is registered or a profiler runs: it costs about 25 µs a step, more than
+        the whole step of a small model."""
+        hooked = torch.optim.Optimizer.profile_hook_step(func)
+
+        @functools.wraps(func)
+        def step(self, *args, **kwargs):
+            if (_global_optimizer_pre_hooks or _global_optimizer_post_hooks or self._optimizer_step_pre_hooks
+                    or self._optimizer_step_post_hooks or torch._C._autograd._profiler_enabled()):
+                return hooked(self, *args, **kwargs)
+            return func(self, *args, **kwargs)
+
+        return step
+
     @torch.compiler.disable  # the kernels are not ops torch.compile can trace: a compiled caller steps eagerly here
-    @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # as under torch.no_grad(), whose decorator costs about 10 µs a call
+        try:
+            self._step()
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+        return loss
+
+    def _step(self):
         # A step checks every param and grad (_check_step), but only once it has failed: the checks cost
         # more than a small tensor's step, and all they reject also fails the step, which raises before it
         # changes anything; they word the error as torch users know it.
         self._counted = {}  # id(entries) -> (entries, their _Counts), of those whose counts _steps_taken read
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         try:
-            self._take_step(self._grads(), getattr(self, "grad_scale", None), getattr(self, "found_inf", None))
+            if grad_scale is not None or found_inf is not None or not self._planned_step():
+                self._take_step(self._grads(), grad_scale, found_inf)
         except (TypeError, ValueError, RuntimeError) as error:
             failed = error
         else:
-            return loss
+            return
         self._check_step()
         raise failed
+
+    def _planned_step(self):
+        """The usual step, through the extension's ``Plan`` of the groups the general path prepared
+        (``Stateful._prepared_operands``): one native call checks that nothing but the grads' values
+        changed since, reads the grads and steps every group. False, having changed nothing, where
+        it does not apply; the general path then takes the step (and words any error). A plan that
+        no longer holds is dropped, and made again once the general path has prepared anew."""
+        prepared = self.__dict__.get("_prepared")
+        if prepared is None:
+            return False
+        groups, state = self.param_groups, self.state
+        planned = prepared.plan
+        if planned is None:
+            made_from = (tuple(prepared.get(g) for g in range(len(groups))), state, getattr(state, "edits", None))
+            last = prepared.made_from
+            if last is not None and len(last[0]) == len(groups) and all(map(operator.is_, last[0], made_from[0])) \
+                    and last[1] is state and last[2] == made_from[2]:
+                return False  # as when it was last dropped or could not be made
+            prepared.made_from = made_from
+            planned = prepared.plan = self._plan_groups(made_from[0])
+            if planned is None:
+                return False
+        counts = [counts.common() if counts else 1 for counts in planned.counts]  # (a rule without: past its first)
+        if len(groups) != len(planned.uses) or None in counts or state is not planned.state \
+                or state.edits != planned.edits:
+            prepared.plan = None
+            return False
+        plans = [self._plan(self._hyper(group), count + 1) for group, count in zip(groups, counts)]
+        if [plan.uses for plan in plans] != planned.uses:
+            prepared.plan = None
+            return False
+        with deferred_interrupts():  # a Ctrl-C cannot come between the kernels and the counts
+            outcome = planned.native.step([group["params"] for group in groups], [plan.scalars for plan in plans],
+                                          [_bits(plan.flags) for plan in plans])
+            if outcome != planned.native.STEPPED:
+                if outcome == planned.native.STALE:
+                    prepared.plan = None
+                return False
+            for group_counts, count in zip(planned.counts, counts):
+                if group_counts:
+                    group_counts.array.fill(count + 1)
+        return True
+
+    def _plan_groups(self, readies):
+        """The ``_Planned`` of every group from its prepared operands (``_Ready``), when the plan can
+        step them: plain CPU params that all had grads, their entries made by this optimizer's
+        ``_State`` (whose count of edits then tells that they still hold the prepared states), no
+        host state, no param mode, the C++ backend; else None."""
+        kernels, rule, state = _native.module(), self.spec.rule, self.state
+        if (kernels is None or rule.host_states or self._master_weights or self._rounding != "nearest"
+                or type(state) is not _State or _backends.resolve(self.backend) != "cpp" or None in readies):
+            return None
+        groups, storages, all_counts, uses = [], [], [], []
+        for group, ready in zip(self.param_groups, readies):
+            params = group["params"]
+            n = len(params)
+            if len(ready.arrays) != n or ready.modes or not all(map(operator.is_, ready.held[:n], params)) \
+                    or not all(type(p) in _PLAIN for p in params):
+                return None
+            used = [slot.name for slot, on in zip(rule.states, ready.uses) if on]
+            own = [state.get(p) for p in params]
+            if any(entry is None for entry in own):  # (SGD without momentum keeps none)
+                if used or not self._stepless:
+                    return None
+                own = []
+            if not state.owns(own) or any(entry[name] is not held for k, name in enumerate(used)
+                                          for entry, held in zip(own, ready.held[(k + 1) * n:(k + 2) * n])):
+                return None
+            storages += list(zip(ready.held, ready.storage))
+            counts = None
+            if not self._stepless:
+                counts = self._counts_of(own)
+                if counts is None:
+                    return None
+                storages += list(zip(counts.views, counts.pointers))
+            all_counts.append(counts)
+            uses.append(ready.uses)
+            groups.append((list(params), list(ready.arrays), tuple(None if slot is None else list(slot)
+                                                                   for slot in ready.states)))
+        try:
+            native = kernels.Plan(list(_rules.RULES).index(rule.name), groups, storages, torch.Tensor,
+                                  torch._C._to_dlpack, torch.strided)
+        except ValueError:  # params or states that share memory: the general path steps them one by one
+            return None
+        return _Planned(native, all_counts, uses, state, state.edits)
 
     def _grads(self):
         """Each group's hyperparameters, and its params that have a grad, with their grads."""
@@ -332,7 +452,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return list(map(torch.Tensor.data_ptr, tensors))
 
     def _readable(self, grad, order):
-        return _array(_in_order(_local(grad), order))
+        return _read(grad, order)
 
     def _grad_reader(self, params, orders):
         # (the grad of a real param is real, and a plain tensor's is plain: step() checks them)
@@ -382,6 +502,25 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             self._hold_counts(fresh, [float(count)] * len(fresh))
 
 
+class _State(State):
+    """torch's ``Optimizer.state`` (a ``defaultdict(dict)``: a param without an entry reads as a new
+    one) whose changes count (``State``)."""
+
+    def __missing__(self, key):
+        entry = self[key] = self.entry()
+        return entry
+
+
+class _Planned(NamedTuple):
+    """The extension's ``Plan`` of a step of every group, and what the layer keeps beside it."""
+
+    native: Any
+    counts: list  # per group, the _Counts of its step tensors (None: the rule keeps no count)
+    uses: list  # per group, the state slots its plan uses
+    state: dict  # the optimizer's state it was made with
+    edits: int  # the state's count of edits then
+
+
 class _Counts:
     """The step tensors of params that started (or were loaded) together: 0-d views of one tensor
     ``base``, in torch's scalar dtype on the CPU, as torch keeps each. A step reads all their counts
@@ -412,12 +551,24 @@ class _Counts:
 
 
 def _read_plain(grads):
-    """The grads of contiguous real params, each as ``_readable`` reads it: ``.numpy()`` is all it
-    does for most (bare, it is most of a small tensor's step); anything else, one by one."""
+    """The grads of contiguous real params, each as ``_readable`` reads it: through the extension's
+    DLPack reader when it is built (``.numpy()`` would be most of a small tensor's step), else
+    ``.numpy()``; one it cannot read (a grad that is not a CPU tensor of a float dtype), as
+    ``_readable`` reads it."""
+    kernels = _native.module()
+    if kernels is not None:
+        arrays = kernels.arrays_of(grads, torch._C._to_dlpack)
+        return [_read(grad, None) if array is None else array
+                for grad, array in zip(grads, arrays)] if type(None) in map(type, arrays) else arrays
     try:
         return list(map(torch.Tensor.numpy, grads))
     except (TypeError, RuntimeError):  # bfloat16, a grad that requires grad, ...
-        return [_array(_in_order(_local(grad), None)) for grad in grads]
+        return [_read(grad, None) for grad in grads]
+
+
+def _read(grad, order):
+    """An array of a grad's values in ``order`` (``_in_order``); a view with the negative bit, negated."""
+    return _array(_in_order(_local(grad), order).resolve_neg())
 
 
 def _array(t):
