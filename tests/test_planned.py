@@ -7,7 +7,6 @@ for bit; and that the plan took the steps it should (a plan that never steps pas
 import copy
 import pickle
 
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 

@@ -5,7 +5,6 @@ checkpoint loaded, params added."""
 
 import copy
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
