@@ -7,7 +7,6 @@ for bit; and that the plan took the steps it should (a plan that never steps pas
 import copy
 import pickle
 
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -16,54 +15,9 @@ ft = pytest.importorskip("fusedoptim.torch")
 import fusedoptim  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook  # noqa: E402
 from fusedoptim import _native  # noqa: E402
-from test_prepared import any_dtype, make, set_grads, warm  # noqa: E402
+from test_prepared import assert_same, fresh_step, make, set_grads, snapshot, step_and_compare, warm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(_native.module() is None, reason="the plan is the C++ extension's")
-
-
-def fresh_step(opt):
-    """The params and states after the step a fresh optimizer of the same groups (nothing prepared,
-    nothing planned) takes from ``opt``'s params, grads and state."""
-    twin_of = {p: torch.nn.Parameter(p.detach().clone()) for group in opt.param_groups for p in group["params"]}
-    twin = type(opt)([{**group, "params": [twin_of[p] for p in group["params"]]} for group in opt.param_groups],
-                     state_dtype="float32" if opt._float32_states else None)
-    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for p, q in twin_of.items():
-        any_dtype(q)
-        q.grad = None if p.grad is None else p.grad.clone()
-    twin.step()
-    return snapshot(twin)
-
-
-def step_and_compare(params, opt, seed=7, skip=(), change=None):
-    """A step of ``opt`` on new grads (``skip``: params given none; ``change``: done to each param)
-    is the one a fresh optimizer takes from the same state."""
-    set_grads(params, seed)
-    for k in skip:
-        params[k].grad = None
-    for p in params if change else ():
-        change(p)
-    expected = fresh_step(opt)
-    opt.step()
-    assert_same(snapshot(opt), expected)
-
-
-def snapshot(opt):
-    """Each param and its state, as bits (``opt.state[p]`` of a param without state would add one)."""
-    def bits(t):
-        t = t.detach().clone()
-        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]) if t.is_floating_point() else t
-
-    params = [p for group in opt.param_groups for p in group["params"]]
-    return [(bits(p), {k: bits(v) for k, v in opt.state.get(p, {}).items()}) for p in params]
-
-
-def assert_same(ours, theirs):
-    for (p, state), (q, twin_state) in zip(ours, theirs, strict=True):
-        assert torch.equal(p, q), "param"
-        assert state.keys() == twin_state.keys()
-        for name in state:
-            assert torch.equal(state[name], twin_state[name]), name
 
 
 _outcomes = {}  # id(optimizer) -> whether its last step was planned

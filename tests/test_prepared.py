@@ -5,7 +5,6 @@ checkpoint loaded, params added."""
 
 import copy
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -26,13 +25,13 @@ def set_grads(params, seed):
 
 
 def fresh_step(opt):
-    """The params and states after the step a fresh optimizer (nothing prepared) takes from ``opt``'s
-    params, grads and state."""
-    ours = [p for group in opt.param_groups for p in group["params"]]
-    params = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    twin = type(opt)(params, **opt.defaults)
+    """The params and states after the step a fresh optimizer of the same groups (nothing prepared,
+    nothing planned) takes from ``opt``'s params, grads and state."""
+    twin_of = {p: torch.nn.Parameter(p.detach().clone()) for group in opt.param_groups for p in group["params"]}
+    twin = type(opt)([{**group, "params": [twin_of[p] for p in group["params"]]} for group in opt.param_groups],
+                     state_dtype="float32" if opt._float32_states else None)
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for p, q in zip(ours, params):
+    for p, q in twin_of.items():
         any_dtype(q)
         q.grad = None if p.grad is None else p.grad.clone()
     twin.step()
@@ -46,16 +45,21 @@ def any_dtype(p):
 
 
 def snapshot(opt):
+    """Each param and its state, as bits (``opt.state[p]`` of a param without state would add one)."""
+    def bits(t):
+        t = t.detach().clone()
+        return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]) if t.is_floating_point() else t
+
     params = [p for group in opt.param_groups for p in group["params"]]
-    return [(p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    return [(bits(p), {k: bits(v) for k, v in opt.state.get(p, {}).items()}) for p in params]
 
 
 def assert_same(ours, theirs):
     for (p, state), (q, twin_state) in zip(ours, theirs, strict=True):
-        assert_bitwise_equal(p.numpy(), q.numpy(), "param")
+        assert torch.equal(p, q), "param"
         assert state.keys() == twin_state.keys()
         for name in state:
-            assert_bitwise_equal(state[name].numpy(), twin_state[name].numpy(), name)
+            assert torch.equal(state[name], twin_state[name]), name
 
 
 def warm(params, opt, steps=2):
