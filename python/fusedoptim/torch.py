@@ -62,7 +62,7 @@ from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _global_optimizer_
 
 from . import _api, _backends, _native, _rules, _storage
 from ._backends import _bits, deferred_interrupts
-from ._memory import aligned_empty
+from ._memory import continuing, packed_empty
 from ._engine import Entry, State, Stateful
 from ._rules import OPTIMIZERS
 
@@ -100,8 +100,9 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 hyper = self._hyper(group)
                 uses = self._plan(hyper).uses
                 params = [p for p in group["params"] if not p.is_meta]  # a meta param's is made when it first steps
-                new = [{s.name: self._new_state(p, self._initial_fill(s.name, hyper))
-                        for s, used in zip(self.spec.rule.states, uses) if used} for p in params]
+                columns = {s.name: self._new_states(params, self._initial_fill(s.name, hyper), s.name)
+                           for s, used in zip(self.spec.rule.states, uses) if used}
+                new = [{name: column[k] for name, column in columns.items()} for k in range(len(params))]
                 self._record(params, None, new, 0, {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -401,23 +402,34 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return [tuple(entry[name].numpy()[()] if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
 
-    def _new_state(self, param, fill, name=None):
-        """A state like ``torch.full_like(param, fill, memory_format=torch.preserve_format)`` (``fill`` may
-        be the param itself: a master copy); that of a plain CPU param in memory placed as
-        ``fusedoptim.zeros_like`` places it (torch's allocator would give every state of a large param
-        one offset in its page, and 4 KiB pages: README, "Memory placement")."""
-        if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
-            dtype, fill = param.dtype, complex(fill, fill)
-        else:
-            dtype = torch.float32 if self._state_dtype(_storage.bfloat16, name) == np.float32 else param.dtype
-        if type(param) not in _PLAIN or param.device.type != "cpu":  # DTensor, meta
-            if fill is param:
-                return param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
-            return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
-        strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
-        raw = torch.from_numpy(aligned_empty(param.numel() * dtype.itemsize, np.uint8))
-        state = raw.view(dtype).as_strided(param.shape, strides)
-        return state.copy_(param.detach()) if fill is param else state.fill_(fill)
+    def _new_states(self, params, fill, name=None):
+        """States like ``torch.full_like(param, fill, memory_format=torch.preserve_format)`` (a copy of the
+        param when ``fill`` is None: a master copy); those of plain CPU params views of one buffer
+        placed as ``fusedoptim.zeros_like`` places it and packed as the params are
+        (``_memory.packed_empty``): torch's allocator would give every state of a large param one
+        offset in its page, and 4 KiB pages (README, "Memory placement")."""
+        states = [None] * len(params)
+        plain = []
+        for k, param in enumerate(params):
+            if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
+                dtype, value = param.dtype, fill if fill is None else complex(fill, fill)
+            else:
+                wide = self._state_dtype(_storage.bfloat16, name) == np.float32
+                dtype, value = torch.float32 if wide else param.dtype, fill
+            if type(param) in _PLAIN and param.device.type == "cpu":
+                plain.append((k, dtype, value))
+            elif value is None:  # DTensor, meta
+                states[k] = param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
+            else:
+                states[k] = torch.full_like(param, value, dtype=dtype, memory_format=torch.preserve_format)
+        spans = [(params[k].data_ptr(), params[k].numel() * params[k].element_size(), params[k].dtype) for k, _, _ in plain]
+        raws = packed_empty([params[k].numel() * dtype.itemsize for k, dtype, _ in plain], continuing(spans))
+        for (k, dtype, value), raw in zip(plain, raws):
+            param = params[k]
+            strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
+            state = torch.from_numpy(raw).view(dtype).as_strided(param.shape, strides)
+            states[k] = state.copy_(param.detach()) if value is None else state.fill_(value)
+        return states
 
     def _indices(self, keys):
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
