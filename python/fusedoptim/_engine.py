@@ -322,8 +322,9 @@ class Stateful:
         for name in filter(None, names):  # each slot's new buffers at once: a column of one buffer
             missing = [k for k, entry in enumerate(entries) if (entry.get(name) if entry else None) is None]
             fill = None if name == MASTER else self._initial_fill(name, hyper)
-            for k, buffer in zip(missing, self._new_states([params[k] for k in missing], fill, name) if missing else ()):
-                created[k][name] = buffer
+            if missing:
+                for k, buffer in zip(missing, self._new_states([params[k] for k in missing], fill, name)):
+                    created[k][name] = buffer
         columns = [[] if name else None for name in names]
         for k, (param, grad, entry, new) in enumerate(zip(params, grads, entries, created)):
             order = self._order(param)

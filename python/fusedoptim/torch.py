@@ -79,7 +79,8 @@ _FLAT_DOC = ("With ``flat=True`` each group's params of a dtype are moved into o
              "array per operand. ``zero_grad`` then keeps these grads (as ``set_to_none=False``, whatever it is "
              "passed) and zeroes them in one pass, so that backward accumulates into the buffer: a param backward "
              "did not reach since steps with a zero grad, as torch steps it after ``zero_grad(set_to_none=False)``.")
-_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]", "flat": "bool"}
+_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]",
+          "flat": "bool"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no DTensor is of these exact types
 _grad = operator.attrgetter("grad")
 
@@ -196,7 +197,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def __getstate__(self):
         """torch's (defaults, state and param_groups) and this layer's options, which a copy keeps."""
         options = ("_float32_states", "_master_weights", "_rounding", "_seed", "_flat")
-        return {**torch.optim.Optimizer.__getstate__(self), **{k: self.__dict__[k] for k in options if k in self.__dict__}}
+        return {**torch.optim.Optimizer.__getstate__(self),
+                **{k: self.__dict__[k] for k in options if k in self.__dict__}}
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
@@ -486,7 +488,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 states[k] = param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
             else:
                 states[k] = torch.full_like(param, value, dtype=dtype, memory_format=torch.preserve_format)
-        spans = [(params[k].data_ptr(), params[k].numel() * params[k].element_size(), params[k].dtype) for k, _, _ in plain]
+        spans = [(p.data_ptr(), p.numel() * p.element_size(), p.dtype) for p in (params[k] for k, _, _ in plain)]
         raws = packed_empty([params[k].numel() * dtype.itemsize for k, dtype, _ in plain], continuing(spans))
         for (k, dtype, value), raw in zip(plain, raws):
             param = params[k]
@@ -818,8 +820,8 @@ def twin(spec, base=Optimizer, **layout):
                                  f"    _base.__init__(self, params, dict({defaults}), {options})\n",
                                  {"_base": Optimizer, "ParamsT": ParamsT, "Tensor": torch.Tensor,
                                   **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
-    attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, f"{summary}\n\n    {_FLAT_DOC}"), "spec": spec,
-                  "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
+    attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, f"{summary}\n\n    {_FLAT_DOC}"),
+                  "spec": spec, "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
     return type(spec.name, (base,), attributes)
 
 
