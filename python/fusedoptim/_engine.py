@@ -40,6 +40,7 @@ class Stateful:
     _master_weights = False  # a float32 master copy per param (state MASTER)
     _rounding = "nearest"  # how params are stored (_storage); "kahan" keeps state COMPENSATION
     _seed = 0  # stochastic rounding's seed
+    _unsupported = ()  # the layer's flags that must be off (torch's), read from a group as its hyperparameters
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
     skip_nonfinite = False  # the NumPy layer's option: a step whose grads hold inf or NaN changes nothing
@@ -168,6 +169,23 @@ class Stateful:
         """The plan's hyperparameters from a param group; the optimizer's pinned ones win."""
         hyper = {name: group[name] for name in self.spec.rule.hyper if name in group}
         hyper.update(self.spec.fixed)
+        return hyper
+
+    def _group_hyper(self, index, group):
+        """``_hyper(group)`` of group ``index``, remembered while the group holds the very same
+        values: making it anew at each step costs more than a small tensor's kernel. The plan still
+        checks the values at each step. A value that can change in place (a tensor lr, a list) is
+        read afresh each time."""
+        memo = self.__dict__.get("_hypers")
+        if memo is None:
+            memo = self.__dict__["_hypers"] = _Hypers((*self.spec.rule.hyper, *self._unsupported))
+        values = tuple(map(group.get, memo.names))
+        last = memo.get(index)
+        if last is not None and last[0] is group and all(map(operator.is_, values, last[1])):
+            return last[2]
+        hyper = self._hyper(group)
+        if all(map(_immutable, values)):
+            memo[index] = group, values, hyper
         return hyper
 
     def _plan(self, hyper, count=1, host=None):
@@ -401,6 +419,26 @@ class _Prepared(dict):
 
     def __reduce__(self):
         return _Prepared, ()
+
+
+class _Hypers(dict):
+    """Group index -> (the group, its values of ``names``, ``Stateful._hyper`` of it). Never copied
+    or pickled with its optimizer (a copy has groups of its own)."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = names
+
+    def __reduce__(self):
+        return _Hypers, (self.names,)
+
+
+# What a group's value may be to be remembered by identity: a type whose values never change.
+_ATOMS = frozenset({float, int, bool, str, type(None)})
+
+
+def _immutable(value):
+    return type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value))
 
 
 class _Ready(NamedTuple):

@@ -189,12 +189,12 @@ class Optimizer(Stateful):
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
         work = []
-        for group, indices in indexed:
+        for g, (group, indices) in enumerate(indexed):
             keys, params, group_grads = indices, group["params"], grads[indices.start:indices.stop]
             if type(None) in map(type, group_grads):  # not `None in`: == on arrays
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
-            work.append((self._hyper(group), keys, params, group_grads))
+            work.append((self._group_hyper(g, group), keys, params, group_grads))
         self.__dict__.pop("_ready", None)
         taken = self._take_step(work, grad_scale, found_inf)
         if taken and work[0][1] is indexed[0][1] and grad_scale is None and found_inf is False:
@@ -236,7 +236,7 @@ class Optimizer(Stateful):
                 or self._options() != ready.options):
             return False
         count = ready.count + 1
-        plan = self._plan(self._hyper(group), count, ())
+        plan = self._plan(self._group_hyper(0, group), count, ())
         if plan.uses != ready.uses:  # the first step taken ready, or amsgrad switched
             names = [state.name if on else None for state, on in zip(self.spec.rule.states, plan.uses)]
             try:

@@ -78,7 +78,7 @@ _grad = operator.attrgetter("grad")
 class Optimizer(Stateful, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is one fusedoptim rule."""
 
-    _unsupported = ("capturable", "differentiable")  # torch flags that must be off
+    _unsupported = ("capturable", "differentiable")
     _shared_memory = True
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
@@ -245,7 +245,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 or state.edits != planned.edits:
             prepared.plan = None
             return False
-        plans = [self._plan(self._hyper(group), count + 1) for group, count in zip(groups, counts)]
+        plans = [self._plan(self._group_hyper(index, group), count + 1, ())
+                 for index, (group, count) in enumerate(zip(groups, counts))]
         if [plan.uses for plan in plans] != planned.uses:
             prepared.plan = None
             return False
@@ -318,7 +319,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 grads = [_placed_like(grad, p, dtensor, self._where(index, j))
                          if dtensor is not None and (isinstance(p, dtensor) or isinstance(grad, dtensor)) else grad
                          for j, p, grad in stepped]
-            groups.append((self._hyper(group), params, params, grads))
+            groups.append((self._group_hyper(index, group), params, params, grads))
         return groups
 
     def _check_step(self):
