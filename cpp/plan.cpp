@@ -165,16 +165,23 @@ py::list arrays_of(const py::list& tensors, const py::object& export_) {
 // (`p.data = x` changes it); every param has a grad of the grad type, dense, readable (Exported),
 // C-contiguous and shaped like its param, a group's grads of one dtype that makes a native layout
 // with its params and states; no grad shares a byte with a param or state; the scalars are finite
-// in the compute dtype. Then it steps every group; otherwise it changes nothing and says why
-// (Outcome), and the layer takes its general path, which words any error.
+// in the compute dtype. Then it steps every group and advances its step counts; otherwise it
+// changes nothing and says why (Outcome), and the layer takes its general path, which words any
+// error. A group's params may have taken different numbers of steps (one skipped while its grad was
+// None): each part of the group, the params of one count, steps with its own scalars, as the
+// general path steps each count's bucket in a call of its own (the kernels are elementwise, so the
+// bits do not depend on which tensors share a call).
 class Plan {
  public:
   // What a step did: stepped; changed nothing, for the plan no longer holds (drop it: a param,
   // entry or storage it holds changed); changed nothing, for this step's grads or scalars.
   enum class Outcome { stepped, stale, declined };
 
-  // `groups`: per group, (params, their arrays, per state slot the states' arrays or None); the
-  // arrays plain, C-contiguous and writeable, shaped like their params' arrays.
+  // `groups`: per group, (params, their arrays, per state slot the states' arrays or None, the
+  // params' step counts or None); the arrays plain, C-contiguous and writeable, shaped like their
+  // params' arrays; the counts a float32 or float64 array of one count per param, advanced by the
+  // step itself (under the GIL, so that no Python code, a Ctrl-C's handler, runs between the
+  // kernels and the counts).
   Plan(int r, const py::list& groups, const py::list& storages, const py::type& grad_type, py::object export_,
        py::object dense)
       : r_(r), grad_type_(reinterpret_cast<PyTypeObject*>(grad_type.ptr())), export_(std::move(export_)),
@@ -186,9 +193,16 @@ class Plan {
       const auto group = g.cast<py::tuple>();
       const auto params = group[0].cast<py::list>(), arrays = group[1].cast<py::list>();
       const auto states = group[2].cast<py::tuple>();
-      if (arrays.size() != params.size() || states.size() != static_cast<std::size_t>(rule.num_states))
-        throw py::value_error("Plan: a group is (params, their arrays, an entry per state slot)");
+      if (group.size() != 4 || arrays.size() != params.size() || states.size() != static_cast<std::size_t>(rule.num_states))
+        throw py::value_error("Plan: a group is (params, their arrays, an entry per state slot, counts)");
       Group& mine = groups_.emplace_back();
+      if (!group[3].is_none()) {
+        PyObject* counts = group[3].ptr();
+        if (!plain_array(counts, mine.counts_dtype, false, nullptr, true) || num_elements(array_proxy(counts)) != params.size() ||
+            (mine.counts_dtype != Dtype::float32 && mine.counts_dtype != Dtype::float64))
+          throw py::value_error("Plan: counts must be a float32 or float64 array of one count per param");
+        mine.counts = array_proxy(counts)->data;
+      }
       for (std::size_t k = 0; k < states.size(); ++k) mine.used |= states[k].is_none() ? 0u : 1u << k;
       for (std::size_t i = 0; i < params.size(); ++i) {
         Dtype dtype;
@@ -223,26 +237,27 @@ class Plan {
     }
   }
 
-  // One step: `params` (each group's current param list), per group its plan's scalars and flags.
-  Outcome step(const py::list& params, const py::list& scalars, const py::list& flags) {
+  // One step: `params` (each group's current param list) and, per group, its parts: a list of
+  // (count, scalars, flags), the plan of the params that have taken `count` steps (a group without
+  // counts has one part, whose count is not read). A param whose count no part has: declined.
+  Outcome step(const py::list& params, const py::list& parts) {
     const RuleKernels& rule = active_isa().rules[r_];
-    if (params.size() != groups_.size() || scalars.size() != groups_.size() || flags.size() != groups_.size())
+    if (params.size() != groups_.size() || parts.size() != groups_.size())
       throw py::value_error("Plan.step: one entry per group");
     for (auto [tensor, address] : storages_)
       if (address_of(tensor) != address) return PyErr_Clear(), Outcome::stale;
     static const py::str grad_name("grad");
     std::vector<py::object> grads;  // alive while the kernels read them, whatever another thread does
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> read;
-    std::vector<std::vector<Tensor>> tensors;  // this step's: another thread may step the plan meanwhile
-    std::vector<int> layouts(groups_.size());
-    std::vector<std::array<double, kMaxScalars>> planned(groups_.size());
-    std::vector<unsigned> bits(groups_.size());
+    std::vector<Part> steps;  // this step's: another thread may step the plan meanwhile
     std::size_t total = 0;
     for (std::size_t g = 0; g < groups_.size(); ++g) {
       const Group& group = groups_[g];
-      std::vector<Tensor>& mine = tensors.emplace_back(group.tensors);
       PyObject* list = PyList_GET_ITEM(params.ptr(), g);
       if (!PyList_Check(list) || static_cast<std::size_t>(PyList_GET_SIZE(list)) != group.params.size()) return Outcome::stale;
+      const std::size_t first = steps.size();
+      parts_of(rule, group, parts[g], steps);
+      Dtype grad_dtype = Dtype::float32;
       for (std::size_t i = 0; i < group.params.size(); ++i) {
         if (PyList_GET_ITEM(list, i) != group.params[i]) return Outcome::stale;
         py::object grad = py::reinterpret_steal<py::object>(PyObject_GetAttr(group.params[i], grad_name.ptr()));
@@ -255,25 +270,34 @@ class Plan {
         const auto& shape = group.shapes[i];
         if (static_cast<std::size_t>(e.t->ndim) != shape.size() || !std::equal(shape.begin(), shape.end(), e.t->shape))
           return Outcome::declined;
-        Tensor& t = mine[i];
-        if (i > 0 && dtype != mine[0].grad_dtype) return Outcome::declined;
+        if (i > 0 && dtype != grad_dtype) return Outcome::declined;
+        grad_dtype = dtype;
+        Part* part = &steps[first];
+        if (group.counts) {
+          const double count = count_of(group, i);
+          while (part != steps.data() + steps.size() && part->count != count) ++part;
+          if (part == steps.data() + steps.size()) return Outcome::declined;
+        }
+        Tensor& t = part->tensors.emplace_back(group.tensors[i]);
         t.grad_dtype = dtype;
         t.grad = e.data();
         if (t.size) read.emplace_back(span_of(t.grad, t.size * itemsize(dtype)));
         grads.push_back(std::move(grad));
         total += t.size;
       }
-      if (mine.empty()) continue;
-      if ((layouts[g] = layout_of(mine[0], group.used, true)) < 0) return Outcome::declined;
-      if (!scalars_of(rule, scalars[g], mine[0].param_dtype == Dtype::float64, planned[g].data())) return Outcome::declined;
-      bits[g] = flags[g].cast<unsigned>();
-      if (bits[g] >= (1u << rule.num_flags)) throw py::value_error("Plan.step: bad flags");
+      for (std::size_t k = first; k < steps.size(); ++k) {
+        Part& part = steps[k];
+        if (part.tensors.empty()) continue;
+        if ((part.layout = layout_of(part.tensors[0], group.used, true)) < 0) return Outcome::declined;
+        if (!scalars_of(rule, part.scalars, part.tensors[0].param_dtype == Dtype::float64, part.planned.data()))
+          return Outcome::declined;
+      }
     }
     if (touches(read)) return Outcome::declined;
     auto run = [&] {
-      for (std::size_t g = 0; g < tensors.size(); ++g)
-        if (!tensors[g].empty())
-          run_step(rule, layouts[g], itemsize(tensors[g][0].param_dtype), tensors[g], planned[g].data(), bits[g]);
+      for (const Part& part : steps)
+        if (!part.tensors.empty())
+          run_step(rule, part.layout, itemsize(part.tensors[0].param_dtype), part.tensors, part.planned.data(), part.flags);
     };
     if (total < kKeepGilElements) {
       run();
@@ -281,6 +305,9 @@ class Plan {
       py::gil_scoped_release nogil;
       run();
     }
+    for (const Group& group : groups_)
+      if (group.counts)
+        for (std::size_t i = 0; i < group.params.size(); ++i) advance_count(group, i);
     return Outcome::stepped;
   }
 
@@ -290,7 +317,43 @@ class Plan {
     std::vector<Tensor> tensors;    // the kernels' operands but the grads
     std::vector<std::vector<Py_intptr_t>> shapes;
     unsigned used = 0;  // bit k: the step updates state slot k
+    void* counts = nullptr;  // each param's step count (held by keep_), or null: the rule keeps none
+    Dtype counts_dtype = Dtype::float32;
   };
+
+  // The params of a group that have taken `count` steps, and their plan: one kernel call.
+  struct Part {
+    double count;
+    py::handle scalars;  // held by the caller's parts
+    std::array<double, kMaxScalars> planned;
+    unsigned flags;
+    int layout = -1;
+    std::vector<Tensor> tensors;
+  };
+
+  // Appends a group's parts (Plan.step's `parts`), as yet without their tensors, to `steps`.
+  static void parts_of(const RuleKernels& rule, const Group& group, py::handle parts, std::vector<Part>& steps) {
+    if (!PyList_Check(parts.ptr()) || PyList_GET_SIZE(parts.ptr()) < 1 || (!group.counts && PyList_GET_SIZE(parts.ptr()) != 1))
+      throw py::value_error("Plan.step: a list of parts per group, one for a group without counts");
+    for (py::handle item : parts) {
+      const auto part = item.cast<py::tuple>();
+      if (part.size() != 3) throw py::value_error("Plan.step: a part is (count, scalars, flags)");
+      const unsigned flags = part[2].cast<unsigned>();
+      if (flags >= (1u << rule.num_flags)) throw py::value_error("Plan.step: bad flags");
+      steps.push_back(Part{part[0].cast<double>(), part[1], {}, flags});
+    }
+  }
+
+  static double count_of(const Group& group, std::size_t i) {
+    return group.counts_dtype == Dtype::float32 ? static_cast<const float*>(group.counts)[i]
+                                                : static_cast<const double*>(group.counts)[i];
+  }
+
+  // One more step, rounded once to the count's dtype (as torch's `step += 1` and `fill_(count + 1)` round).
+  static void advance_count(const Group& group, std::size_t i) {
+    if (group.counts_dtype == Dtype::float32) static_cast<float*>(group.counts)[i] += 1.0f;
+    else static_cast<double*>(group.counts)[i] += 1.0;
+  }
 
   // A held tensor's data_ptr(), through the framework's exchange table when it has one (a tenth of
   // the time of a call of its method); 0 with a Python error set when it fails.
@@ -352,9 +415,9 @@ void register_plan(py::module_& m) {
   plan.def(py::init<int, const py::list&, const py::list&, const py::type&, py::object, py::object>(),
            py::arg("rule"), py::arg("groups"), py::arg("storages"), py::arg("grad_type"), py::arg("export"),
            py::arg("dense"))
-      .def("step", [](Plan& self, const py::list& params, const py::list& scalars, const py::list& flags) {
-        return static_cast<int>(self.step(params, scalars, flags));
-      }, py::arg("params"), py::arg("scalars"), py::arg("flags"), "One step: a Plan.Outcome as an int.");
+      .def("step", [](Plan& self, const py::list& params, const py::list& parts) {
+        return static_cast<int>(self.step(params, parts));
+      }, py::arg("params"), py::arg("parts"), "One step: a Plan.Outcome as an int.");
   plan.attr("STEPPED") = static_cast<int>(Plan::Outcome::stepped);
   plan.attr("STALE") = static_cast<int>(Plan::Outcome::stale);
   plan.attr("DECLINED") = static_cast<int>(Plan::Outcome::declined);

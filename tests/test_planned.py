@@ -118,6 +118,35 @@ def test_a_param_without_grad_is_skipped_as_torch_skips_it():
     assert planned(opt)
 
 
+@pytest.mark.parametrize("cls, hyper", [(ft.Adam, dict(lr=0.01, amsgrad=True)), (ft.Adagrad, dict(lr=0.1, lr_decay=0.01)),
+                                        (ft.Lamb, dict(lr=0.01, weight_decay=0.01)), (ft.RAdam, dict(lr=0.01))],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_params_a_step_behind_are_planned(cls, hyper):
+    """A param skipped once (its grad None) is a step behind the rest of its group from then on: the
+    plan steps each count's params with that count's scalars."""
+    params, opt = make(n=4, cls=cls, **hyper)
+    warm(params, opt, steps=3)
+    step_and_compare(params, opt, skip=[2])
+    for seed in (8, 9, 10):
+        step_and_compare(params, opt, seed=seed)
+        assert planned(opt)
+    assert [float(opt.state[p]["step"]) for p in params] == [7.0, 7.0, 6.0, 7.0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(skips=st.lists(st.sets(st.integers(0, 3)), min_size=1, max_size=6), cls=st.sampled_from([ft.Adam, ft.AdamW,
+                                                                                                 ft.SGD]))
+def test_any_params_skipped_at_any_steps(skips, cls):
+    """Whichever params skip whichever steps (a first step included), every step is a fresh optimizer's,
+    bit for bit, and once every param has a grad again the plan takes the steps."""
+    params, opt = make(n=4, cls=cls, lr=0.01, **({"momentum": 0.9} if cls is ft.SGD else {}))
+    for k, skip in enumerate(skips):
+        step_and_compare(params, opt, seed=k, skip=sorted(skip))
+    for seed in (20, 21, 22):
+        step_and_compare(params, opt, seed=seed)
+    assert planned(opt)
+
+
 def test_zero_grad_steps_nothing():
     params, opt = make()
     warm(params, opt, steps=3)

@@ -231,20 +231,30 @@ class Stateful:
         for index, (hyper, keys, params, grads) in enumerate(groups):
             entries = list(map(self.state.get, keys))
             steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
+            members = keys, params, grads, entries
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
-                buckets = {(steps[0], hosts[0]): (keys, params, grads, entries)}  # the usual step: one bucket
-            else:
+                buckets = {(steps[0], hosts[0]): (*members, None)}  # the usual step: one bucket
+            else:  # each bucket also lists its members' positions in the group
                 buckets = {}
-                for member in zip(keys, params, grads, entries, steps, hosts):
-                    bucket = buckets.setdefault((member[1].dtype, *member[4:]), ([], [], [], []))
+                for member in zip(*members, range(len(keys)), steps, hosts):
+                    bucket = buckets.setdefault((member[1].dtype, *member[5:]), ([], [], [], [], []))
                     for column, value in zip(bucket, member):
                         column.append(value)
             if not buckets:
                 self._plan(hyper)  # still reject bad hyperparameters
-            for key, (keys, params, grads, entries) in buckets.items():
-                count, host = key[-2] + 1, key[-1]
-                plan = self._plan(hyper, count, host)
-                if len(buckets) == 1 and self._viewed:  # (a layer that passes its own arrays has nothing to prepare)
+            plans = [self._plan(hyper, key[-2] + 1, key[-1]) for key in buckets]
+            whole = None
+            if (len(buckets) > 1 and self._viewed and len({(key[0], key[-1]) for key in buckets}) == 1
+                    and len({plan.uses for plan in plans}) == 1):
+                # Params a step behind the others (skipped while their grad was None): the group is
+                # prepared as one, so that the next steps find it ready (a layer may plan it), and each
+                # count's bucket steps its part of it.
+                whole = self._prepared_operands(index, params, grads, entries, plans[0], hyper)
+            for (key, (keys, params, grads, entries, positions)), plan in zip(buckets.items(), plans):
+                count = key[-2] + 1
+                if whole is not None:
+                    operands = _part(whole, positions)
+                elif len(buckets) == 1 and self._viewed:  # (a layer that passes its own arrays has nothing to prepare)
                     operands = self._prepared_operands(index, params, grads, entries, plan, hyper)
                 else:
                     operands = self._operands(params, grads, entries, plan, hyper)
@@ -480,6 +490,18 @@ class _Bucket(NamedTuple):
                           self.count, [self.keys[k]], [self.entries[k]], created,
                           [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
+
+
+def _part(operands, positions):
+    """The operands (``Stateful._operands``) of the params at ``positions`` among those of ``operands``."""
+    arrays, readable, states, modes, created, copies, memory = operands
+    where = {k: i for i, k in enumerate(positions)}
+
+    def pick(column):
+        return column if column is None or not column else [column[k] for k in positions]
+
+    return (pick(arrays), pick(readable), tuple(map(pick, states)), {name: pick(c) for name, c in modes.items()},
+            pick(created), [(tensor, copy, where[k]) for tensor, copy, k in copies if k in where], pick(memory))
 
 
 def _at_step(hyper, count):

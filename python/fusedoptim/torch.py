@@ -61,7 +61,7 @@ import torch
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from . import _api, _backends, _native, _rules, _storage
-from ._backends import _bits, deferred_interrupts
+from ._backends import _bits
 from ._memory import aligned_empty
 from ._engine import Entry, State, Stateful
 from ._rules import OPTIMIZERS
@@ -240,27 +240,25 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             planned = prepared.plan = self._plan_groups(made_from[0])
             if planned is None:
                 return False
-        counts = [counts.common() if counts else 1 for counts in planned.counts]  # (a rule without: past its first)
-        if len(groups) != len(planned.uses) or None in counts or state is not planned.state \
-                or state.edits != planned.edits:
+        if len(groups) != len(planned.uses) or state is not planned.state or state.edits != planned.edits:
             prepared.plan = None
             return False
-        plans = [self._plan(self._group_hyper(index, group), count + 1, ())
-                 for index, (group, count) in enumerate(zip(groups, counts))]
-        if [plan.uses for plan in plans] != planned.uses:
-            prepared.plan = None
-            return False
-        with deferred_interrupts():  # a Ctrl-C cannot come between the kernels and the counts
-            outcome = planned.native.step([group["params"] for group in groups], [plan.scalars for plan in plans],
-                                          [_bits(plan.flags) for plan in plans])
-            if outcome != planned.native.STEPPED:
-                if outcome == planned.native.STALE:
+        parts = []  # per group, the plan of each count its params have taken (a rule without: any past the first)
+        for index, (group, counts, uses) in enumerate(zip(groups, planned.counts, planned.uses)):
+            hyper = self._group_hyper(index, group)
+            group_parts = []
+            for count in dict.fromkeys(counts.array.tolist()) if counts else (1,):
+                plan = self._plan(hyper, int(count) + 1, ())
+                if plan.uses != uses:
                     prepared.plan = None
-                return False
-            for group_counts, count in zip(planned.counts, counts):
-                if group_counts:
-                    group_counts.array.fill(count + 1)
-        return True
+                    return False
+                group_parts.append((count, plan.scalars, _bits(plan.flags)))
+            parts.append(group_parts)
+        # (The native step advances the counts itself: no Ctrl-C can come between the kernels and them.)
+        outcome = planned.native.step([group["params"] for group in groups], parts)
+        if outcome == planned.native.STALE:
+            prepared.plan = None
+        return outcome == planned.native.STEPPED
 
     def _plan_groups(self, readies):
         """The ``_Planned`` of every group from its prepared operands (``_Ready``), when the plan can
@@ -291,13 +289,19 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             counts = None
             if not self._stepless:
                 counts = self._counts_of(own)
+                if counts is None and own and self._made_counts(own):
+                    # step tensors made at different steps (a param that first stepped late): one
+                    # _Counts, so that one read gives every count (a user's own step tensor is left be)
+                    self._hold_counts(own, [float(entry["step"]) for entry in own])
+                    counts = self._counts_of(own)
                 if counts is None:
                     return None
                 storages += list(zip(counts.views, counts.pointers))
             all_counts.append(counts)
             uses.append(ready.uses)
             groups.append((list(params), list(ready.arrays), tuple(None if slot is None else list(slot)
-                                                                   for slot in ready.states)))
+                                                                   for slot in ready.states),
+                           None if counts is None else counts.array))
         try:
             native = kernels.Plan(list(_rules.RULES).index(rule.name), groups, storages, torch.Tensor,
                                   torch._C._to_dlpack, torch.strided)
@@ -379,6 +383,13 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             return None
         counts = steps and self.__dict__.get("_counts", {}).get(id(steps[0]))
         return counts if counts and counts.holds(steps) else None
+
+    def _made_counts(self, entries):
+        """Whether the step of every entry is a view of a ``_Counts`` of this optimizer, still viewing its element."""
+        pointers = {id(view): pointer for counts in self.__dict__.get("_counts", {}).values()
+                    for view, pointer in zip(counts.views, counts.pointers)}
+        steps = [entry.get("step") for entry in entries]
+        return all(id(step) in pointers and step.data_ptr() == pointers[id(step)] for step in steps)
 
     def _hold_counts(self, states, values):
         """Makes the ``step`` of each of ``states`` a view of one new ``_Counts`` holding ``values``."""
