@@ -86,6 +86,33 @@ def test_groups_and_their_hyperparameters_changed_between_steps():
     assert planned(opt)
 
 
+def test_hyperparameters_changed_in_place_are_seen():
+    """Tensor hyperparameters (as torch allows) changed in place between steps: read at each step."""
+    params, opt = make(lr=torch.tensor(0.01), betas=(torch.tensor(0.9), torch.tensor(0.999)))
+    warm(params, opt)
+    step_and_compare(params, opt)
+    opt.param_groups[0]["lr"].fill_(0.5)
+    opt.param_groups[0]["betas"][0].fill_(0.8)
+    step_and_compare(params, opt, seed=8)
+    assert planned(opt)
+
+
+def test_a_bad_hyperparameter_set_between_steps_raises_before_anything_changes():
+    params, opt = make(lr=0.01)
+    warm(params, opt, steps=3)
+    set_grads(params, 5)
+    before = snapshot(opt)
+    for name, value, error in [("lr", -1.0, ValueError), ("lr", True, TypeError), ("betas", (0.9, 1.5), ValueError)]:
+        good = opt.param_groups[0][name]
+        opt.param_groups[0][name] = value
+        with pytest.raises(error, match=f"Invalid {name}|Invalid beta"):
+            opt.step()
+        assert_same(snapshot(opt), before)
+        opt.param_groups[0][name] = good
+    step_and_compare(params, opt)
+    assert planned(opt)
+
+
 def test_a_param_group_added():
     params, opt = make(n=4)
     first = params[:3]
