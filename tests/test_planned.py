@@ -86,6 +86,16 @@ def test_groups_and_their_hyperparameters_changed_between_steps():
     assert planned(opt)
 
 
+@pytest.mark.parametrize("cls", [ft.RMSprop, ft.SGD])
+def test_a_plan_that_does_not_change_with_the_count_sees_changed_hyperparameters(cls):
+    params, opt = make(cls=cls, lr=0.01, momentum=0.5)
+    warm(params, opt, steps=3)
+    opt.param_groups[0]["lr"] = 0.5
+    opt.param_groups[0]["momentum"] = 0.25
+    step_and_compare(params, opt)
+    assert planned(opt)
+
+
 def test_hyperparameters_changed_in_place_are_seen():
     """Tensor hyperparameters (as torch allows) changed in place between steps: read at each step."""
     params, opt = make(lr=torch.tensor(0.01), betas=(torch.tensor(0.9), torch.tensor(0.999)))

@@ -87,6 +87,16 @@ def test_values_changed_in_place_or_of_another_type_are_seen():
         assert_bitwise_equal(p, q, "param")
 
 
+@pytest.mark.parametrize("cls", [fo.RMSprop, fo.Lion])
+def test_a_rule_without_a_count_sees_changed_hyperparameters(cls):
+    """(Its plan is the same from step to step while the group's values are: a change must be seen.)"""
+    opt = cls(arrays(0), lr=0.01)
+    for k in (1, 2, 3):
+        opt.step(arrays(k))
+    opt.param_groups[0]["lr"] = 0.5
+    assert_steps_as_fresh(opt, arrays(4))
+
+
 def test_bad_hyperparameters_raise_and_change_nothing():
     opt, grads = ready_adam()
     before = [p.copy() for p in opt._params()]

@@ -181,12 +181,24 @@ class Stateful:
             memo = self.__dict__["_hypers"] = _Hypers((*self.spec.rule.hyper, *self._unsupported))
         values = tuple(map(group.get, memo.names))
         last = memo.get(index)
-        if last is not None and last[0] is group and all(map(operator.is_, values, last[1])):
-            return last[2]
+        if last is not None and last.group is group and all(map(operator.is_, values, last.values)):
+            return last.hyper
         hyper = self._hyper(group)
         if all(map(_immutable, values)):
-            memo[index] = group, values, hyper
+            memo[index] = _Remembered(group, values, hyper)
         return hyper
+
+    def _group_plan(self, index, group, count):
+        """``_plan`` of group ``index`` at step ``count`` without host state; the last one remembered
+        with ``_group_hyper``'s values (a rule that counts no steps plans the same step after step)."""
+        hyper = self._group_hyper(index, group)
+        last = self._hypers.get(index)
+        if last is None or last.hyper is not hyper:
+            return self._plan(hyper, count, ())
+        count = count if self.spec.rule.step else None
+        if last.count != count or last.plan is None:
+            last.plan, last.count = self._plan(hyper, count or 1, ()), count
+        return last.plan
 
     def _plan(self, hyper, count=1, host=None):
         """The plan of a step with these caller-owned arguments (by default, a first step's): a
@@ -432,8 +444,8 @@ class _Prepared(dict):
 
 
 class _Hypers(dict):
-    """Group index -> (the group, its values of ``names``, ``Stateful._hyper`` of it). Never copied
-    or pickled with its optimizer (a copy has groups of its own)."""
+    """Group index -> its ``_Remembered``. Never copied or pickled with its optimizer (a copy has
+    groups of its own)."""
 
     def __init__(self, names):
         super().__init__()
@@ -441,6 +453,15 @@ class _Hypers(dict):
 
     def __reduce__(self):
         return _Hypers, (self.names,)
+
+
+class _Remembered:
+    """A group, its values of ``_Hypers.names``, ``Stateful._hyper`` of them, and its last plan (at step ``count``)."""
+
+    __slots__ = ("group", "values", "hyper", "plan", "count")
+
+    def __init__(self, group, values, hyper):
+        self.group, self.values, self.hyper, self.plan, self.count = group, values, hyper, None, None
 
 
 # What a group's value may be to be remembered by identity: a type whose values never change.

@@ -236,7 +236,7 @@ class Optimizer(Stateful):
                 or self._options() != ready.options):
             return False
         count = ready.count + 1
-        plan = self._plan(self._group_hyper(0, group), count, ())
+        plan = self._group_plan(0, group, count)
         if plan.uses != ready.uses:  # the first step taken ready, or amsgrad switched
             names = [state.name if on else None for state, on in zip(self.spec.rule.states, plan.uses)]
             try:

@@ -245,10 +245,9 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             return False
         parts = []  # per group, the plan of each count its params have taken (a rule without: any past the first)
         for index, (group, counts, uses) in enumerate(zip(groups, planned.counts, planned.uses)):
-            hyper = self._group_hyper(index, group)
             group_parts = []
             for count in dict.fromkeys(counts.array.tolist()) if counts else (1,):
-                plan = self._plan(hyper, int(count) + 1, ())
+                plan = self._group_plan(index, group, int(count) + 1)
                 if plan.uses != uses:
                     prepared.plan = None
                     return False
