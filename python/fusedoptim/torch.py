@@ -195,12 +195,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad_enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)  # as under torch.no_grad(), whose decorator costs about 10 µs a call
-        try:
-            self._step()
-        finally:
-            torch._C._set_grad_enabled(grad_enabled)
+        self._step()
         return loss
 
     def _step(self):
@@ -210,8 +205,14 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         self._counted = {}  # id(entries) -> (entries, their _Counts), of those whose counts _steps_taken read
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         try:
+            # (The planned step makes no torch op that autograd could record: it runs in any grad mode.)
             if grad_scale is not None or found_inf is not None or not self._planned_step():
-                self._take_step(self._grads(), grad_scale, found_inf)
+                grad_enabled = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(False)  # as under torch.no_grad(), whose decorator costs about 10 µs a call
+                try:
+                    self._take_step(self._grads(), grad_scale, found_inf)
+                finally:
+                    torch._C._set_grad_enabled(grad_enabled)
         except (TypeError, ValueError, RuntimeError) as error:
             failed = error
         else:
