@@ -189,16 +189,16 @@ class Stateful:
         return hyper
 
     def _group_plan(self, index, group, count):
-        """``_plan`` of group ``index`` at step ``count`` without host state; the last one remembered
-        with ``_group_hyper``'s values (a rule that counts no steps plans the same step after step)."""
-        hyper = self._group_hyper(index, group)
+        """``_plan`` of group ``index`` at step ``count``, for a rule without host state: while the
+        group holds the values ``_group_hyper`` remembers, from their schedule (``Rule.schedule_of``),
+        checked once (a rule that counts no steps plans once)."""
+        hyper, rule = self._group_hyper(index, group), self.spec.rule
         last = self._hypers.get(index)
-        if last is None or last.hyper is not hyper:
+        if last is None or last.hyper is not hyper or rule.host_states:
             return self._plan(hyper, count, ())
-        count = count if self.spec.rule.step else None
-        if last.count != count or last.plan is None:
-            last.plan, last.count = self._plan(hyper, count or 1, ()), count
-        return last.plan
+        if last.at is None:
+            last.at = rule.schedule_of(hyper)
+        return last.at(count) if rule.step else last.at()
 
     def _plan(self, hyper, count=1, host=None):
         """The plan of a step with these caller-owned arguments (by default, a first step's): a
@@ -456,12 +456,12 @@ class _Hypers(dict):
 
 
 class _Remembered:
-    """A group, its values of ``_Hypers.names``, ``Stateful._hyper`` of them, and its last plan (at step ``count``)."""
+    """A group, its values of ``_Hypers.names``, ``Stateful._hyper`` of them, and their schedule (once made)."""
 
-    __slots__ = ("group", "values", "hyper", "plan", "count")
+    __slots__ = ("group", "values", "hyper", "at")
 
     def __init__(self, group, values, hyper):
-        self.group, self.values, self.hyper, self.plan, self.count = group, values, hyper, None, None
+        self.group, self.values, self.hyper, self.at = group, values, hyper, None
 
 
 # What a group's value may be to be remembered by identity: a type whose values never change.
