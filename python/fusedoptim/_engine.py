@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _backends, _norms
 from ._backends import Call, deferred_interrupts
-from ._rules import flag
+from ._rules import flag, immutable
 from ._storage import Precision, rounding_key
 from ._validate import find_overlap, found_inf_value, grad_scale_value, rounding_mode, seed_value
 
@@ -184,7 +184,7 @@ class Stateful:
         if last is not None and last.group is group and all(map(operator.is_, values, last.values)):
             return last.hyper
         hyper = self._hyper(group)
-        if all(map(_immutable, values)):
+        if all(map(immutable, values)):
             memo[index] = _Remembered(group, values, hyper)
         return hyper
 
@@ -462,14 +462,6 @@ class _Remembered:
 
     def __init__(self, group, values, hyper):
         self.group, self.values, self.hyper, self.at = group, values, hyper, None
-
-
-# What a group's value may be to be remembered by identity: a type whose values never change.
-_ATOMS = frozenset({float, int, bool, str, type(None)})
-
-
-def _immutable(value):
-    return type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value))
 
 
 class _Ready(NamedTuple):

@@ -105,6 +105,15 @@ class OptimizerSpec(NamedTuple):
         return {k: self.defaults.get(k, p.default) for k, p in self.rule.hyper.items() if k not in self.fixed}
 
 
+# What a hyperparameter's value may be to be remembered by its identity (a layer keeps the schedule of
+# the values it saw last): one of a type whose values never change.
+_ATOMS = frozenset({float, int, bool, str, type(None)})
+
+
+def immutable(value):
+    return type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value))
+
+
 # --- hyperparameter checks, raising ValueError("Invalid <name>: ...") like torch.optim ---
 
 def type_name(value):
