@@ -100,9 +100,31 @@ void set_modes(const py::tuple& modes, bool single, std::vector<Tensor>& tensors
 // `modes` (validated steps only: _backends.run, after _validate.operands checked them) sets what
 // a param is beyond its storage (dispatch.hpp's Tensor, _storage.Precision): None, or a tuple
 // (masters, compensations, keys, rounding, grad_scale), the lists None where unused.
+//
+// `record` (None, or a tuple (dicts, key, value)) is set in each dict, as dict.update sets it, once
+// the step is taken and before any Python code runs: a caller's record of the step (the NumPy
+// layer's step counts) that no Ctrl-C can separate from it.
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums, const py::object& modes) {
+          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums, const py::object& modes,
+          const py::object& record) {
   const RuleKernels& rule = active_isa().rules[r];
+  std::vector<PyObject*> records;  // the dicts, held by `record`
+  py::object key, value;
+  if (!record.is_none()) {
+    const auto entries = record.cast<py::tuple>();
+    if (entries.size() != 3 || !PyList_Check(entries[0].ptr()) || !PyUnicode_Check(entries[1].ptr()))
+      throw std::invalid_argument("record: (a list of dicts, a key, a value)");
+    for (py::handle d : entries[0]) {
+      if (!PyDict_Check(d.ptr())) throw std::invalid_argument("record: (a list of dicts, a key, a value)");
+      records.push_back(d.ptr());
+    }
+    key = entries[1], value = entries[2];
+  }
+  auto recorded = [&] {
+    for (PyObject* d : records)
+      if (PyDict_SetItem(d, key.ptr(), value.ptr()) != 0) throw py::error_already_set();
+    return true;
+  };
   SumsHook hook;
   if (!reduce_sums.is_none()) {
     if (!rule.num_sums) throw std::invalid_argument(std::string(rule.name) + ": reduce_sums is for two-pass rules");
@@ -188,16 +210,18 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
   const std::size_t param_itemsize = itemsize(dtypes[0]);
   if (total < kKeepGilElements) {
     run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
-    return true;
+    return recorded();
   }
   std::vector<py::object> alive;  // the arrays, even if another thread empties the caller's lists
   alive.reserve(n * (2 + states.size()));
   for (const auto* items : operand)
     if (items)
       for (std::size_t i = 0; i < n; ++i) alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
-  py::gil_scoped_release nogil;
-  run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
-  return true;
+  {
+    py::gil_scoped_release nogil;
+    run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
+  }
+  return recorded();
 }
 
 // The roof kernel over fp32 arrays of one size: reads each of `reads`, writes each of `writes`
@@ -285,12 +309,13 @@ PYBIND11_MODULE(_kernels, m) {
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
               unsigned flags, bool check_only, bool validated, const py::object& reduce_sums,
-              const py::object& modes) {
-            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums, modes);
+              const py::object& modes, const py::object& record) {
+            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums, modes,
+                        record);
           },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
           py::arg("check_only") = false, py::arg("validated") = false, py::arg("reduce_sums") = py::none(),
-          py::arg("modes") = py::none());
+          py::arg("modes") = py::none(), py::arg("record") = py::none());
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));
