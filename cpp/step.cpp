@@ -46,6 +46,40 @@ void run_two_pass(const RuleKernels& rule, int layout, std::size_t itemsize, con
   });
 }
 
+// Whether `b`'s every operand starts where `a`'s ends, stored alike, stepped with the same modes:
+// b continues a, as consecutive views of flat buffers do.
+bool continues(const Tensor& a, const Tensor& b) {
+  auto follows = [&](const void* first, Dtype dtype, const void* second) {
+    return static_cast<const char*>(first) + a.size * itemsize(dtype) == second;
+  };
+  if (a.param_dtype != b.param_dtype || a.grad_dtype != b.grad_dtype || a.rounding != Rounding::nearest ||
+      b.rounding != Rounding::nearest || a.grad_scale != b.grad_scale || a.compensation || b.compensation ||
+      !follows(a.param, a.param_dtype, b.param) || !follows(a.grad, a.grad_dtype, b.grad) ||
+      (a.master || b.master) && !(a.master && b.master && follows(a.master, Dtype::float32, b.master)))
+    return false;
+  for (int k = 0; k < kMaxStates; ++k) {
+    if (!a.state[k] && !b.state[k]) continue;
+    if (!a.state[k] || !b.state[k] || a.state_dtype[k] != b.state_dtype[k] ||
+        !follows(a.state[k], a.state_dtype[k], b.state[k]))
+      return false;
+  }
+  return true;
+}
+
+// The tensors with each run of consecutive ones (continues) as one tensor. A one-pass rule steps
+// every element alike whatever tensor it is in, so this changes no result; it spares the kernel a
+// head, a tail and a restart of the prefetchers per tensor of a flat arena.
+std::vector<Tensor> coalesced(const std::vector<Tensor>& tensors) {
+  std::vector<Tensor> runs;
+  for (const Tensor& t : tensors) {
+    if (!runs.empty() && continues(runs.back(), t))
+      runs.back().size += t.size;
+    else
+      runs.push_back(t);
+  }
+  return runs;
+}
+
 }  // namespace
 
 void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const std::vector<Tensor>& tensors,
@@ -53,7 +87,8 @@ void run_step(const RuleKernels& rule, int layout, std::size_t itemsize, const s
   const ContractFpEnv contract;  // the pool's workers hold one too
   if (rule.num_sums) return run_two_pass(rule, layout, itemsize, tensors, planned, flags, between_passes);
   const RangeFn range = rule.range[layout];
-  for_each_piece(tensors, itemsize, [&](const Piece<Tensor>& p, const Piece<Tensor>* next) {
+  const std::vector<Tensor> runs = coalesced(tensors);
+  for_each_piece(tensors.size() == runs.size() ? tensors : runs, itemsize, [&](const Piece<Tensor>& p, const Piece<Tensor>* next) {
     range(*p.item, p.begin, p.end, planned, flags, next);
   });
 }

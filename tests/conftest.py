@@ -240,19 +240,27 @@ def make_problem(case, hyper, dtype, sizes, steps, seed, specials):
     return params, states, grads
 
 
-def run(case, hyper, problem, first_step, offsets, backend, isa):
-    """Steps copies of ``problem`` placed at ``offsets`` bytes; returns the final params and states."""
+def run(case, hyper, problem, first_step, offsets, backend, isa, packed=()):
+    """Steps copies of ``problem`` placed at ``offsets`` bytes; returns the final params and states.
+    Each list named in ``packed`` ("params", "grads", a state's argument) is instead consecutive
+    views of one buffer placed at the next offset, as a flat arena's are."""
     if isa is not None:
         fo.set_isa(isa)
     initial_params, initial_states, grad_steps = problem
     place = iter(offsets)
-    params = [placed(p, next(place)) for p in initial_params]
-    states = {arg: [placed(s, next(place)) for s in arrays] for arg, arrays in initial_states.items()}
+
+    def place_all(name, arrays):
+        if name not in packed:
+            return [placed(a, next(place)) for a in arrays]
+        whole = placed(np.concatenate([a.ravel() for a in arrays]), next(place))
+        return [part.reshape(a.shape) for part, a in zip(np.split(whole, np.cumsum([a.size for a in arrays])), arrays)]
+
+    params = place_all("params", initial_params)
+    states = {arg: place_all(arg, arrays) for arg, arrays in initial_states.items()}
     with np.errstate(all="ignore"):  # NaN and Inf are part of what must match
         for k, grads in enumerate(grad_steps):
             step = {"step": first_step + k} if case.takes_step else {}
-            case.functional(params, [placed(g, next(place)) for g in grads], **states, **hyper, **step,
-                            backend=backend)
+            case.functional(params, place_all("grads", grads), **states, **hyper, **step, backend=backend)
     return params, states
 
 

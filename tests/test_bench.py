@@ -259,6 +259,7 @@ def test_the_end_to_end_benchmark_runs(capsys):
     e2e.main(["--steps", "2", "--width", "16", "--layers", "1", "--vocab", "32", "--context", "8"])
     out = capsys.readouterr().out
     assert "fusedoptim.torch.AdamW vs torch fused: opt.step() " in out and "whole step" in out
+    assert "fusedoptim.torch.AdamW(flat=True) vs torch fused: opt.step() " in out
 
 
 def test_each_end_of_a_spread_keeps_three_digits():

@@ -61,8 +61,8 @@ def test_torch_class_agrees_with_the_registry_and_its_twin(spec):
     torch_hyper = {n: p.default for n, p in theirs.parameters.items() if n not in TORCH_EXECUTION_FLAGS | {"params"}}
     assert set(torch_hyper) <= set(hyper), set(torch_hyper) - set(hyper)
     assert torch_hyper == {k: hyper[k] for k in torch_hyper}
-    # torch's arguments, then the layer's own options (state_dtype, master_weights, rounding, seed).
-    layer = ["state_dtype", "master_weights", "rounding", "seed"]
+    # torch's arguments, then the layer's own options (state_dtype, master_weights, rounding, seed, flat).
+    layer = ["state_dtype", "master_weights", "rounding", "seed", "flat"]
     assert [(p.name, p.kind) for p in ours.parameters.values()] == \
            [(p.name, p.kind) for p in theirs.parameters.values()] + [(n, inspect.Parameter.KEYWORD_ONLY) for n in layer]
     params = [torch.zeros(3, requires_grad=True)]

@@ -150,3 +150,34 @@ def test_roof_kernel_streams_the_sum_of_its_reads(threads):
             fo._backends._kernels.roof(reads, writes)
             for w in writes:
                 assert_bitwise_equal(w, expected, f"roof n={n}")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_views_of_flat_buffers_agree_bitwise(data, isa, threads):
+    """Consecutive views of one buffer per operand (a flat arena's) step as one array where every
+    operand continues (cpp/step.cpp); some operands packed and some not, or a two-pass rule, as
+    separate tensors. Either way, every thread count and ISA level gives the reference's bits."""
+    case = CASE_BY_NAME[data.draw(st.sampled_from(["adam", "lamb", "sgd", "rmsprop", "adagrad"]), label="rule")]
+    hyper = data.draw(st.sampled_from(case.grid), label="hyper")
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    sizes = data.draw(st.lists(st.one_of(st.integers(0, 3000), st.integers(0, 70000)), min_size=1, max_size=40),
+                      label="sizes")
+    problem = make_problem(case, hyper, dtype, sizes, steps=2, seed=data.draw(st.integers(0, 2**32 - 1)),
+                           specials=False)
+    operands = ["params", "grads", *problem[1]]
+    all_but_one = [[o for o in operands if o != left_out] for left_out in operands]
+    packed = data.draw(st.one_of(st.just(operands), st.sampled_from(all_but_one),
+                                 st.lists(st.sampled_from(operands), unique=True)), label="packed")
+    offsets = data.draw(st.lists(st.sampled_from([0, 4, 8, 16, 24, 32, 48]), min_size=len(sizes) * 6,
+                                 max_size=len(sizes) * 6), label="offsets")
+    expected = run(case, hyper, problem, 1, offsets, "numpy", None)
+    for level in supported_isas():
+        for count in (1, 2, 3):
+            fo.set_num_threads(count)
+            got = run(case, hyper, problem, 1, offsets, "cpp", level, packed)
+            for i, (p, e) in enumerate(zip(got[0], expected[0])):
+                assert_bitwise_equal(p, e, f"{case.name} {hyper} {level} {count} threads {packed}: params[{i}]")
+            for arg in got[1]:
+                for i, (s, e) in enumerate(zip(got[1][arg], expected[1][arg])):
+                    assert_bitwise_equal(s, e, f"{case.name} {hyper} {level} {count} threads {packed}: {arg}[{i}]")

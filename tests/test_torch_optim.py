@@ -82,8 +82,9 @@ def test_every_rule_has_a_torch_optimizer():
 
 
 def test_signatures_and_defaults_are_torchs():
-    """torch's arguments and defaults, then fusedoptim's layer options (state_dtype, master_weights, rounding, seed)."""
-    layer = [("state_dtype", None), ("master_weights", False), ("rounding", "nearest"), ("seed", 0)]
+    """torch's arguments and defaults, then fusedoptim's layer options (state_dtype, master_weights, rounding, seed,
+    flat)."""
+    layer = [("state_dtype", None), ("master_weights", False), ("rounding", "nearest"), ("seed", 0), ("flat", False)]
     for name in RICHEST:
         ours, theirs = inspect.signature(getattr(ft, name)), inspect.signature(getattr(torch.optim, name))
         same, extra = list(ours.parameters.values())[:-len(layer)], list(ours.parameters.values())[-len(layer):]
@@ -506,10 +507,12 @@ OURS_ONLY_CASES = [pytest.param(name, h, id=f"{name}-{i}") for name, grid in OUR
 
 
 def test_ours_only_signatures_are_the_numpy_optimizers():
+    """The NumPy class's arguments, its own options (backend, skip_nonfinite) replaced by the torch layer's (flat)."""
     for name in OURS_ONLY:
         numpy_params = inspect.signature(getattr(fo, name)).parameters
-        numpy_options = {p.name for p in _api.NUMPY_OPTIONS}
-        assert inspect.signature(getattr(ft, name)).parameters.keys() == numpy_params.keys() - numpy_options
+        numpy_options = [p.name for p in _api.NUMPY_OPTIONS]
+        assert list(inspect.signature(getattr(ft, name)).parameters) == \
+            [p for p in numpy_params if p not in numpy_options] + ["flat"]
 
 
 def assert_equals_numpy_optimizer(opt, twin):

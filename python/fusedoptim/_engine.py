@@ -64,9 +64,10 @@ class Stateful:
         """The host states of a param that has not stepped (see ``Rule.host_start``), as the layer keeps them."""
         return self.spec.rule.host_start(_at_step(hyper, 1))  # ASGD's eta starts at the first step's lr
 
-    def _new_state(self, param, fill, name=None):
-        """A new buffer for state ``name`` of ``param`` (dtype: ``_state_dtype``), shaped like it,
-        filled with ``fill``, or holding the param's values when ``fill`` is the param."""
+    def _new_states(self, params, fill, name=None):
+        """New buffers for state ``name`` of ``params`` (dtype: ``_state_dtype``), each shaped and
+        laid out like its param, filled with ``fill``, or holding its param's values when ``fill``
+        is None; views of one buffer where the layer can (``_memory.packed_empty``)."""
         raise NotImplementedError
 
     def _indices(self, keys):
@@ -356,19 +357,21 @@ class Stateful:
             if columns is not None and not any(c is not None and type(None) in map(type, c) for c in columns):
                 return (params, grads, tuple(columns[:len(rule.states)]),
                         dict(zip(names[len(rule.states):], columns[len(rule.states):])), None, [], [])
-        arrays, readable, created, copies, memory = [], [], [], [], []
+        arrays, readable, copies, memory = [], [], [], []
+        created = [{} for _ in params]
+        for name in filter(None, names):  # each slot's new buffers at once: a column of one buffer
+            missing = [k for k, entry in enumerate(entries) if (entry.get(name) if entry else None) is None]
+            fill = None if name == MASTER else self._initial_fill(name, hyper)
+            for k, buffer in zip(missing, self._new_states([params[k] for k in missing], fill, name) if missing else ()):
+                created[k][name] = buffer
         columns = [[] if name else None for name in names]
-        for k, (param, grad, entry) in enumerate(zip(params, grads, entries)):
+        for k, (param, grad, entry, new) in enumerate(zip(params, grads, entries, created)):
             order = self._order(param)
             copies_of = []
-            new = {}
             for column, name in zip(columns, names):
                 if column is None:
                     continue
-                buffer = entry.get(name) if entry else None
-                if buffer is None:
-                    fill = param if name == MASTER else self._initial_fill(name, hyper)
-                    buffer = new[name] = self._new_state(param, fill, name)
+                buffer = new[name] if name in new else entry[name]
                 column.append(self._writable(buffer, order, copies_of))
             array = self._writable(param, order, copies_of)
             arrays.append(array)
@@ -376,7 +379,6 @@ class Stateful:
                 copied = copies_of and copies_of[-1][2] is array
                 memory.append(self._memory(copies_of[-1][0]) if copied else array)
             readable.append(self._readable(grad, order))
-            created.append(new)
             copies += [(tensor, copy, k) for tensor, copy, _ in copies_of]
         modes = dict(zip(names[len(rule.states):], columns[len(rule.states):]))
         return arrays, readable, tuple(columns[:len(rule.states)]), modes, created, copies, memory

@@ -45,6 +45,29 @@ def aligned_full(shape, dtype, fill=0.0):
     return out
 
 
+def packed_empty(nbytes, continues):
+    """Uninitialised byte arrays of ``nbytes[k]`` bytes, views of one buffer (``aligned_empty``),
+    in order: view k starts where view k-1 ends where ``continues[k]`` (as ``continuing`` tells of
+    the params they are state of: a step over such params and states then runs as over one array,
+    cpp/step.cpp), else on the next cache line. One buffer rather than one per view: a step over
+    many small tensors streams through it as through one array, in few pages."""
+    offsets, end = [], 0
+    for size, joined in zip(nbytes, continues):
+        if not joined:
+            end = -(-end // CACHE_LINE) * CACHE_LINE
+        offsets.append(end)
+        end += size
+    buffer = aligned_empty((end,), np.uint8)
+    return [buffer[o : o + n] for o, n in zip(offsets, nbytes)]
+
+
+def continuing(spans):
+    """For memory spans (address, nbytes, dtype) in order: whether each starts where the one before
+    ends and holds the same dtype (the first: False)."""
+    return [k > 0 and spans[k - 1][0] + spans[k - 1][1] == address and spans[k - 1][2] == dtype
+            for k, (address, _, dtype) in enumerate(spans)]
+
+
 def _shape_and_dtype(a, dtype):
     a = a if isinstance(a, np.ndarray) else np.asarray(a)
     return a.shape, a.dtype if dtype is None else np.dtype(dtype)

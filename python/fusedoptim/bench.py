@@ -259,13 +259,21 @@ def _stateful(problem):
     return lambda: opt.step(problem.grads)
 
 
-def _fusedoptim_torch(problem):
-    if importlib.util.find_spec("torch") is None:
-        return None
-    from . import torch as fusedoptim_torch
+def _fusedoptim_torch(flat):
+    def prepare(problem):
+        if importlib.util.find_spec("torch") is None:
+            return None
+        from . import torch as fusedoptim_torch
 
-    return getattr(fusedoptim_torch, problem.spec.name)(problem.tensors(), **HYPER.get(problem.rule, {}),
-                                                        **problem.mode.options()).step
+        tensors = problem.tensors()
+        if flat:  # copies, moved into the optimizer's own buffers: the problem's stay where they were placed
+            tensors = [t.clone() for t in tensors]
+            for copy, t in zip(tensors, problem.tensors()):
+                copy.grad = t.grad.clone()
+        return getattr(fusedoptim_torch, problem.spec.name)(tensors, **HYPER.get(problem.rule, {}),
+                                                            **problem.mode.options(), flat=flat).step
+
+    return prepare
 
 
 def _torch(flag):
@@ -355,7 +363,8 @@ def contenders():
         Contender("roof", "roof", _roof),
         Contender("{lower}_", "fusedoptim", _functional),
         Contender("fo.{name}.step", "fusedoptim", _stateful),
-        Contender("fusedoptim.torch.{name}", "fusedoptim", _fusedoptim_torch),
+        Contender("fusedoptim.torch.{name}", "fusedoptim", _fusedoptim_torch(flat=False)),
+        Contender("fo.torch.{name}(flat)", "fusedoptim", _fusedoptim_torch(flat=True)),
         Contender("torch fused", "torch", _torch("fused")),
         Contender("torch foreach", "torch", _torch("foreach")),
         Contender("DeepSpeed CPU{name}", "deepspeed", deepspeed),
@@ -593,7 +602,8 @@ def legend(results):
         "  vs fused  torch.optim's fused=True time / contender time: above 1.00x is faster than torch fused;",
         "  vs DS     likewise against DeepSpeed's DeepSpeedCPUAdam.",
         "  fastest   of every contender but the roof; 'fusedoptim's best layer': of the functional (adam_),",
-        "            the NumPy optimizer (fo.Adam.step) and fusedoptim.torch.",
+        "            the NumPy optimizer (fo.Adam.step) and fusedoptim.torch (fo.torch.Adam(flat): with flat=True,",
+        "            on copies of the params and grads moved into its own buffers, so placed alike everywhere).",
         f"  times     the median of {_rounds(results)} rounds; each round times every contender once, in a rotating order.",
         f"            p10-p90 is the spread; ~ marks a row with a timing whose p90/p10 exceeds {UNSTABLE}:",
         "            other processes disturbed it, so rerun before trusting a close call.",

@@ -39,7 +39,7 @@ from numpy.typing import ArrayLike
 
 from . import _api, _backends
 from ._engine import State, Stateful
-from ._memory import aligned_full
+from ._memory import continuing, packed_empty
 from ._rules import OPTIMIZERS, flag
 from ._validate import check_param, dense_order, find_overlap
 
@@ -120,17 +120,22 @@ class Optimizer(Stateful):
 
     # --- How the arrays are stepped (see Stateful) ---
 
-    def _new_state(self, param, fill, name=None):
-        """A state buffer on a cache line, laid out as ``param`` is (its memory order), in the state dtype."""
-        dtype, order = self._state_dtype(param.dtype, name), self._order(param)
-        if order is None:
-            buffer = aligned_full(param.shape, dtype, 0.0 if fill is param else fill)
-        else:
-            buffer = aligned_full([param.shape[d] for d in order], dtype, 0.0 if fill is param else fill).transpose(
-                np.argsort(order))
-        if fill is param:
-            buffer[...] = param
-        return buffer
+    def _new_states(self, params, fill, name=None):
+        """State buffers on cache lines, packed as their params are (``_memory.packed_empty``), each
+        laid out as its param is (its memory order), in the state dtype."""
+        dtypes = [self._state_dtype(param.dtype, name) for param in params]
+        raws = packed_empty([param.size * dtype.itemsize for param, dtype in zip(params, dtypes)],
+                            continuing([(param.ctypes.data, param.nbytes, param.dtype) for param in params]))
+        buffers = []
+        for param, dtype, raw in zip(params, dtypes, raws):
+            order = self._order(param)
+            if order is None:
+                buffer = raw.view(dtype).reshape(param.shape)
+            else:
+                buffer = raw.view(dtype).reshape([param.shape[d] for d in order]).transpose(np.argsort(order))
+            buffer[...] = param if fill is None else fill
+            buffers.append(buffer)
+        return buffers
 
     def _order(self, param):
         return None if param.flags.c_contiguous else dense_order(param)
@@ -269,20 +274,22 @@ class Optimizer(Stateful):
         new_state = State()
         params = self._params()
         for saved, (group, indices) in zip(groups, self._indexed()):
+            columns = {}  # state name -> [(index, saved array)]: each name's buffers made at once, packed
             for saved_index, i in zip(saved["params"], indices):
                 entry = state_dict["state"].get(saved_index)
                 if entry is None:
                     continue
-                param = params[i]
                 new_state[i] = new_state.entry()
                 for k, v in entry.items():
                     if k == "step" or k in host_states:
                         new_state[i][k] = int(v) if k == "step" else float(v)
                         continue
                     v = np.asarray(v)
-                    if v.shape != param.shape:
-                        raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {param.shape}")
-                    buf = self._new_state(param, 0.0, k)
+                    if v.shape != params[i].shape:
+                        raise ValueError(f"state {k!r} of param {i} has shape {v.shape}, the param {params[i].shape}")
+                    columns.setdefault(k, []).append((i, v))
+            for k, column in columns.items():
+                for (i, v), buf in zip(column, self._new_states([params[i] for i, _ in column], 0.0, k)):
                     with np.errstate(over="ignore"):
                         buf[...] = v  # rounded to nearest even, as a step stores
                     new_state[i][k] = buf

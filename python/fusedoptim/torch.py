@@ -49,6 +49,7 @@ with a ``torch.optim`` twin takes exactly the twin's arguments.
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import operator
@@ -62,15 +63,23 @@ from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _global_optimizer_
 
 from . import _api, _backends, _native, _rules, _storage
 from ._backends import _bits
-from ._memory import aligned_empty
+from ._memory import aligned_empty, continuing, packed_empty
 from ._engine import Entry, State, Stateful
 from ._rules import OPTIMIZERS
 
 _REAL = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 _DTYPES = (*_REAL, torch.complex64, torch.complex128)
 _NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
-_LAYER_OPTIONS = tuple(p.name for p in _api.LAYER_OPTIONS)  # Optimizer.__init__'s, in its order
-_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]"}
+_FLAT = inspect.Parameter("flat", inspect.Parameter.KEYWORD_ONLY, default=False)
+_OPTIONS = (*_api.LAYER_OPTIONS, _FLAT)
+_LAYER_OPTIONS = tuple(p.name for p in _OPTIONS)  # Optimizer.__init__'s, in its order
+_FLAT_DOC = ("With ``flat=True`` each group's params of a dtype are moved into one buffer fusedoptim owns (each "
+             "``param.data`` becomes a view of it: the Parameter objects, and so the model, stay), their grads into "
+             "a second and their states into one per state, in whole huge pages: a step then runs as over one long "
+             "array per operand. ``zero_grad`` then keeps these grads (as ``set_to_none=False``, whatever it is "
+             "passed) and zeroes them in one pass, so that backward accumulates into the buffer: a param backward "
+             "did not reach since steps with a zero grad, as torch steps it after ``zero_grad(set_to_none=False)``.")
+_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]", "flat": "bool"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no DTensor is of these exact types
 _grad = operator.attrgetter("grad")
 
@@ -102,8 +111,12 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     # torch.amp.GradScaler hands a step its scale and inf flag (attributes grad_scale, found_inf)
     # instead of unscaling the grads and skipping the step itself, as for torch's fused optimizers.
     _step_supports_amp_scaling = True
+    _flat = False
+    _flats = ()  # the _Flat buffers of flat=True, of every group
 
-    def __init__(self, params, defaults, state_dtype=None, master_weights=False, rounding="nearest", seed=0):
+    def __init__(self, params, defaults, state_dtype=None, master_weights=False, rounding="nearest", seed=0,
+                 flat=False):
+        self._flat = _flat_option(flat)
         self._set_state_dtype(state_dtype)
         self._set_precision(master_weights, rounding, seed)
         if self.spec.torch:  # torch's own checks of its arguments: torch's errors, types and wording
@@ -117,8 +130,9 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 hyper = self._hyper(group)
                 uses = self._plan(hyper).uses
                 params = [p for p in group["params"] if not p.is_meta]  # a meta param's is made when it first steps
-                new = [{s.name: self._new_state(p, self._initial_fill(s.name, hyper))
-                        for s, used in zip(self.spec.rule.states, uses) if used} for p in params]
+                columns = {s.name: self._new_states(params, self._initial_fill(s.name, hyper), s.name)
+                           for s, used in zip(self.spec.rule.states, uses) if used}
+                new = [{name: column[k] for name, column in columns.items()} for k in range(len(params))]
                 self._record(params, None, new, 0, {})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -133,6 +147,41 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                     self._check_modes([str(p.dtype).removeprefix("torch.")], f"param {j} of the new group")
                     _check_not_expanded(_local(p), f"param {j} of the new group")
         torch.optim.Optimizer.add_param_group(self, param_group)
+        if self._flat:
+            self._flatten(self.param_groups[-1]["params"])
+
+    def _flatten(self, params):
+        """Moves ``params`` (a new group's) into flat buffers, one per dtype (``flat=True``): those that
+        are plain CPU tensors sharing no memory with another param (moving one would part them)."""
+        storages = collections.Counter(p.untyped_storage().data_ptr() for p in
+                                       dict.fromkeys(p for group in self.param_groups for p in group["params"])
+                                       if type(p) in _PLAIN and p.is_cpu)
+        movable = {}
+        for p in params:
+            if type(p) in _PLAIN and p.is_cpu and storages[p.untyped_storage().data_ptr()] == 1:
+                movable.setdefault(p.dtype, []).append(p)
+        self._flats = [*self._flats, *map(_Flat, movable.values())]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's. With ``flat=True`` the grads of the params in flat buffers are kept: each is (made)
+        a view of its buffer, zeroed with the whole buffer in one pass; the other params' as torch's."""
+        if not self._flats:
+            return torch.optim.Optimizer.zero_grad(self, set_to_none)
+        held = set()
+        for flat in self._flats:
+            flat.zero_grads()
+            held.update(map(id, flat.params))
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None or id(p) in held:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:  # as torch.optim's
+                    grad.detach_() if grad.grad_fn is not None else grad.requires_grad_(False)
+                    grad.zero_()
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """As torch's, each param's state a plain dict (as ``torch.load(weights_only=True)`` loads)."""
@@ -145,16 +194,32 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         copies of the saved ones (torch casts every state to its param's dtype, rounding float32
         state to bf16)."""
         torch.optim.Optimizer.load_state_dict(self, state_dict)
-        saved = [i for group in state_dict["param_groups"] for i in group["params"]]
-        host = ("step", *self.spec.rule.host_states)
-        for param, i in zip([p for group in self.param_groups for p in group["params"]], saved):
-            for key, value in state_dict["state"].get(i, {}).items():
-                wide = self._state_dtype(_storage.bfloat16, key) == np.float32  # float32 even for a bf16 param
-                if wide and key not in host and torch.is_tensor(value) and value.is_floating_point():
-                    self.state[param][key] = value.to(dtype=torch.float32, copy=True)
+        # Each state is then copied into buffers of its group packed as new states are (_new_states),
+        # from the saved value where it is kept in float32 (not torch's copy rounded to the param's dtype).
+        names = [*(s.name for s in self.spec.rule.states), *self._mode_states()]
+        saved = iter([i for group in state_dict["param_groups"] for i in group["params"]])
+        for group in self.param_groups:
+            columns = {}
+            for param, i in zip(group["params"], saved):
+                for key, value in state_dict["state"].get(i, {}).items():
+                    if key in names and torch.is_tensor(value) and (value.is_floating_point() or value.is_complex()):
+                        wide = self._state_dtype(_storage.bfloat16, key) == np.float32  # float32 even for a bf16 param
+                        columns.setdefault(key, []).append((param, value if wide else self.state[param][key]))
+            for key, column in columns.items():
+                params = [param for param, _ in column]
+                for (param, value), state in zip(column, self._new_states(params, 0.0, key)):
+                    self.state[param][key] = state.copy_(value)
+
+    def __getstate__(self):
+        """torch's (defaults, state and param_groups) and this layer's options, which a copy keeps."""
+        options = ("_float32_states", "_master_weights", "_rounding", "_seed", "_flat")
+        return {**torch.optim.Optimizer.__getstate__(self), **{k: self.__dict__[k] for k in options if k in self.__dict__}}
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
+        if self._flat and "_flats" not in self.__dict__:  # a copy, whose params are copies: moved anew
+            for group in self.param_groups:
+                self._flatten(group["params"])
         self.state = _State(self.state)
         self._forget_prepared()  # the old state is no longer needed
         self.__dict__.pop("_counts", None)
@@ -430,23 +495,34 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         return [tuple(entry[name].numpy()[()] if entry and name in entry else value for name, value in zip(host, start))
                 for entry in entries]
 
-    def _new_state(self, param, fill, name=None):
-        """A state like ``torch.full_like(param, fill, memory_format=torch.preserve_format)`` (``fill`` may
-        be the param itself: a master copy); that of a plain CPU param in memory placed as
-        ``fusedoptim.zeros_like`` places it (torch's allocator would give every state of a large param
-        one offset in its page, and 4 KiB pages: README, "Memory placement")."""
-        if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
-            dtype, fill = param.dtype, complex(fill, fill)
-        else:
-            dtype = torch.float32 if self._state_dtype(_storage.bfloat16, name) == np.float32 else param.dtype
-        if type(param) not in _PLAIN or param.device.type != "cpu":  # DTensor, meta
-            if fill is param:
-                return param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
-            return torch.full_like(param, fill, dtype=dtype, memory_format=torch.preserve_format)
-        strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
-        raw = torch.from_numpy(aligned_empty(param.numel() * dtype.itemsize, np.uint8))
-        state = raw.view(dtype).as_strided(param.shape, strides)
-        return state.copy_(param.detach()) if fill is param else state.fill_(fill)
+    def _new_states(self, params, fill, name=None):
+        """States like ``torch.full_like(param, fill, memory_format=torch.preserve_format)`` (a copy of the
+        param when ``fill`` is None: a master copy); those of plain CPU params views of one buffer
+        placed as ``fusedoptim.zeros_like`` places it and packed as the params are
+        (``_memory.packed_empty``): torch's allocator would give every state of a large param one
+        offset in its page, and 4 KiB pages (README, "Memory placement")."""
+        states = [None] * len(params)
+        plain = []
+        for k, param in enumerate(params):
+            if param.is_complex():  # every real of the pair starts at fill, as torch's Adagrad starts its sum
+                dtype, value = param.dtype, fill if fill is None else complex(fill, fill)
+            else:
+                wide = self._state_dtype(_storage.bfloat16, name) == np.float32
+                dtype, value = torch.float32 if wide else param.dtype, fill
+            if type(param) in _PLAIN and param.device.type == "cpu":
+                plain.append((k, dtype, value))
+            elif value is None:  # DTensor, meta
+                states[k] = param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
+            else:
+                states[k] = torch.full_like(param, value, dtype=dtype, memory_format=torch.preserve_format)
+        spans = [(params[k].data_ptr(), params[k].numel() * params[k].element_size(), params[k].dtype) for k, _, _ in plain]
+        raws = packed_empty([params[k].numel() * dtype.itemsize for k, dtype, _ in plain], continuing(spans))
+        for (k, dtype, value), raw in zip(plain, raws):
+            param = params[k]
+            strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
+            state = torch.from_numpy(raw).view(dtype).as_strided(param.shape, strides)
+            states[k] = state.copy_(param.detach()) if value is None else state.fill_(value)
+        return states
 
     def _indices(self, keys):
         index = {id(p): i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
@@ -529,6 +605,53 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 step.fill_(count)
         if fresh:
             self._hold_counts(fresh, [float(count)] * len(fresh))
+
+
+class _Flat:
+    """Params of one group and dtype in one buffer fusedoptim owns (``flat=True``), and their grads
+    in another: each param's ``data`` and, once it has one, its grad are views of them, in order,
+    laid out as the param was (its memory order kept for a dense one), so the params' new states
+    are packed alike (``_new_states``) and a step over all of them coalesces into one."""
+
+    def __init__(self, params):
+        self.params = params
+        self.data, views = _flat_views(params)
+        self.grads, self.grad_views = _flat_views(params)
+        self.pointers = [view.data_ptr() for view in views]
+        with torch.no_grad():
+            for p, view, grad_view in zip(params, views, self.grad_views):
+                view.copy_(p)
+                p.data = view
+                if p.grad is not None:
+                    p.grad = grad_view.copy_(p.grad)
+
+    def zero_grads(self):
+        """Zeroes the grad buffer; a param's grad that is not its view (backward made it, after a
+        ``p.grad = None``) is replaced by the view, while the param is still its view of the buffer."""
+        self.grads.zero_()
+        for p, view, pointer in zip(self.params, self.grad_views, self.pointers):
+            grad = p.grad
+            if grad is not None and grad is not view and p.data_ptr() == pointer:
+                p.grad = view
+
+
+def _flat_views(params):
+    """One new buffer (placed as ``fusedoptim.zeros_like`` places it) and a view of it like each of
+    ``params``, back to back in order."""
+    dtype = params[0].dtype
+    buffer = torch.from_numpy(aligned_empty(sum(p.numel() for p in params) * dtype.itemsize, np.uint8)).view(dtype)
+    views, offset = [], 0
+    for p in params:
+        strides = torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride()
+        views.append(buffer.as_strided(p.shape, strides, offset))
+        offset += p.numel()
+    return buffer, views
+
+
+def _flat_option(flat):
+    if not isinstance(flat, (bool, np.bool_)):
+        raise TypeError(f"Invalid flat: {flat!r} (True or False)")
+    return bool(flat)
 
 
 class _State(State):
@@ -712,10 +835,10 @@ def twin(spec, base=Optimizer, **layout):
         signature = _api.with_hints(inspect.Signature(
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] +
             [p.replace(annotation=inspect.Parameter.empty, default=ours.get(p.name, p.default)) for p in theirs] +
-            list(_api.LAYER_OPTIONS)), _HINTS)
+            list(_OPTIONS)), _HINTS)
         summary = f"``torch.optim.{spec.name}`` on fusedoptim's kernel: {spec.doc}"
     else:
-        signature = _api.class_signature(spec, hints=_HINTS)
+        signature = _api.class_signature(spec, (_FLAT,), hints=_HINTS)
         summary = f"{spec.doc}\n\n    A ``torch.optim.Optimizer``; torch has no {spec.name} of its own."
     names = [name for name in signature.parameters if name not in ("self", "params", *_LAYER_OPTIONS)]
     defaults = ", ".join([f"{name}={name}" for name in names] + [f"{name}=_fixed_{name}" for name in spec.fixed])
@@ -724,7 +847,7 @@ def twin(spec, base=Optimizer, **layout):
                                  f"    _base.__init__(self, params, dict({defaults}), {options})\n",
                                  {"_base": Optimizer, "ParamsT": ParamsT, "Tensor": torch.Tensor,
                                   **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
-    attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, summary), "spec": spec,
+    attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, f"{summary}\n\n    {_FLAT_DOC}"), "spec": spec,
                   "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
     return type(spec.name, (base,), attributes)
 
