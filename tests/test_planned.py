@@ -172,11 +172,12 @@ def test_params_a_step_behind_are_planned(cls, hyper):
 
 @settings(max_examples=25, deadline=None)
 @given(skips=st.lists(st.sets(st.integers(0, 3)), min_size=1, max_size=6), cls=st.sampled_from([ft.Adam, ft.AdamW,
-                                                                                                 ft.SGD]))
-def test_any_params_skipped_at_any_steps(skips, cls):
+                                                                                                 ft.SGD]),
+       flat=st.booleans())
+def test_any_params_skipped_at_any_steps(skips, cls, flat):
     """Whichever params skip whichever steps (a first step included), every step is a fresh optimizer's,
     bit for bit, and once every param has a grad again the plan takes the steps."""
-    params, opt = make(n=4, cls=cls, lr=0.01, **({"momentum": 0.9} if cls is ft.SGD else {}))
+    params, opt = make(n=4, cls=cls, lr=0.01, flat=flat, **({"momentum": 0.9} if cls is ft.SGD else {}))
     for k, skip in enumerate(skips):
         step_and_compare(params, opt, seed=k, skip=sorted(skip))
     for seed in (20, 21, 22):
