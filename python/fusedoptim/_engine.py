@@ -180,7 +180,10 @@ class Stateful:
         memo = self.__dict__.get("_hypers")
         if memo is None:
             memo = self.__dict__["_hypers"] = _Hypers((*self.spec.rule.hyper, *self._unsupported))
-        values = tuple(map(group.get, memo.names))
+        try:
+            values = memo.read(group)
+        except KeyError:  # (a group without one of them: the plan's default)
+            values = tuple(map(group.get, memo.names))
         last = memo.get(index)
         if last is not None and last.group is group and all(map(operator.is_, values, last.values)):
             return last.hyper
@@ -452,6 +455,8 @@ class _Hypers(dict):
     def __init__(self, names):
         super().__init__()
         self.names = names
+        # A group's values of them, as a tuple (itemgetter of one name returns the value alone).
+        self.read = operator.itemgetter(*names) if len(names) > 1 else lambda group: (group[names[0]],)
 
     def __reduce__(self):
         return _Hypers, (self.names,)
