@@ -14,6 +14,7 @@
 
 #include "chunks.hpp"
 #include "dispatch.hpp"
+#include "numpy_arrays.hpp"
 #include "reduction.hpp"
 #include "step.hpp"
 
@@ -22,22 +23,15 @@ using namespace fusedoptim;
 
 namespace fusedoptim {
 void register_norms(py::module_& m);  // norms.cpp: clip_grad_norm_'s kernels
+void register_plan(py::module_& m);   // plan.cpp: fusedoptim.torch's DLPack reader and Plan
 }
 
 namespace {
-
-using py::detail::array_descriptor_proxy;
-using array_descriptor_proxy_t = py::detail::PyArrayDescr_Proxy;
-using py::detail::array_proxy;
-using py::detail::npy_api;
 
 py::array as_array(py::handle h, const char* what) {
   if (!py::isinstance<py::array>(h)) throw py::type_error(std::string(what) + " must be a numpy array");
   return py::reinterpret_borrow<py::array>(h);
 }
-
-// Steps this small finish in about the time that releasing and retaking the GIL costs.
-constexpr std::size_t kKeepGilElements = 1 << 14;
 
 // The items of a list or tuple of n operands, or the one array of a single-tensor step;
 // null when the shape of the call is not that.
@@ -46,195 +40,6 @@ PyObject* const* operand_items(py::handle h, bool single, std::size_t n, PyObjec
   if (!PyList_Check(h.ptr()) && !PyTuple_Check(h.ptr())) return nullptr;
   if (static_cast<std::size_t>(PySequence_Fast_GET_SIZE(h.ptr())) != n) return nullptr;
   return PySequence_Fast_ITEMS(h.ptr());
-}
-
-// NumPy's type number of ml_dtypes.bfloat16, a user-defined dtype numbered when it is registered
-// (fusedoptim._native tells it at import); -1 until then.
-int bfloat16_type_num = -1;
-constexpr int kNpyHalf = 23;  // NPY_HALF
-
-// What NumPy's type `num` is stored as; false for anything else.
-bool storage_dtype(int num, Dtype& dtype) {
-  if (num == npy_api::NPY_FLOAT_) dtype = Dtype::float32;
-  else if (num == npy_api::NPY_DOUBLE_) dtype = Dtype::float64;
-  else if (num == kNpyHalf) dtype = Dtype::float16;
-  else if (num == bfloat16_type_num) dtype = Dtype::bfloat16;
-  else return false;
-  return true;
-}
-
-// What an array of this descriptor is stored as; false for anything else (big-endian included).
-bool storage_dtype(const array_descriptor_proxy_t* d, Dtype& dtype) {
-  return d->byteorder != '>' && storage_dtype(d->type_num, dtype);
-}
-
-// A plain ndarray (not a subclass), C-contiguous, of a storage dtype, which it sets in `dtype`
-// (or must equal, when `known`), shaped like `like` (when given), writeable if asked.
-bool plain_array(PyObject* o, Dtype& dtype, bool known, const py::detail::PyArray_Proxy* like, bool writeable) {
-  if (Py_TYPE(o) != npy_api::get().PyArray_Type_) return false;
-  const auto* a = array_proxy(o);
-  const int need = npy_api::NPY_ARRAY_C_CONTIGUOUS_ | (writeable ? npy_api::NPY_ARRAY_WRITEABLE_ : 0);
-  if ((a->flags & need) != need) return false;
-  Dtype mine;
-  if (!storage_dtype(array_descriptor_proxy(a->descr), mine) || (known && mine != dtype)) return false;
-  dtype = mine;
-  if (like) {
-    if (a->nd != like->nd) return false;
-    for (int k = 0; k < a->nd; ++k)
-      if (a->dimensions[k] != like->dimensions[k]) return false;
-  }
-  return true;
-}
-
-std::size_t num_elements(const py::detail::PyArray_Proxy* a) {
-  std::size_t n = 1;
-  for (int k = 0; k < a->nd; ++k) n *= static_cast<std::size_t>(a->dimensions[k]);
-  return n;
-}
-
-// Whether any two of these byte ranges [first, second) share a byte.
-bool any_overlap(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& spans) {
-  std::sort(spans.begin(), spans.end());
-  for (std::size_t k = 1; k < spans.size(); ++k)
-    if (spans[k].first < spans[k - 1].second) return true;
-  return false;
-}
-
-// The DLPack ABI (the "dltensor" capsule's DLManagedTensor), as much of it as `arrays_of` reads.
-namespace dlpack {
-struct Device {
-  std::int32_t type, id;
-};
-struct DataType {
-  std::uint8_t code, bits;
-  std::uint16_t lanes;
-};
-struct Tensor {
-  void* data;
-  Device device;
-  std::int32_t ndim;
-  DataType dtype;
-  std::int64_t* shape;
-  std::int64_t* strides;  // in elements; null: C-contiguous
-  std::uint64_t byte_offset;
-};
-struct Managed {
-  Tensor tensor;
-  void* context;
-  void (*deleter)(Managed*);
-};
-constexpr std::int32_t kCpu = 1;
-constexpr std::uint8_t kFloat = 2, kBfloat = 4;
-// A framework's table of C functions (DLPack 1.2 and later: the capsule "dlpack_exchange_api" in its
-// tensor type's __dlpack_c_exchange_api__), of which only the one below is called.
-struct ExchangeApi {
-  std::uint32_t major, minor;
-  void* previous;
-  void* allocate;
-  void* managed_from_object;
-  void* managed_to_object;
-  // Describes a tensor of the framework in `out`, valid while the tensor is unchanged; 0 on
-  // success, else -1 with a Python error set. torch's crashes on a tensor without memory of its
-  // own (meta, sparse, ...): it is called only on tensors known to be dense CPU tensors, which
-  // torch keeps so (neither `t.data = x` nor `t.set_(x)` changes what kind of tensor `t` is).
-  int (*describe)(void* object, Tensor* out);
-  void* current_stream;
-};
-}  // namespace dlpack
-
-// The NumPy type number of what a DLPack tensor holds, or -1 for anything a step cannot read.
-int numpy_type(const dlpack::DataType& t) {
-  if (t.lanes != 1) return -1;
-  if (t.code == dlpack::kBfloat) return t.bits == 16 ? bfloat16_type_num : -1;
-  if (t.code != dlpack::kFloat) return -1;
-  return t.bits == 32 ? npy_api::NPY_FLOAT_ : t.bits == 64 ? npy_api::NPY_DOUBLE_ : t.bits == 16 ? kNpyHalf : -1;
-}
-
-constexpr int kMaxDims = 32;  // NumPy 1's limit
-
-// A CPU tensor of a float storage dtype, read through its framework's DLPack export (`export_`
-// makes a "dltensor" capsule of it: fusedoptim.torch registers torch._C._to_dlpack, which raises
-// for what it cannot describe: meta, sparse, ...), or through its exchange table (ExchangeApi).
-// Its fields live as long as this object and the tensor.
-struct Exported {
-  py::object capsule;
-  dlpack::Tensor described;
-  const dlpack::Tensor* t = nullptr;
-  int type_num = -1;
-
-  // Whether `tensor` could be read; false, with no Python error left, for anything else, and for
-  // a tensor whose `is_neg()` is true (DLPack has no negative bit: the export would drop it).
-  bool read(PyObject* tensor, PyObject* export_) {
-    if (positive(tensor)) capsule = py::reinterpret_steal<py::object>(PyObject_CallOneArg(export_, tensor));
-    const auto* managed = capsule ? static_cast<dlpack::Managed*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor")) : nullptr;
-    PyErr_Clear();
-    return managed && readable(&managed->tensor);
-  }
-
-  // `read`, through the exchange table's `describe`, of a tensor that can only be dense or sparse
-  // (the grad of a dense CPU param: torch's grad setter and autograd refuse any other kind or
-  // device): whose `layout` attribute is `dense` is then a dense CPU tensor.
-  bool read(PyObject* tensor, int (*describe)(void*, dlpack::Tensor*), PyObject* dense) {
-    static const py::str layout("layout");
-    const py::object kind = py::reinterpret_steal<py::object>(PyObject_GetAttr(tensor, layout.ptr()));
-    const bool ok = kind.ptr() == dense && positive(tensor) && describe(tensor, &described) == 0;
-    PyErr_Clear();
-    return ok && readable(&described);
-  }
-
-  void* data() const { return static_cast<char*>(t->data) + t->byte_offset; }
-  // Whether its elements lie in C order, one after another (as the kernels read a grad); an empty
-  // one has none to place.
-  bool c_contiguous() const {
-    if (!t->strides || std::find(t->shape, t->shape + t->ndim, 0) != t->shape + t->ndim) return true;
-    std::int64_t expected = 1;
-    for (int d = t->ndim - 1; d >= 0; --d) {
-      if (t->shape[d] != 1 && t->strides[d] != expected) return false;
-      expected *= t->shape[d];
-    }
-    return true;
-  }
-
- private:
-  static bool positive(PyObject* tensor) {
-    static const py::str is_neg("is_neg");
-    const py::object neg = py::reinterpret_steal<py::object>(PyObject_VectorcallMethod(is_neg.ptr(), &tensor, 1, nullptr));
-    return neg.ptr() == Py_False;
-  }
-  bool readable(const dlpack::Tensor* tensor) {
-    if (tensor->device.type != dlpack::kCpu || tensor->ndim > kMaxDims) return false;
-    t = tensor;
-    return (type_num = numpy_type(t->dtype)) >= 0;
-  }
-};
-
-// Read-only NumPy arrays of the memory of tensors `export_` can export (see Exported), each holding
-// its tensor as base; None in place of one it cannot. A third of torch's Tensor.numpy() time,
-// which is most of a small tensor's step.
-py::list arrays_of(const py::list& tensors, const py::object& export_) {
-  auto& api = npy_api::get();
-  py::list arrays(tensors.size());
-  for (std::size_t i = 0; i < tensors.size(); ++i) {
-    PyObject* tensor = PyList_GET_ITEM(tensors.ptr(), i);
-    PyObject* array = nullptr;
-    Exported e;
-    if (e.read(tensor, export_.ptr())) {
-      const Py_intptr_t itemsize = e.t->dtype.bits / 8;
-      Py_intptr_t dims[kMaxDims], strides[kMaxDims];
-      for (int d = e.t->ndim - 1; d >= 0; --d) {
-        dims[d] = e.t->shape[d];
-        strides[d] = e.t->strides ? e.t->strides[d] * itemsize : d + 1 < e.t->ndim ? strides[d + 1] * dims[d + 1] : itemsize;
-      }
-      array = api.PyArray_NewFromDescr_(api.PyArray_Type_, api.PyArray_DescrFromType_(e.type_num), e.t->ndim, dims,
-                                        strides, e.data(), 0, nullptr);
-      Py_XINCREF(array ? tensor : nullptr);  // the base's reference, which SetBaseObject steals
-      if (array && api.PyArray_SetBaseObject_(array, tensor) != 0) Py_CLEAR(array);
-      if (!array) throw py::error_already_set();
-    }
-    if (!array) Py_INCREF(array = Py_None);
-    PyList_SET_ITEM(arrays.ptr(), i, array);
-  }
-  return arrays;
 }
 
 // Sets the modes of a validated step's tensors (see step): a bad operand here is a bug of the
@@ -295,9 +100,31 @@ void set_modes(const py::tuple& modes, bool single, std::vector<Tensor>& tensors
 // `modes` (validated steps only: _backends.run, after _validate.operands checked them) sets what
 // a param is beyond its storage (dispatch.hpp's Tensor, _storage.Precision): None, or a tuple
 // (masters, compensations, keys, rounding, grad_scale), the lists None where unused.
+//
+// `record` (None, or a tuple (dicts, key, value)) is set in each dict, as dict.update sets it, once
+// the step is taken and before any Python code runs: a caller's record of the step (the NumPy
+// layer's step counts) that no Ctrl-C can separate from it.
 bool step(int r, py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
-          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums, const py::object& modes) {
+          unsigned flags, bool check_only, bool validated, const py::object& reduce_sums, const py::object& modes,
+          const py::object& record) {
   const RuleKernels& rule = active_isa().rules[r];
+  std::vector<PyObject*> records;  // the dicts, held by `record`
+  py::object key, value;
+  if (!record.is_none()) {
+    const auto entries = record.cast<py::tuple>();
+    if (entries.size() != 3 || !PyList_Check(entries[0].ptr()) || !PyUnicode_Check(entries[1].ptr()))
+      throw std::invalid_argument("record: (a list of dicts, a key, a value)");
+    for (py::handle d : entries[0]) {
+      if (!PyDict_Check(d.ptr())) throw std::invalid_argument("record: (a list of dicts, a key, a value)");
+      records.push_back(d.ptr());
+    }
+    key = entries[1], value = entries[2];
+  }
+  auto recorded = [&] {
+    for (PyObject* d : records)
+      if (PyDict_SetItem(d, key.ptr(), value.ptr()) != 0) throw py::error_already_set();
+    return true;
+  };
   SumsHook hook;
   if (!reduce_sums.is_none()) {
     if (!rule.num_sums) throw std::invalid_argument(std::string(rule.name) + ": reduce_sums is for two-pass rules");
@@ -383,205 +210,19 @@ bool step(int r, py::handle params, py::handle grads, const py::tuple& states, u
   const std::size_t param_itemsize = itemsize(dtypes[0]);
   if (total < kKeepGilElements) {
     run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
-    return true;
+    return recorded();
   }
   std::vector<py::object> alive;  // the arrays, even if another thread empties the caller's lists
   alive.reserve(n * (2 + states.size()));
   for (const auto* items : operand)
     if (items)
       for (std::size_t i = 0; i < n; ++i) alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
-  py::gil_scoped_release nogil;
-  run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
-  return true;
+  {
+    py::gil_scoped_release nogil;
+    run_step(rule, layout, param_itemsize, tensors, s, flags, hook);
+  }
+  return recorded();
 }
-
-// A step over param groups whose operands a layer prepared at earlier steps (fusedoptim.torch's
-// usual step): it holds the kernels' arrays of the params and states, and what must still be true
-// of the objects they came from, and reads only the grads, each step, from the params' `.grad`.
-// The layer checks that its state entries still hold the same tensors (one count of edits); each
-// step checks here, in microseconds for hundreds of tensors: each group's param list holds the
-// same params in the same order; each (tensor, address) of `storages` still has that data_ptr()
-// (`p.data = x` changes it); every param has a grad of the grad type, dense, readable (Exported),
-// C-contiguous and shaped like its param, a group's grads of one dtype that makes a native layout
-// with its params and states; no grad shares a byte with a param or state; the scalars are finite
-// in the compute dtype. Then it steps every group; otherwise it changes nothing and says why
-// (Outcome), and the layer takes its general path, which words any error.
-class Plan {
- public:
-  // What a step did: stepped; changed nothing, for the plan no longer holds (drop it: a param,
-  // entry or storage it holds changed); changed nothing, for this step's grads or scalars.
-  enum class Outcome { stepped, stale, declined };
-
-  // `groups`: per group, (params, their arrays, per state slot the states' arrays or None); the
-  // arrays plain, C-contiguous and writeable, shaped like their params' arrays.
-  Plan(int r, const py::list& groups, const py::list& storages, const py::type& grad_type, py::object export_,
-       py::object dense)
-      : r_(r), grad_type_(reinterpret_cast<PyTypeObject*>(grad_type.ptr())), export_(std::move(export_)),
-        dense_(std::move(dense)) {
-    if (r < 0 || r >= kNumRules) throw py::value_error("Plan: no rule " + std::to_string(r));
-    const RuleKernels& rule = active_isa().rules[r];
-    keep_.append(groups), keep_.append(storages), keep_.append(grad_type);
-    for (py::handle g : groups) {
-      const auto group = g.cast<py::tuple>();
-      const auto params = group[0].cast<py::list>(), arrays = group[1].cast<py::list>();
-      const auto states = group[2].cast<py::tuple>();
-      if (arrays.size() != params.size() || states.size() != static_cast<std::size_t>(rule.num_states))
-        throw py::value_error("Plan: a group is (params, their arrays, an entry per state slot)");
-      Group& mine = groups_.emplace_back();
-      for (std::size_t k = 0; k < states.size(); ++k) mine.used |= states[k].is_none() ? 0u : 1u << k;
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        Dtype dtype;
-        if (!plain_array(arrays[i].ptr(), dtype, false, nullptr, true)) throw py::value_error("Plan: bad param array");
-        const auto* a = array_proxy(arrays[i].ptr());
-        Tensor t{a->data, nullptr, {}, num_elements(a), dtype, dtype, {}};
-        for (std::size_t k = 0; k < states.size(); ++k) {
-          if (states[k].is_none()) continue;
-          PyObject* state = PyList_GetItem(states[k].ptr(), static_cast<Py_ssize_t>(i));
-          if (!state || !plain_array(state, t.state_dtype[k], false, a, true)) throw py::value_error("Plan: bad state array");
-          t.state[k] = array_proxy(state)->data;
-        }
-        mine.params.push_back(params[i].ptr());
-        mine.tensors.push_back(t);
-        mine.shapes.emplace_back(a->dimensions, a->dimensions + a->nd);
-        written_.emplace_back(span_of(t.param, t.size * itemsize(t.param_dtype)));
-        for (int k = 0; k < kMaxStates; ++k)
-          if (t.state[k]) written_.emplace_back(span_of(t.state[k], t.size * itemsize(t.state_dtype[k])));
-      }
-    }
-    std::erase_if(written_, [](const auto& s) { return s.first == s.second; });
-    if (any_overlap(written_)) throw py::value_error("Plan: params and states must not share memory");
-    for (py::handle s : storages) {
-      const auto storage = s.cast<py::tuple>();
-      storages_.emplace_back(storage[0].ptr(), storage[1].cast<std::uintptr_t>());
-    }
-    if (py::hasattr(grad_type, "__dlpack_c_exchange_api__")) {
-      py::object api = grad_type.attr("__dlpack_c_exchange_api__");
-      const auto* table = static_cast<const dlpack::ExchangeApi*>(PyCapsule_GetPointer(api.ptr(), "dlpack_exchange_api"));
-      PyErr_Clear();
-      if (table && table->major == 1) describe_ = table->describe;
-    }
-  }
-
-  // One step: `params` (each group's current param list), per group its plan's scalars and flags.
-  Outcome step(const py::list& params, const py::list& scalars, const py::list& flags) {
-    const RuleKernels& rule = active_isa().rules[r_];
-    if (params.size() != groups_.size() || scalars.size() != groups_.size() || flags.size() != groups_.size())
-      throw py::value_error("Plan.step: one entry per group");
-    for (auto [tensor, address] : storages_)
-      if (address_of(tensor) != address) return PyErr_Clear(), Outcome::stale;
-    static const py::str grad_name("grad");
-    std::vector<py::object> grads;  // alive while the kernels read them, whatever another thread does
-    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> read;
-    std::vector<std::vector<Tensor>> tensors;  // this step's: another thread may step the plan meanwhile
-    std::vector<int> layouts(groups_.size());
-    std::vector<std::array<double, kMaxScalars>> planned(groups_.size());
-    std::vector<unsigned> bits(groups_.size());
-    std::size_t total = 0;
-    for (std::size_t g = 0; g < groups_.size(); ++g) {
-      const Group& group = groups_[g];
-      std::vector<Tensor>& mine = tensors.emplace_back(group.tensors);
-      PyObject* list = PyList_GET_ITEM(params.ptr(), g);
-      if (!PyList_Check(list) || static_cast<std::size_t>(PyList_GET_SIZE(list)) != group.params.size()) return Outcome::stale;
-      for (std::size_t i = 0; i < group.params.size(); ++i) {
-        if (PyList_GET_ITEM(list, i) != group.params[i]) return Outcome::stale;
-        py::object grad = py::reinterpret_steal<py::object>(PyObject_GetAttr(group.params[i], grad_name.ptr()));
-        if (!grad || Py_TYPE(grad.ptr()) != grad_type_) return PyErr_Clear(), Outcome::declined;
-        Exported e;
-        Dtype dtype;
-        if (!(describe_ ? e.read(grad.ptr(), describe_, dense_.ptr()) : e.read(grad.ptr(), export_.ptr())) ||
-            !storage_dtype(e.type_num, dtype) || !e.c_contiguous())
-          return Outcome::declined;
-        const auto& shape = group.shapes[i];
-        if (static_cast<std::size_t>(e.t->ndim) != shape.size() || !std::equal(shape.begin(), shape.end(), e.t->shape))
-          return Outcome::declined;
-        Tensor& t = mine[i];
-        if (i > 0 && dtype != mine[0].grad_dtype) return Outcome::declined;
-        t.grad_dtype = dtype;
-        t.grad = e.data();
-        if (t.size) read.emplace_back(span_of(t.grad, t.size * itemsize(dtype)));
-        grads.push_back(std::move(grad));
-        total += t.size;
-      }
-      if (mine.empty()) continue;
-      if ((layouts[g] = layout_of(mine[0], group.used, true)) < 0) return Outcome::declined;
-      if (!scalars_of(rule, scalars[g], mine[0].param_dtype == Dtype::float64, planned[g].data())) return Outcome::declined;
-      bits[g] = flags[g].cast<unsigned>();
-      if (bits[g] >= (1u << rule.num_flags)) throw py::value_error("Plan.step: bad flags");
-    }
-    if (touches(read)) return Outcome::declined;
-    auto run = [&] {
-      for (std::size_t g = 0; g < tensors.size(); ++g)
-        if (!tensors[g].empty())
-          run_step(rule, layouts[g], itemsize(tensors[g][0].param_dtype), tensors[g], planned[g].data(), bits[g]);
-    };
-    if (total < kKeepGilElements) {
-      run();
-    } else {
-      py::gil_scoped_release nogil;
-      run();
-    }
-    return Outcome::stepped;
-  }
-
- private:
-  struct Group {
-    std::vector<PyObject*> params;  // held by keep_
-    std::vector<Tensor> tensors;    // the kernels' operands but the grads
-    std::vector<std::vector<Py_intptr_t>> shapes;
-    unsigned used = 0;  // bit k: the step updates state slot k
-  };
-
-  // A held tensor's data_ptr(), through the framework's exchange table when it has one (a tenth of
-  // the time of a call of its method); 0 with a Python error set when it fails.
-  std::uintptr_t address_of(PyObject* tensor) const {
-    if (describe_) {
-      dlpack::Tensor t;
-      return describe_(tensor, &t) == 0 ? reinterpret_cast<std::uintptr_t>(t.data) + t.byte_offset : 0;
-    }
-    static const py::str data_ptr("data_ptr");
-    py::object now = py::reinterpret_steal<py::object>(PyObject_VectorcallMethod(data_ptr.ptr(), &tensor, 1, nullptr));
-    return now ? reinterpret_cast<std::uintptr_t>(PyLong_AsVoidPtr(now.ptr())) : 0;
-  }
-
-  static std::pair<std::uintptr_t, std::uintptr_t> span_of(const void* data, std::size_t bytes) {
-    const auto first = reinterpret_cast<std::uintptr_t>(data);
-    return {first, first + bytes};
-  }
-
-  // Whether any of the spans `read` (any order) shares a byte with a written one (sorted, disjoint).
-  bool touches(std::vector<std::pair<std::uintptr_t, std::uintptr_t>>& read) const {
-    std::sort(read.begin(), read.end());
-    std::size_t w = 0;
-    for (const auto& [first, end] : read) {
-      while (w < written_.size() && written_[w].second <= first) ++w;
-      if (w < written_.size() && written_[w].first < end) return true;
-    }
-    return false;
-  }
-
-  // A plan's scalars as doubles, each finite once rounded to the compute dtype (the kernels round
-  // each exactly so); false for one that is not (Python names it).
-  static bool scalars_of(const RuleKernels& rule, py::handle scalars, bool wide, double* out) {
-    if (!PyTuple_Check(scalars.ptr()) || PyTuple_GET_SIZE(scalars.ptr()) != rule.num_planned)
-      throw py::value_error("Plan.step: bad scalars");
-    for (int k = 0; k < rule.num_planned; ++k) {
-      out[k] = PyFloat_AsDouble(PyTuple_GET_ITEM(scalars.ptr(), k));
-      if (out[k] == -1.0 && PyErr_Occurred()) throw py::error_already_set();
-      if (!std::isfinite(wide ? out[k] : static_cast<double>(static_cast<float>(out[k])))) return false;
-    }
-    return true;
-  }
-
-  int r_;
-  PyTypeObject* grad_type_;  // held by keep_
-  py::object export_;
-  py::object dense_;  // the grad type's `layout` of a dense tensor
-  int (*describe_)(void*, dlpack::Tensor*) = nullptr;  // the exchange table's, when the grad type has one
-  py::list keep_;
-  std::vector<Group> groups_;
-  std::vector<std::pair<PyObject*, std::uintptr_t>> storages_;          // held by keep_
-  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;      // sorted: the params' and states' bytes
-};
 
 // The roof kernel over fp32 arrays of one size: reads each of `reads`, writes each of `writes`
 // (which may be among the reads, as a rule's params and states are), on the step's threads.
@@ -668,12 +309,13 @@ PYBIND11_MODULE(_kernels, m) {
     m.def(rule.name,
           [r](py::handle params, py::handle grads, const py::tuple& states, unsigned used, const py::tuple& scalars,
               unsigned flags, bool check_only, bool validated, const py::object& reduce_sums,
-              const py::object& modes) {
-            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums, modes);
+              const py::object& modes, const py::object& record) {
+            return step(r, params, grads, states, used, scalars, flags, check_only, validated, reduce_sums, modes,
+                        record);
           },
           py::arg("params"), py::arg("grads"), py::arg("states"), py::arg("used"), py::arg("scalars"), py::arg("flags"),
           py::arg("check_only") = false, py::arg("validated") = false, py::arg("reduce_sums") = py::none(),
-          py::arg("modes") = py::none());
+          py::arg("modes") = py::none(), py::arg("record") = py::none());
     rules.append(py::dict(py::arg("name") = rule.name, py::arg("num_planned") = rule.num_planned,
                           py::arg("num_flags") = rule.num_flags, py::arg("num_states") = rule.num_states,
                           py::arg("num_sums") = rule.num_sums));
@@ -684,17 +326,7 @@ PYBIND11_MODULE(_kernels, m) {
   m.attr("REDUCTION_LANES") = kLanes;
   m.attr("COMPILER") = FUSEDOPTIM_COMPILER;
   m.def("find_overlap", &find_overlap, py::arg("arrays"));
-  m.def("arrays_of", &arrays_of, py::arg("tensors"), py::arg("export"));
-  py::class_<Plan> plan(m, "Plan", "A layer's prepared step (fusedoptim.torch): see cpp/bindings.cpp.");
-  plan.def(py::init<int, const py::list&, const py::list&, const py::type&, py::object, py::object>(),
-           py::arg("rule"), py::arg("groups"), py::arg("storages"), py::arg("grad_type"), py::arg("export"),
-           py::arg("dense"))
-      .def("step", [](Plan& self, const py::list& params, const py::list& scalars, const py::list& flags) {
-        return static_cast<int>(self.step(params, scalars, flags));
-      }, py::arg("params"), py::arg("scalars"), py::arg("flags"), "One step: a Plan.Outcome as an int.");
-  plan.attr("STEPPED") = static_cast<int>(Plan::Outcome::stepped);
-  plan.attr("STALE") = static_cast<int>(Plan::Outcome::stale);
-  plan.attr("DECLINED") = static_cast<int>(Plan::Outcome::declined);
+  register_plan(m);
   m.def("unscale_and_check", &unscale_and_check, py::arg("grads"), py::arg("inv_scale"));
   m.def("_register_bfloat16", [](const py::dtype& bfloat16) { bfloat16_type_num = bfloat16.num(); },
         "Tells the extension NumPy's type number of ml_dtypes.bfloat16 (fusedoptim._native, at import).");

@@ -6,6 +6,7 @@ import pytest
 
 import fusedoptim as fo
 from fusedoptim import _backends, bench
+from fusedoptim._engine import State
 from fusedoptim._rules import RULES, adam_plan
 
 from conftest import BF16, F16, F32, F64, assert_bitwise_equal
@@ -196,3 +197,28 @@ def test_check_only_says_what_a_step_would_do_and_touches_nothing(label, params,
     assert kernel(p, g, (m, v, None), 0b011, PLAN.scalars, 0, check_only=True) is True
     for a, b in zip((p, m, v), before):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("n", [33, 1 << 15], ids=["small", "GIL released"])
+@pytest.mark.parametrize("backend", fo.available_backends())
+def test_a_step_records_itself_only_once_taken(n, backend):
+    """``record`` (the NumPy layer's step counts) is set once the step is taken, in every dict, as
+    dict.update sets it (a State entry counts no edit); a step declined, checked or refused records nothing."""
+    state = State({i: {"step": 1} for i in range(2)})
+    entries, edits = [state[0], state[1], {"step": 1}], state.edits
+    p, g, m, v = arrays(n)
+    v = np.abs(v)
+    _backends.step(backend, RULES["adam"], PLAN, [p], [g], ([m], [v], None), record=(entries, "step", 2))
+    assert [e["step"] for e in entries] == [2] * 3 and state.edits == edits
+    before = [a.copy() for a in (p, m, v)]
+    kernel = getattr(_backends._kernels, "adam")
+    scalars, bits = PLAN.scalars, _backends._bits(PLAN.flags)
+    assert not kernel([p], [g[:-1]], ([m], [v], None), 3, scalars, bits, False, False, None, None, (entries, "step", 3))
+    assert kernel([p], [g], ([m], [v], None), 3, scalars, bits, True, False, None, None, (entries, "step", 3))
+    with pytest.raises(ValueError):
+        kernel([p], [g], ([m], [v], None), 3, scalars, bits, False, False, None, None, (entries, "step"))
+    with pytest.raises(ValueError):
+        kernel([p], [g], ([m], [v], None), 3, scalars, bits, False, False, None, None, ([1], "step", 3))
+    assert [e["step"] for e in entries] == [2] * 3
+    for a, b in zip((p, m, v), before):
+        assert_bitwise_equal(a, b, "operand")

@@ -13,6 +13,7 @@ kernels = _native.module()
 pytestmark = pytest.mark.skipif(kernels is None, reason="the C++ extension is not built")
 ADAM = [rule["name"] for rule in kernels.RULES].index("adam") if kernels else 0
 SCALARS = (0.9, 0.1, 0.999, 0.001, 1e-3, 1.0, 1e-8, 0.0, 1.0)  # AdamScalars, as planned
+LATER = (0.9, 0.1, 0.999, 0.001, 1e-3 / (1 - 0.9**3), 1 / (1 - 0.999**3) ** 0.5, 1e-8, 0.0, 1.0)  # a third step's
 
 
 class Tensor(np.ndarray):
@@ -41,13 +42,13 @@ class Param:
         self.grad = (np.random.default_rng(seed + 1).standard_normal(n).astype(np.float32) * 1e-2).view(Tensor)
 
 
-def setup(sizes):
+def setup(sizes, counts=None):
     params = [Param(n, k) for k, n in enumerate(sizes)]
     m = [aligned_full(n, np.float32, 0.1) for n in sizes]
     v = [aligned_full(n, np.float32, 0.2) for n in sizes]
     arrays = [p.data.view(np.ndarray) for p in params]
-    plan = kernels.Plan(ADAM, [(params, arrays, (m, v, None))], [(p.data, p.data.ctypes.data) for p in params],
-                        Tensor, export, "strided")
+    plan = kernels.Plan(ADAM, [(params, arrays, (m, v, None), counts)],
+                        [(p.data, p.data.ctypes.data) for p in params], Tensor, export, "strided")
     return params, arrays, m, v, plan
 
 
@@ -55,8 +56,9 @@ def copies(arrays):
     return [a.copy() for a in arrays]
 
 
-def take(plan, params):
-    return plan.step([params], [SCALARS], [0])
+def take(plan, params, scalars=SCALARS, flags=0):
+    """A step of the plan's one group, without counts."""
+    return plan.step([params], [[(0, scalars, flags)]])
 
 
 @pytest.mark.parametrize("sizes", [[5, 0, 33, 4096], [1 << 15, 3, 1 << 14]], ids=["small", "GIL released"])
@@ -103,8 +105,8 @@ def test_grads_it_cannot_take_decline_the_step(change):
 def test_a_plan_that_no_longer_holds_is_stale():
     params, arrays, m, v, plan = setup([7, 9, 11])
     same = unchanged(params, arrays, m, v)
-    assert plan.step([params[::-1]], [SCALARS], [0]) == plan.STALE
-    assert plan.step([params[:2]], [SCALARS], [0]) == plan.STALE
+    assert take(plan, params[::-1]) == plan.STALE
+    assert take(plan, params[:2]) == plan.STALE
     params[1].data.moved = 64
     assert take(plan, params) == plan.STALE
     assert same()
@@ -113,12 +115,39 @@ def test_a_plan_that_no_longer_holds_is_stale():
 def test_scalars_a_float32_step_cannot_hold_decline_it():
     params, arrays, m, v, plan = setup([7])
     same = unchanged(params, arrays, m, v)
-    assert plan.step([params], [(1e300,) + SCALARS[1:]], [0]) == plan.DECLINED
+    assert take(plan, params, (1e300,) + SCALARS[1:]) == plan.DECLINED
     assert same()
     with pytest.raises(ValueError):
-        plan.step([params], [SCALARS[1:]], [0])
+        take(plan, params, SCALARS[1:])
     with pytest.raises(ValueError):
-        plan.step([params], [SCALARS], [1 << 10])
+        take(plan, params, flags=1 << 10)
+    with pytest.raises(ValueError):  # a group without counts has one part
+        plan.step([params], [[(0, SCALARS, 0), (1, LATER, 0)]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_params_of_different_counts_step_with_their_parts_plans(dtype):
+    """Each param steps with the plan of its count, as the kernel steps it alone; every count advances."""
+    counts = np.array([2, 0, 2, 0], dtype)
+    params, arrays, m, v, plan = setup([7, 9, 4096, 33], counts=counts)
+    expected = copies(arrays), [p.grad.view(np.ndarray).copy() for p in params], copies(m), copies(v)
+    for k, scalars in enumerate([LATER, SCALARS, LATER, SCALARS]):
+        assert kernels.adam(expected[0][k], expected[1][k], (expected[2][k], expected[3][k], None), 3, scalars, 0)
+    assert plan.step([params], [[(2.0, LATER, 0), (0.0, SCALARS, 0)]]) == plan.STEPPED
+    for ours, theirs in zip([arrays, m, v], [expected[0], expected[2], expected[3]]):
+        for a, b in zip(ours, theirs):
+            assert a.tobytes() == b.tobytes()
+    assert counts.tolist() == [3, 1, 3, 1] and counts.dtype == dtype
+
+
+def test_a_count_without_a_part_declines_the_step():
+    counts = np.array([2, 1, 2], np.float32)
+    params, arrays, m, v, plan = setup([7, 9, 11], counts=counts)
+    same = unchanged(params, arrays, m, v)
+    assert plan.step([params], [[(2.0, LATER, 0)]]) == plan.DECLINED
+    assert same() and counts.tolist() == [2, 1, 2]
+    with pytest.raises(ValueError):
+        kernels.Plan(ADAM, [(params, arrays, (m, v, None), np.zeros(2, np.float32))], [], Tensor, export, "strided")
 
 
 def test_a_plan_of_shared_memory_is_refused():
@@ -126,7 +155,7 @@ def test_a_plan_of_shared_memory_is_refused():
     shared = aligned_full(8, np.float32)
     with pytest.raises(ValueError):
         kernels.Plan(ADAM, [(params, [p.data.view(np.ndarray) for p in params], ([shared, shared], [
-            aligned_full(8, np.float32), aligned_full(8, np.float32)], None))], [], Tensor, export, "strided")
+            aligned_full(8, np.float32), aligned_full(8, np.float32)], None), None)], [], Tensor, export, "strided")
 
 
 def test_arrays_of_views_what_it_can_read():

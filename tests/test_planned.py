@@ -86,6 +86,43 @@ def test_groups_and_their_hyperparameters_changed_between_steps():
     assert planned(opt)
 
 
+@pytest.mark.parametrize("cls", [ft.RMSprop, ft.SGD])
+def test_a_plan_that_does_not_change_with_the_count_sees_changed_hyperparameters(cls):
+    params, opt = make(cls=cls, lr=0.01, momentum=0.5)
+    warm(params, opt, steps=3)
+    opt.param_groups[0]["lr"] = 0.5
+    opt.param_groups[0]["momentum"] = 0.25
+    step_and_compare(params, opt)
+    assert planned(opt)
+
+
+def test_hyperparameters_changed_in_place_are_seen():
+    """Tensor hyperparameters (as torch allows) changed in place between steps: read at each step."""
+    params, opt = make(lr=torch.tensor(0.01), betas=(torch.tensor(0.9), torch.tensor(0.999)))
+    warm(params, opt)
+    step_and_compare(params, opt)
+    opt.param_groups[0]["lr"].fill_(0.5)
+    opt.param_groups[0]["betas"][0].fill_(0.8)
+    step_and_compare(params, opt, seed=8)
+    assert planned(opt)
+
+
+def test_a_bad_hyperparameter_set_between_steps_raises_before_anything_changes():
+    params, opt = make(lr=0.01)
+    warm(params, opt, steps=3)
+    set_grads(params, 5)
+    before = snapshot(opt)
+    for name, value, error in [("lr", -1.0, ValueError), ("lr", True, TypeError), ("betas", (0.9, 1.5), ValueError)]:
+        good = opt.param_groups[0][name]
+        opt.param_groups[0][name] = value
+        with pytest.raises(error, match=f"Invalid {name}|Invalid beta"):
+            opt.step()
+        assert_same(snapshot(opt), before)
+        opt.param_groups[0][name] = good
+    step_and_compare(params, opt)
+    assert planned(opt)
+
+
 def test_a_param_group_added():
     params, opt = make(n=4)
     first = params[:3]
@@ -114,6 +151,36 @@ def test_a_param_without_grad_is_skipped_as_torch_skips_it():
     step_and_compare(params, opt, skip=[2])
     assert not planned(opt)
     for seed in (8, 9, 10):
+        step_and_compare(params, opt, seed=seed)
+    assert planned(opt)
+
+
+@pytest.mark.parametrize("cls, hyper", [(ft.Adam, dict(lr=0.01, amsgrad=True)), (ft.Adagrad, dict(lr=0.1, lr_decay=0.01)),
+                                        (ft.Lamb, dict(lr=0.01, weight_decay=0.01)), (ft.RAdam, dict(lr=0.01))],
+                         ids=lambda v: v.__name__ if isinstance(v, type) else None)
+def test_params_a_step_behind_are_planned(cls, hyper):
+    """A param skipped once (its grad None) is a step behind the rest of its group from then on: the
+    plan steps each count's params with that count's scalars."""
+    params, opt = make(n=4, cls=cls, **hyper)
+    warm(params, opt, steps=3)
+    step_and_compare(params, opt, skip=[2])
+    for seed in (8, 9, 10):
+        step_and_compare(params, opt, seed=seed)
+        assert planned(opt)
+    assert [float(opt.state[p]["step"]) for p in params] == [7.0, 7.0, 6.0, 7.0]
+
+
+@settings(max_examples=25, deadline=None)
+@given(skips=st.lists(st.sets(st.integers(0, 3)), min_size=1, max_size=6), cls=st.sampled_from([ft.Adam, ft.AdamW,
+                                                                                                 ft.SGD]),
+       flat=st.booleans())
+def test_any_params_skipped_at_any_steps(skips, cls, flat):
+    """Whichever params skip whichever steps (a first step included), every step is a fresh optimizer's,
+    bit for bit, and once every param has a grad again the plan takes the steps."""
+    params, opt = make(n=4, cls=cls, lr=0.01, flat=flat, **({"momentum": 0.9} if cls is ft.SGD else {}))
+    for k, skip in enumerate(skips):
+        step_and_compare(params, opt, seed=k, skip=sorted(skip))
+    for seed in (20, 21, 22):
         step_and_compare(params, opt, seed=seed)
     assert planned(opt)
 

@@ -75,6 +75,28 @@ def test_changed_hyperparameters_are_seen():
     assert_steps_as_fresh(opt, grads)
 
 
+def test_values_changed_in_place_or_of_another_type_are_seen():
+    opt, grads = ready_adam(lr=1.0, betas=[0.9, 0.999])
+    opt.param_groups[0]["betas"][0] = 0.5  # a list changed in place
+    assert_steps_as_fresh(opt, grads)
+    before = [p.copy() for p in opt._params()]
+    opt.param_groups[0]["lr"] = True  # equal to 1.0, and no learning rate
+    with pytest.raises(TypeError, match="Invalid lr"):
+        opt.step(grads)
+    for p, q in zip(opt._params(), before):
+        assert_bitwise_equal(p, q, "param")
+
+
+@pytest.mark.parametrize("cls", [fo.RMSprop, fo.Lion])
+def test_a_rule_without_a_count_sees_changed_hyperparameters(cls):
+    """(Its plan is the same from step to step while the group's values are: a change must be seen.)"""
+    opt = cls(arrays(0), lr=0.01)
+    for k in (1, 2, 3):
+        opt.step(arrays(k))
+    opt.param_groups[0]["lr"] = 0.5
+    assert_steps_as_fresh(opt, arrays(4))
+
+
 def test_bad_hyperparameters_raise_and_change_nothing():
     opt, grads = ready_adam()
     before = [p.copy() for p in opt._params()]

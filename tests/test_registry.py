@@ -85,6 +85,33 @@ def test_state_slots_are_the_registrys_everywhere(rule):
         assert native["num_flags"] == len(plan.flags)
 
 
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
+@pytest.mark.parametrize("hyper", [{}, {"lr": 0.5, "weight_decay": 0.25, "betas": (0.5, 0.75), "momentum": 0.5,
+                                        "bias_correction": False, "maximize": True}], ids=["defaults", "others"])
+def test_a_schedule_is_its_plan(rule, hyper):
+    """``schedule_of(hyper)(step, *host)``, the layers' plan at each step with the hyperparameters checked
+    once, is ``plan(step, *host, **hyper)``, errors included."""
+    hyper = {k: v for k, v in hyper.items() if k in rule.hyper}
+    if rule.schedule is not None:
+        assert list(inspect.signature(rule.schedule).parameters) == list(rule.hyper)
+    at, host = rule.schedule_of(hyper), rule.host_start(hyper)
+    for step in (1, 2, 3, 7, 1000) if rule.step else ():
+        assert at(step, *host) == rule.plan(step, *host, **hyper), step
+    if rule.step:  # (SGD without momentum reads no count)
+        assert outcome(lambda: at(0, *host)) == outcome(lambda: rule.plan(0, *host, **hyper))
+    else:
+        assert at() == rule.plan(**hyper)
+    with pytest.raises(ValueError, match="Invalid lr"):
+        rule.schedule_of({**hyper, "lr": -1.0})
+
+
+def outcome(call):
+    try:
+        return call()
+    except (TypeError, ValueError) as error:
+        return type(error), str(error)
+
+
 def test_a_mismatched_extension_is_refused():
     """The import-time check sees a rule whose layout the extension does not share."""
     if _native.module() is None:

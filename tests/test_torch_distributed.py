@@ -197,10 +197,12 @@ def whole_grads(step):
     return [torch.randn(w.shape, generator=g) for w in whole_params()]
 
 
-def ddp(rank):
+def ddp(rank, flat=False):
+    """With flat=True, DDP's grads are views of its buckets (gradient_as_bucket_view): the optimizer's
+    zero_grad makes them views of its own buffer again each step, and DDP copies into those."""
     net = model()
-    wrapped = torch.nn.parallel.DistributedDataParallel(net)
-    opt = ft.Adam(wrapped.parameters(), lr=0.01, amsgrad=True)
+    wrapped = torch.nn.parallel.DistributedDataParallel(net, gradient_as_bucket_view=flat)
+    opt = ft.Adam(wrapped.parameters(), lr=0.01, amsgrad=True, flat=flat)
     losses = []
     for step in range(STEPS):
         opt.zero_grad()
@@ -230,6 +232,7 @@ SCENARIOS = {
     "tp_adamw": lambda rank: tensor_parallel(rank, ft.AdamW, ADAMW),
     "tp_lamb": lambda rank: tensor_parallel(rank, ft.Lamb, LAMB),
     "ddp_adam": ddp,
+    "ddp_adam_flat": lambda rank: ddp(rank, flat=True),
 }
 
 
@@ -344,5 +347,6 @@ def test_tensor_parallel_params_equal_one_process(results, name, make, hyper):
     assert all(torch.equal(a, b.detach()) for a, b in zip(scenario(results, name)["params"], params))
 
 
-def test_ddp_equals_one_process(results):
-    assert_same(scenario(results, "ddp_adam"), single_closed_loop(ft.Adam, dict(lr=0.01, amsgrad=True)))
+@pytest.mark.parametrize("name", ["ddp_adam", "ddp_adam_flat"])
+def test_ddp_equals_one_process(results, name):
+    assert_same(scenario(results, name), single_closed_loop(ft.Adam, dict(lr=0.01, amsgrad=True)))

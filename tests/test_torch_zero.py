@@ -1,4 +1,5 @@
-"""Sharded training: fusedoptim.torch.Adam (and NAdam, whose state has a host-side scalar) as the optimizer_class of torch's ZeroRedundancyOptimizer.
+"""Sharded training: fusedoptim.torch.Adam (and NAdam, whose state has a host-side scalar, and AdamW with
+flat=True) as the optimizer_class of torch's ZeroRedundancyOptimizer.
 
 Two processes (gloo, CPU, localhost) each hold half of the optimizer state and step their shard;
 the result must equal one process stepping everything, bit for bit. Bitwise holds because the
@@ -22,7 +23,8 @@ with warnings.catch_warnings():  # torch.distributed.optim scripts its functiona
     from torch.distributed.optim import ZeroRedundancyOptimizer  # noqa: E402
 
 WORLD, STEPS = 2, 20
-HYPER = {"Adam": dict(lr=0.01, weight_decay=0.01, amsgrad=True), "NAdam": dict(lr=0.01, weight_decay=0.01)}
+HYPER = {"Adam": dict(lr=0.01, weight_decay=0.01, amsgrad=True), "NAdam": dict(lr=0.01, weight_decay=0.01),
+         "AdamW": dict(lr=0.01, flat=True)}  # each rank's shard of params moved into its optimizer's buffers
 
 
 def model():

@@ -164,6 +164,28 @@ def test_asgd_and_rprop_check_their_hyperparameters(backend, functional, hyper, 
     assert all(np.all(a == 0.5) for a in arrays)
 
 
+def test_hyperparameters_are_read_at_every_call():
+    """(A functional keeps the checked schedule of the hyperparameter objects of its last call.)"""
+    def adam(betas, lr=1e-2):
+        arrays = [np.full(5, 0.5, np.float32) for _ in range(4)]
+        fo.adam_(*arrays, step=3, lr=lr, betas=betas)
+        return arrays[0]
+
+    betas = [0.9, 0.999]
+    adam(betas)
+    betas[0] = 0.5  # a list changed in place
+    assert np.array_equal(adam(betas), adam((0.5, 0.999)))
+    assert not np.array_equal(adam((0.5, 0.999)), adam((0.9, 0.999)))
+    arrays = [np.full(5, 0.5, np.float32) for _ in range(4)]
+    for lr, error in [(1.0, None), (True, TypeError), (1.0, None), (-1.0, ValueError), (float("nan"), ValueError)]:
+        if error is None:
+            fo.adam_(*[a.copy() for a in arrays], step=1, lr=lr)
+            continue
+        with pytest.raises(error, match="Invalid lr"):
+            fo.adam_(*arrays, step=1, lr=lr)
+        assert all(np.all(a == 0.5) for a in arrays)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_size_zero_and_empty_lists(backend):
     e = np.zeros(0, np.float32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import threading
 import warnings
@@ -59,25 +60,33 @@ def resolve(backend):
 
 
 def step(backend, rule, plan, params, grads, states, name=None, reduce=None, precision=_storage.PLAIN,
-         found_inf=False):
+         found_inf=False, record=None):
     """Validates and runs one step of ``rule`` on ``backend`` (a name, or None for the default).
     ``states`` holds the caller's argument for each of ``rule.states``, in that order; ``name``
     names operands in errors (see ``_validate.operands``). ``reduce`` (two-pass rules) is called
     between the passes with each tensor's sums, a float64 array (tensors x sums) it may change
     in place: a tensor sharded across processes takes the totals of all its shards.
     ``precision`` (``_storage.Precision``) sets the params' modes and the loss scale. With
-    ``found_inf`` the step is checked, not run."""
+    ``found_inf`` the step is checked, not run. ``record``, (dicts, key, value), is the caller's
+    record of the step taken: the value is set in each dict as ``dict.update`` sets it, with no
+    Ctrl-C between the step and it."""
     backend = resolve(backend)
     if backend == "cpp" and (precision is _storage.PLAIN or precision.plain()) and not found_inf:
         # The extension recognizes the common case itself, in microseconds for hundreds of
         # tensors, and steps it; anything else it declines untouched, for the validator to
         # judge (and word the error) below.
-        if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags),
-                                        reduce_sums=reduce):
+        # (Positional: pybind11 matches a keyword argument in about 0.5 us, a quarter of a small step.)
+        if getattr(_kernels, rule.name)(params, grads, states, _used(plan), plan.scalars, _bits(plan.flags), False,
+                                        False, reduce, None, record):
             return
     params, grads, slots, precision = operands(rule, plan, params, grads, states, name, precision)
     if not found_inf:
-        run(backend, rule, plan, params, grads, slots, reduce, precision)
+        with deferred_interrupts() if record else contextlib.nullcontext():
+            run(backend, rule, plan, params, grads, slots, reduce, precision)
+            if record:
+                dicts, key, value = record
+                for recorded in dicts:
+                    dict.__setitem__(recorded, key, value)
     elif params:
         compute_scalars(rule, plan, params[0].dtype)  # checked as run checks it
 

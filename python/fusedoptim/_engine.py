@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _backends, _norms
 from ._backends import Call, deferred_interrupts
-from ._rules import flag
+from ._rules import flag, immutable
 from ._storage import Precision, rounding_key
 from ._validate import find_overlap, found_inf_value, grad_scale_value, rounding_mode, seed_value
 
@@ -40,6 +40,7 @@ class Stateful:
     _master_weights = False  # a float32 master copy per param (state MASTER)
     _rounding = "nearest"  # how params are stored (_storage); "kahan" keeps state COMPENSATION
     _seed = 0  # stochastic rounding's seed
+    _unsupported = ()  # the layer's flags that must be off (torch's), read from a group as its hyperparameters
     _viewed = True  # the kernel needs views of the layer's tensors (False: they are its arrays)
     _shared_memory = False  # params may share memory (torch): then they step one after another
     skip_nonfinite = False  # the NumPy layer's option: a step whose grads hold inf or NaN changes nothing
@@ -171,6 +172,38 @@ class Stateful:
         hyper.update(self.spec.fixed)
         return hyper
 
+    def _group_hyper(self, index, group):
+        """``_hyper(group)`` of group ``index``, remembered while the group holds the very same
+        values: making it anew at each step costs more than a small tensor's kernel. The plan still
+        checks the values at each step. A value that can change in place (a tensor lr, a list) is
+        read afresh each time."""
+        memo = self.__dict__.get("_hypers")
+        if memo is None:
+            memo = self.__dict__["_hypers"] = _Hypers((*self.spec.rule.hyper, *self._unsupported))
+        try:
+            values = memo.read(group)
+        except KeyError:  # (a group without one of them: the plan's default)
+            values = tuple(map(group.get, memo.names))
+        last = memo.get(index)
+        if last is not None and last.group is group and all(map(operator.is_, values, last.values)):
+            return last.hyper
+        hyper = self._hyper(group)
+        if all(map(immutable, values)):
+            memo[index] = _Remembered(group, values, hyper)
+        return hyper
+
+    def _group_plan(self, index, group, count):
+        """``_plan`` of group ``index`` at step ``count``, for a rule without host state: while the
+        group holds the values ``_group_hyper`` remembers, from their schedule (``Rule.schedule_of``),
+        checked once (a rule that counts no steps plans once)."""
+        hyper, rule = self._group_hyper(index, group), self.spec.rule
+        last = self._hypers.get(index)
+        if last is None or last.hyper is not hyper or rule.host_states:
+            return self._plan(hyper, count, ())
+        if last.at is None:
+            last.at = rule.schedule_of(hyper)
+        return last.at(count) if rule.step else last.at()
+
     def _plan(self, hyper, count=1, host=None):
         """The plan of a step with these caller-owned arguments (by default, a first step's): a
         plan takes the step, then the host states, positionally. An ``lr`` that is callable is a
@@ -214,20 +247,30 @@ class Stateful:
         for index, (hyper, keys, params, grads) in enumerate(groups):
             entries = list(map(self.state.get, keys))
             steps, hosts = self._steps_taken(entries), self._host_values(entries, hyper)
+            members = keys, params, grads, entries
             if len(set(steps)) == 1 and len(set(hosts)) == 1 and len({param.dtype for param in params}) == 1:
-                buckets = {(steps[0], hosts[0]): (keys, params, grads, entries)}  # the usual step: one bucket
-            else:
+                buckets = {(steps[0], hosts[0]): (*members, None)}  # the usual step: one bucket
+            else:  # each bucket also lists its members' positions in the group
                 buckets = {}
-                for member in zip(keys, params, grads, entries, steps, hosts):
-                    bucket = buckets.setdefault((member[1].dtype, *member[4:]), ([], [], [], []))
+                for member in zip(*members, range(len(keys)), steps, hosts):
+                    bucket = buckets.setdefault((member[1].dtype, *member[5:]), ([], [], [], [], []))
                     for column, value in zip(bucket, member):
                         column.append(value)
             if not buckets:
                 self._plan(hyper)  # still reject bad hyperparameters
-            for key, (keys, params, grads, entries) in buckets.items():
-                count, host = key[-2] + 1, key[-1]
-                plan = self._plan(hyper, count, host)
-                if len(buckets) == 1 and self._viewed:  # (a layer that passes its own arrays has nothing to prepare)
+            plans = [self._plan(hyper, key[-2] + 1, key[-1]) for key in buckets]
+            whole = None
+            if (len(buckets) > 1 and self._viewed and len({(key[0], key[-1]) for key in buckets}) == 1
+                    and len({plan.uses for plan in plans}) == 1):
+                # Params a step behind the others (skipped while their grad was None): the group is
+                # prepared as one, so that the next steps find it ready (a layer may plan it), and each
+                # count's bucket steps its part of it.
+                whole = self._prepared_operands(index, params, grads, entries, plans[0], hyper)
+            for (key, (keys, params, grads, entries, positions)), plan in zip(buckets.items(), plans):
+                count = key[-2] + 1
+                if whole is not None:
+                    operands = _part(whole, positions)
+                elif len(buckets) == 1 and self._viewed:  # (a layer that passes its own arrays has nothing to prepare)
                     operands = self._prepared_operands(index, params, grads, entries, plan, hyper)
                 else:
                     operands = self._operands(params, grads, entries, plan, hyper)
@@ -322,8 +365,9 @@ class Stateful:
         for name in filter(None, names):  # each slot's new buffers at once: a column of one buffer
             missing = [k for k, entry in enumerate(entries) if (entry.get(name) if entry else None) is None]
             fill = None if name == MASTER else self._initial_fill(name, hyper)
-            for k, buffer in zip(missing, self._new_states([params[k] for k in missing], fill, name) if missing else ()):
-                created[k][name] = buffer
+            if missing:
+                for k, buffer in zip(missing, self._new_states([params[k] for k in missing], fill, name)):
+                    created[k][name] = buffer
         columns = [[] if name else None for name in names]
         for k, (param, grad, entry, new) in enumerate(zip(params, grads, entries, created)):
             order = self._order(param)
@@ -405,6 +449,29 @@ class _Prepared(dict):
         return _Prepared, ()
 
 
+class _Hypers(dict):
+    """Group index -> its ``_Remembered``. Never copied or pickled with its optimizer (a copy has
+    groups of its own)."""
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = names
+        # A group's values of them, as a tuple (itemgetter of one name returns the value alone).
+        self.read = operator.itemgetter(*names) if len(names) > 1 else lambda group: (group[names[0]],)
+
+    def __reduce__(self):
+        return _Hypers, (self.names,)
+
+
+class _Remembered:
+    """A group, its values of ``_Hypers.names``, ``Stateful._hyper`` of them, and their schedule (once made)."""
+
+    __slots__ = ("group", "values", "hyper", "at")
+
+    def __init__(self, group, values, hyper):
+        self.group, self.values, self.hyper, self.at = group, values, hyper, None
+
+
 class _Ready(NamedTuple):
     """The operands of a group's last step (see ``Stateful._prepared_operands``)."""
 
@@ -444,6 +511,18 @@ class _Bucket(NamedTuple):
                           self.count, [self.keys[k]], [self.entries[k]], created,
                           [copy for copy in self.copies if copy[2] == k],
                           self.memory[k:k + 1])
+
+
+def _part(operands, positions):
+    """The operands (``Stateful._operands``) of the params at ``positions`` among those of ``operands``."""
+    arrays, readable, states, modes, created, copies, memory = operands
+    where = {k: i for i, k in enumerate(positions)}
+
+    def pick(column):
+        return column if column is None or not column else [column[k] for k in positions]
+
+    return (pick(arrays), pick(readable), tuple(map(pick, states)), {name: pick(c) for name, c in modes.items()},
+            pick(created), [(tensor, copy, where[k]) for tensor, copy, k in copies if k in where], pick(memory))
 
 
 def _at_step(hyper, count):

@@ -47,13 +47,17 @@ class Rule:
     """A kernel's host side: ``plan(step, *host_states, **hyperparameters) -> Plan``. ``sums`` names
     what a two-pass rule sums over each whole tensor between its passes (LAMB's norms).
 
+    A rule that counts steps writes its plan as a ``schedule``: ``schedule(**hyperparameters)``
+    checks them and returns ``at(step, *host_states) -> Plan``, which computes only what changes
+    from step to step; the plan is ``schedule(**hyperparameters)(step, *host_states)``.
+
     ``host_states`` maps each per-param host-side state, in the plan's order, to its value before a
     param's first step: a number, or the name of the hyperparameter it starts at (ASGD's ``eta``
     starts at ``lr``), as ``State.initial`` names a buffer's."""
 
-    def __init__(self, name, plan, states, host_states=MappingProxyType({}), sums=()):
+    def __init__(self, name, plan, states, host_states=MappingProxyType({}), sums=(), schedule=None):
         self.name, self.plan, self.states, self.host_states = name, plan, tuple(states), MappingProxyType(host_states)
-        self.sums = tuple(sums)
+        self.sums, self.schedule = tuple(sums), schedule
         parameters = inspect.signature(plan).parameters
         self.step = parameters.get("step")  # None: the rule does not count steps
         #: Hyperparameter name -> its inspect.Parameter (default, and whether torch takes it positionally).
@@ -65,6 +69,14 @@ class Rule:
         ``hyper`` (the rule's defaults where it is silent)."""
         return tuple(hyper.get(start, self.hyper[start].default) if isinstance(start, str) else start
                      for start in self.host_states.values())
+
+    def schedule_of(self, hyper):
+        """``at(step, *host_states)``, the plan under hyperparameters ``hyper`` (the rule's defaults
+        where it is silent), checked here, once; a rule that counts no steps has one plan: ``at()``."""
+        if self.schedule is None:
+            plan = self.plan(**hyper)
+            return lambda: plan
+        return self.schedule(**{name: hyper.get(name, p.default) for name, p in self.hyper.items()})
 
     def first_plan(self, **hyper):
         """The plan of a param's first step (the rule's defaults where ``hyper`` is silent; it may
@@ -91,6 +103,15 @@ class OptimizerSpec(NamedTuple):
     def hyper_defaults(self):
         """The hyperparameters a caller may set, with their defaults, in the plan's order."""
         return {k: self.defaults.get(k, p.default) for k, p in self.rule.hyper.items() if k not in self.fixed}
+
+
+# What a hyperparameter's value may be to be remembered by its identity (a layer keeps the schedule of
+# the values it saw last): one of a type whose values never change.
+_ATOMS = frozenset({float, int, bool, str, type(None)})
+
+
+def immutable(value):
+    return type(value) in _ATOMS or (type(value) is tuple and all(type(v) in _ATOMS for v in value))
 
 
 # --- hyperparameter checks, raising ValueError("Invalid <name>: ...") like torch.optim ---
@@ -188,6 +209,10 @@ class SgdFlags(NamedTuple):
 
 
 def sgd_plan(step=None, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False):
+    return sgd_schedule(lr, momentum, dampening, weight_decay, nesterov, maximize)(step)
+
+
+def sgd_schedule(lr, momentum, dampening, weight_decay, nesterov, maximize):
     lr = at_least("lr", lr, 0.0)
     momentum = at_least("momentum", momentum, 0.0)
     dampening = real("dampening", dampening)
@@ -196,12 +221,13 @@ def sgd_plan(step=None, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, 
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Invalid nesterov: Nesterov momentum requires momentum > 0 and dampening == 0")
     has_momentum = momentum != 0
-    first_step = has_momentum and step_number(step) == 1
-    return Plan(
-        SgdScalars(lr, momentum, 1.0 - dampening, weight_decay),
-        SgdFlags(flag("maximize", maximize), weight_decay != 0, has_momentum, nesterov, first_step),
-        (has_momentum,),
-    )
+    scalars, maximize = SgdScalars(lr, momentum, 1.0 - dampening, weight_decay), flag("maximize", maximize)
+
+    def at(step):
+        first_step = has_momentum and step_number(step) == 1
+        return Plan(scalars, SgdFlags(maximize, weight_decay != 0, has_momentum, nesterov, first_step), (has_momentum,))
+
+    return at
 
 
 # --- AdaGrad ---
@@ -219,17 +245,22 @@ class AdagradFlags(NamedTuple):
 
 def adagrad_plan(step, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, *,
                  maximize=False):
+    return adagrad_schedule(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize)(step)
+
+
+def adagrad_schedule(lr, lr_decay, weight_decay, initial_accumulator_value, eps, maximize):
     lr = at_least("lr", lr, 0.0)
     lr_decay = at_least("lr_decay", lr_decay, 0.0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
     at_least("initial_accumulator_value", initial_accumulator_value, 0.0)
     eps = at_least("eps", eps, 0.0)
-    clr = lr / (1.0 + (step_number(step) - 1) * lr_decay)
-    return Plan(
-        AdagradScalars(clr, eps, weight_decay),
-        AdagradFlags(flag("maximize", maximize), weight_decay != 0),
-        (True,),
-    )
+    flags = AdagradFlags(flag("maximize", maximize), weight_decay != 0)
+
+    def at(step):
+        clr = lr / (1.0 + (step_number(step) - 1) * lr_decay)
+        return Plan(AdagradScalars(clr, eps, weight_decay), flags, (True,))
+
+    return at
 
 
 # --- RMSProp ---
@@ -288,24 +319,30 @@ class AdamFlags(NamedTuple):
 
 def adam_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False,
               bias_correction=True, decoupled_weight_decay=False):
+    return adam_schedule(lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, decoupled_weight_decay)(step)
+
+
+def adam_schedule(lr, betas, eps, weight_decay, amsgrad, maximize, bias_correction, decoupled_weight_decay):
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
-    step = step_number(step)
     amsgrad = flag("amsgrad", amsgrad)
     l2, decoupled, one_minus_lr_weight_decay = weight_decay_forms(lr, weight_decay, decoupled_weight_decay)
-    if flag("bias_correction", bias_correction):
-        step_size = lr / (1.0 - beta1**step)
-        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
-    else:
-        step_size, inv_bias_correction2_sqrt = lr, 1.0
-    return Plan(
-        AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps, weight_decay,
-                    one_minus_lr_weight_decay),
-        AdamFlags(flag("maximize", maximize), l2, amsgrad, decoupled),
-        (True, True, amsgrad),
-    )
+    corrected = flag("bias_correction", bias_correction)
+    flags, uses = AdamFlags(flag("maximize", maximize), l2, amsgrad, decoupled), (True, True, amsgrad)
+
+    def at(step):
+        step = step_number(step)
+        if corrected:
+            step_size = lr / (1.0 - beta1**step)
+            inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
+        else:
+            step_size, inv_bias_correction2_sqrt = lr, 1.0
+        return Plan(AdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, inv_bias_correction2_sqrt, eps,
+                                weight_decay, one_minus_lr_weight_decay), flags, uses)
+
+    return at
 
 
 # --- Adamax ---
@@ -325,16 +362,21 @@ class AdamaxFlags(NamedTuple):
 
 
 def adamax_plan(step, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, maximize=False):
+    return adamax_schedule(lr, betas, eps, weight_decay, maximize)(step)
+
+
+def adamax_schedule(lr, betas, eps, weight_decay, maximize):
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
-    clr = lr / (1.0 - beta1**step_number(step))
-    return Plan(
-        AdamaxScalars(beta1, 1.0 - beta1, beta2, eps, clr, weight_decay),
-        AdamaxFlags(flag("maximize", maximize), weight_decay != 0),
-        (True, True),
-    )
+    flags = AdamaxFlags(flag("maximize", maximize), weight_decay != 0)
+
+    def at(step):
+        clr = lr / (1.0 - beta1**step_number(step))
+        return Plan(AdamaxScalars(beta1, 1.0 - beta1, beta2, eps, clr, weight_decay), flags, (True, True))
+
+    return at
 
 
 # --- Adadelta ---
@@ -386,28 +428,38 @@ class RAdamFlags(NamedTuple):
 
 def radam_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False, *,
                maximize=False):
+    return radam_schedule(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize)(step)
+
+
+def radam_schedule(lr, betas, eps, weight_decay, decoupled_weight_decay, maximize):
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
-    step = step_number(step)
     l2, decoupled, one_minus_lr_weight_decay = weight_decay_forms(lr, weight_decay, decoupled_weight_decay)
-    bias_correction1 = 1.0 - beta1**step
-    bias_correction2 = 1.0 - beta2**step
-    # The length of the approximated simple moving average, as torch computes it.
-    rho_inf = 2 / (1 - beta2) - 1
-    rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
-    rectified = rho_t > 5.0
-    if rectified:
-        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
-        step_size = lr * rect * math.sqrt(bias_correction2) / bias_correction1
-    else:
-        step_size = lr / bias_correction1
-    return Plan(
-        RAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, weight_decay, one_minus_lr_weight_decay),
-        RAdamFlags(flag("maximize", maximize), l2, decoupled, rectified),
-        (True, True),
-    )
+    maximize = flag("maximize", maximize)
+
+    def at(step):
+        step = step_number(step)
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
+        # The length of the approximated simple moving average, as torch computes it.
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * step * (beta2**step) / bias_correction2
+        rectified = rho_t > 5.0
+        if rectified:
+            rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            step_size = lr * rect * math.sqrt(bias_correction2) / bias_correction1
+        else:
+            step_size = lr / bias_correction1
+        return Plan(
+            RAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, step_size, eps, weight_decay,
+                         one_minus_lr_weight_decay),
+            RAdamFlags(maximize, l2, decoupled, rectified),
+            (True, True),
+        )
+
+    return at
 
 
 # --- NAdam ---
@@ -437,28 +489,39 @@ def nadam_plan(step, mu_product, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
     carries the product through mu_step, for the next step. The product is taken in mu_product's
     own precision: a Python float's, double; a NumPy scalar's, its dtype's, as torch.optim takes
     it in the float32 tensor it keeps mu_product in (``mu_product *= mu``, mu rounded first)."""
-    kept = mu_product.dtype.type if isinstance(mu_product, np.floating) else float
+    schedule = nadam_schedule(lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize)
+    return schedule(step, mu_product)
+
+
+def nadam_schedule(lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize):
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
     momentum_decay = at_least("momentum_decay", momentum_decay, 0.0)
-    mu_product = at_least("mu_product", mu_product, 0.0)
-    if mu_product > 1.0:
-        raise ValueError(f"Invalid mu_product: {mu_product} (must be in [0, 1]; 1 before the first step)")
-    step = step_number(step)
     l2, decoupled, one_minus_lr_weight_decay = weight_decay_forms(lr, weight_decay, decoupled_weight_decay)
-    # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
-    mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
-    mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
-    mu_product = float(kept(mu_product) * kept(mu))
-    return Plan(
-        NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step, lr * (1.0 - mu) / (1.0 - mu_product),
-                     lr * mu_next / (1.0 - mu_product * mu_next), eps, weight_decay, one_minus_lr_weight_decay),
-        NAdamFlags(flag("maximize", maximize), l2, decoupled),
-        (True, True),
-        {"mu_product": mu_product},
-    )
+    flags = NAdamFlags(flag("maximize", maximize), l2, decoupled)
+
+    def at(step, mu_product):
+        kept = mu_product.dtype.type if isinstance(mu_product, np.floating) else float
+        mu_product = at_least("mu_product", mu_product, 0.0)
+        if mu_product > 1.0:
+            raise ValueError(f"Invalid mu_product: {mu_product} (must be in [0, 1]; 1 before the first step)")
+        step = step_number(step)
+        # The momentum schedule mu_t of Dozat (2016), with torch's 0.96 base.
+        mu = beta1 * (1.0 - 0.5 * (0.96 ** (step * momentum_decay)))
+        mu_next = beta1 * (1.0 - 0.5 * (0.96 ** ((step + 1) * momentum_decay)))
+        mu_product = float(kept(mu_product) * kept(mu))
+        return Plan(
+            NAdamScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0 - beta2**step,
+                         lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next), eps,
+                         weight_decay, one_minus_lr_weight_decay),
+            flags,
+            (True, True),
+            {"mu_product": mu_product},
+        )
+
+    return at
 
 
 # --- Lion ---
@@ -511,22 +574,28 @@ class LambFlags(NamedTuple):
 
 def lamb_plan(step, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, *, maximize=False,
               bias_correction=True):
+    return lamb_schedule(lr, betas, eps, weight_decay, maximize, bias_correction)(step)
+
+
+def lamb_schedule(lr, betas, eps, weight_decay, maximize, bias_correction):
     lr = at_least("lr", lr, 0.0)
     beta1, beta2 = betas_pair(betas)
     eps = at_least("eps", eps, 0.0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
-    step = step_number(step)
-    if flag("bias_correction", bias_correction):
-        inv_bias_correction1 = 1.0 / (1.0 - beta1**step)
-        inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
-    else:
-        inv_bias_correction1, inv_bias_correction2_sqrt = 1.0, 1.0
-    return Plan(
-        LambScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
-                    weight_decay, lr),
-        LambFlags(flag("maximize", maximize), weight_decay != 0),
-        (True, True),
-    )
+    corrected = flag("bias_correction", bias_correction)
+    flags = LambFlags(flag("maximize", maximize), weight_decay != 0)
+
+    def at(step):
+        step = step_number(step)
+        if corrected:
+            inv_bias_correction1 = 1.0 / (1.0 - beta1**step)
+            inv_bias_correction2_sqrt = 1.0 / math.sqrt(1.0 - beta2**step)
+        else:
+            inv_bias_correction1, inv_bias_correction2_sqrt = 1.0, 1.0
+        return Plan(LambScalars(beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_bias_correction1, inv_bias_correction2_sqrt,
+                                eps, weight_decay, lr), flags, (True, True))
+
+    return at
 
 
 # --- ASGD ---
@@ -548,27 +617,36 @@ def asgd_plan(step, eta, mu, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_dec
     """``eta`` and ``mu`` are this step's step size and averaging weight, computed after the
     param's previous step (lr and 1 before its first); Plan.host_states carries the next step's,
     as torch computes them after a step: eta = lr / (1 + lambd lr step)^alpha, mu = 1 / max(1, step - t0)."""
+    return asgd_schedule(lr, lambd, alpha, t0, weight_decay, maximize)(step, eta, mu)
+
+
+def asgd_schedule(lr, lambd, alpha, t0, weight_decay, maximize):
     lr = at_least("lr", lr, 0.0)
     # torch does not check lambd and alpha; negative ones can make (1 + lambd lr step)^alpha complex or 0.
     lambd = at_least("lambd", lambd, 0.0)
     alpha = at_least("alpha", alpha, 0.0)
     t0 = real("t0", t0)
     weight_decay = at_least("weight_decay", weight_decay, 0.0)
-    eta = at_least("eta", eta, 0.0)
-    mu = at_least("mu", mu, 0.0)
-    if mu > 1.0:
-        raise ValueError(f"Invalid mu: {mu} (must be in [0, 1]; 1 before the first step)")
-    step = step_number(step)
-    try:
-        eta_next = lr / (1 + lambd * lr * step) ** alpha
-    except OverflowError:  # the power is past the largest double: eta is lr / inf
-        eta_next = 0.0
-    return Plan(
-        AsgdScalars(eta, 1.0 - lambd * eta, mu, weight_decay),
-        AsgdFlags(flag("maximize", maximize), weight_decay != 0, mu != 1.0),
-        (True,),
-        {"eta": eta_next, "mu": 1.0 / max(1.0, step - t0)},
-    )
+    maximize = flag("maximize", maximize)
+
+    def at(step, eta, mu):
+        eta = at_least("eta", eta, 0.0)
+        mu = at_least("mu", mu, 0.0)
+        if mu > 1.0:
+            raise ValueError(f"Invalid mu: {mu} (must be in [0, 1]; 1 before the first step)")
+        step = step_number(step)
+        try:
+            eta_next = lr / (1 + lambd * lr * step) ** alpha
+        except OverflowError:  # the power is past the largest double: eta is lr / inf
+            eta_next = 0.0
+        return Plan(
+            AsgdScalars(eta, 1.0 - lambd * eta, mu, weight_decay),
+            AsgdFlags(maximize, weight_decay != 0, mu != 1.0),
+            (True,),
+            {"eta": eta_next, "mu": 1.0 / max(1.0, step - t0)},
+        )
+
+    return at
 
 
 # --- Rprop ---
@@ -605,18 +683,22 @@ def rprop_plan(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=Fals
 
 # The order is the C++ dispatch tables' order (cpp/kernels/rules.hpp).
 RULES: Mapping[str, Rule] = MappingProxyType({rule.name: rule for rule in (
-    Rule("sgd", sgd_plan, [State("momentum_buffer", optional=True)]),
-    Rule("adagrad", adagrad_plan, [State("sum", "state_sums", initial="initial_accumulator_value")]),
+    Rule("sgd", sgd_plan, [State("momentum_buffer", optional=True)], schedule=sgd_schedule),
+    Rule("adagrad", adagrad_plan, [State("sum", "state_sums", initial="initial_accumulator_value")],
+         schedule=adagrad_schedule),
     Rule("rmsprop", rmsprop_plan,
          [State("square_avg"), State("momentum_buffer", optional=True), State("grad_avg", optional=True)]),
-    Rule("adam", adam_plan, [State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", optional=True)]),
-    Rule("adamax", adamax_plan, [State("exp_avg"), State("exp_inf")]),
+    Rule("adam", adam_plan, [State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", optional=True)],
+         schedule=adam_schedule),
+    Rule("adamax", adamax_plan, [State("exp_avg"), State("exp_inf")], schedule=adamax_schedule),
     Rule("adadelta", adadelta_plan, [State("square_avg"), State("acc_delta")]),
-    Rule("radam", radam_plan, [State("exp_avg"), State("exp_avg_sq")]),
-    Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0}),
+    Rule("radam", radam_plan, [State("exp_avg"), State("exp_avg_sq")], schedule=radam_schedule),
+    Rule("nadam", nadam_plan, [State("exp_avg"), State("exp_avg_sq")], host_states={"mu_product": 1.0},
+         schedule=nadam_schedule),
     Rule("lion", lion_plan, [State("exp_avg")]),
-    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")], sums=("param_sq", "update_sq")),
-    Rule("asgd", asgd_plan, [State("ax")], host_states={"eta": "lr", "mu": 1.0}),
+    Rule("lamb", lamb_plan, [State("exp_avg"), State("exp_avg_sq")], sums=("param_sq", "update_sq"),
+         schedule=lamb_schedule),
+    Rule("asgd", asgd_plan, [State("ax")], host_states={"eta": "lr", "mu": 1.0}, schedule=asgd_schedule),
     Rule("rprop", rprop_plan, [State("prev"), State("step_size", "state_step_sizes", initial="lr")]),
 )})
 

@@ -18,12 +18,13 @@ Every function here is made from its entry in the rule registry (``_rules.OPTIMI
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 from numpy.typing import ArrayLike
 
 from . import _api, _backends
-from ._rules import OPTIMIZERS
+from ._rules import OPTIMIZERS, immutable
 from ._storage import PLAIN, Precision, rounding_key
 from ._validate import found_inf_value, grad_scale_value, rounding_mode, seed_value
 
@@ -31,10 +32,10 @@ from ._validate import found_inf_value, grad_scale_value, rounding_mode, seed_va
 def functional(spec):
     """The functional step of an optimizer: the plan of its rule, then one step of its kernel."""
     rule, signature = spec.rule, _api.functional_signature(spec)
-    given = [name for name in signature.parameters if name in rule.hyper or name in rule.host_states or name == "step"]
-    plan_args = ", ".join([f"{name}={name}" for name in given] + [f"{name}=_fixed_{name}" for name in spec.fixed])
+    hyper = [name for name in signature.parameters if name in rule.hyper]
+    at_args = "".join(f", {name}" for name in ("step", *rule.host_states) if name in signature.parameters)
     counted = "step" if rule.step else "0"
-    body = (f"    plan = _plan({plan_args})\n"
+    body = (f"    plan = _plan(({''.join(name + ', ' for name in hyper)}){at_args})\n"
             f"    precision = _precision(params, {counted}, master_params, compensations, rounding, seed, grad_scale)\n"
             f"    skip = _found_inf(found_inf)\n"
             f"    _step(backend, _rule, plan, params, grads, ({''.join(s.arg + ', ' for s in rule.states)}), "
@@ -43,12 +44,31 @@ def functional(spec):
         values = ", ".join(f"plan.host_states[{name!r}]" for name in rule.host_states)
         given = ", ".join(rule.host_states)
         body += f"    return ({given}) if skip else ({values})\n"  # a skipped step keeps them
-    namespace = {"_plan": rule.plan, "_step": _backends.step, "_rule": rule, "_precision": _precision,
+    namespace = {"_plan": _planner(rule, hyper, spec.fixed), "_step": _backends.step, "_rule": rule,
+                 "_precision": _precision,
                  "_found_inf": found_inf_value,
                  **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}
     returns = f"\n\n    Returns the {', '.join(rule.host_states)} for the next step." if rule.host_states else ""
     return _api.compile_function(spec.functional, signature, body, namespace,
                                  _api.docstring(spec, signature, spec.doc + returns))
+
+
+def _planner(rule, names, fixed):
+    """``plan(values, step, *host_states)``: the rule's plan under the hyperparameters ``names``
+    taking ``values`` (and ``fixed``), from the schedule (``Rule.schedule_of``) of the values of the
+    last call while they are the very same objects (a loop of steps passes the same lr and betas):
+    checking them costs more than a small step's kernel."""
+    last = [((), None)]  # (values, their schedule), replaced whole: a thread reads one or the other
+
+    def plan(values, *at):
+        seen, schedule = last[0]
+        if len(seen) != len(values) or not all(map(operator.is_, values, seen)):
+            schedule = rule.schedule_of({**dict(zip(names, values)), **fixed})
+            if all(map(immutable, values)):
+                last[0] = values, schedule
+        return schedule(*at)
+
+    return plan
 
 
 def _precision(params, step, master_params, compensations, rounding, seed, grad_scale):

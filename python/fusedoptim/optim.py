@@ -31,16 +31,13 @@ from __future__ import annotations
 import copy
 import operator
 import textwrap
-from collections import deque
 from collections.abc import Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _api, _backends
-from ._backends import deferred_interrupts
 from ._engine import State, Stateful
 from ._memory import continuing, packed_empty
 from ._rules import OPTIMIZERS, flag
@@ -55,15 +52,15 @@ class _Ready:
     The hyperparameters are read from the group and planned at every step, so a change to them is
     seen as a fresh step sees it."""
 
-    __slots__ = ("state", "edits", "group", "params", "held", "entries", "count", "uses", "states", "name", "options")
+    __slots__ = ("state", "edits", "group", "params", "held", "entries", "uses", "states", "name", "options")
 
     def __init__(self, **fields):
         for name, value in fields.items():
             setattr(self, name, value)
     # state: the optimizer's state object; edits: its edits when made; group, params: the group and its
     # list; held: a copy of the list (its items replaced in place are seen); entries: each param's
-    # state entry; count: the steps every param has taken; uses, states: the used state slots and,
-    # per slot, the buffers (None: unused); name: the namer of errors; options: ``Optimizer._options``.
+    # state entry (each holding the steps every param has taken); uses, states: the used state slots
+    # and, per slot, the buffers (None: unused); name: the namer of errors; options: ``Optimizer._options``.
 
 
 class Optimizer(Stateful):
@@ -194,12 +191,12 @@ class Optimizer(Stateful):
         if len(grads) != n:
             raise ValueError(f"grads has {len(grads)} entries but the optimizer has {n} params")
         work = []
-        for group, indices in indexed:
+        for g, (group, indices) in enumerate(indexed):
             keys, params, group_grads = indices, group["params"], grads[indices.start:indices.stop]
             if type(None) in map(type, group_grads):  # not `None in`: == on arrays
                 keys, params, group_grads = map(list, zip(*[(i, p, g) for i, p, g in zip(keys, params, group_grads)
                                                             if g is not None]) or ([], [], []))
-            work.append((self._hyper(group), keys, params, group_grads))
+            work.append((self._group_hyper(g, group), keys, params, group_grads))
         self.__dict__.pop("_ready", None)
         taken = self._take_step(work, grad_scale, found_inf)
         if taken and work[0][1] is indexed[0][1] and grad_scale is None and found_inf is False:
@@ -228,7 +225,7 @@ class Optimizer(Stateful):
             return
         group = self.param_groups[0]
         self.__dict__["_ready"] = _Ready(state=self.state, edits=self.state.edits, group=group, params=group["params"],
-                                         held=list(params), entries=entries, count=count, uses=None, states=None,
+                                         held=list(params), entries=entries, uses=None, states=None,
                                          name=self._namer(keys), options=self._options())
 
     def _take_ready(self, ready, grads):
@@ -240,8 +237,8 @@ class Optimizer(Stateful):
                 or not all(map(operator.is_, params, ready.held)) or type(None) in map(type, grads)
                 or self._options() != ready.options):
             return False
-        count = ready.count + 1
-        plan = self._plan(self._hyper(group), count, ())
+        count = ready.entries[0]["step"] + 1  # (every entry's: one record sets them all)
+        plan = self._group_plan(0, group, count)
         if plan.uses != ready.uses:  # the first step taken ready, or amsgrad switched
             names = [state.name if on else None for state, on in zip(self.spec.rule.states, plan.uses)]
             try:
@@ -250,11 +247,9 @@ class Optimizer(Stateful):
             except KeyError:  # a state this step creates
                 return False
             ready.uses = plan.uses
-        with deferred_interrupts():  # a Ctrl-C cannot come between the kernel and the count
-            _backends.step(self.backend, self.spec.rule, plan, ready.held, grads, ready.states, ready.name)
-            # Not entry["step"] = count: that counts as an edit. (dict.update is the cheapest call per entry.)
-            deque(map(dict.update, ready.entries, repeat({"step": count})), 0)
-            ready.count = count
+        # The counts recorded with the step, as dict.update sets them (entry["step"] = count would count as an edit).
+        _backends.step(self.backend, self.spec.rule, plan, ready.held, grads, ready.states, ready.name,
+                       record=(ready.entries, "step", count))
         return True
 
     def _params(self):

@@ -62,7 +62,7 @@ import torch
 from torch.optim.optimizer import ParamsT, _get_scalar_dtype, _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from . import _api, _backends, _native, _rules, _storage
-from ._backends import _bits, deferred_interrupts
+from ._backends import _bits
 from ._memory import aligned_empty, continuing, packed_empty
 from ._engine import Entry, State, Stateful
 from ._rules import OPTIMIZERS
@@ -79,15 +79,33 @@ _FLAT_DOC = ("With ``flat=True`` each group's params of a dtype are moved into o
              "array per operand. ``zero_grad`` then keeps these grads (as ``set_to_none=False``, whatever it is "
              "passed) and zeroes them in one pass, so that backward accumulates into the buffer: a param backward "
              "did not reach since steps with a zero grad, as torch steps it after ``zero_grad(set_to_none=False)``.")
-_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]", "flat": "bool"}
+_HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]",
+          "flat": "bool"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no DTensor is of these exact types
 _grad = operator.attrgetter("grad")
+
+
+def _graph_break(fn):
+    """``fn`` as ``torch.compiler.disable(fn)`` runs it (a compiled caller breaks its graph there and runs
+    it eagerly, no frame of it compiled), but eager callers skip disable's wrapper, which costs about
+    0.5 µs a call: it is taken only while a frame callback of torch.compile is set."""
+    disabled = torch.compiler.disable(fn)
+    callback = getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None)
+    callback = getattr(callback, "get_eval_frame_callback", None)
+    if callback is None:  # (a torch that does not tell)
+        return disabled
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return (fn if callback() is None else disabled)(*args, **kwargs)
+
+    return torch._dynamo.decorators.skip(call)  # dynamo never traces the choice itself: a caller's graph breaks here
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose step is one fusedoptim rule."""
 
-    _unsupported = ("capturable", "differentiable")  # torch flags that must be off
+    _unsupported = ("capturable", "differentiable")
     _shared_memory = True
     _stepless = False  # torch keeps no state["step"] (SGD: its first step is the one that finds no buffer)
     _eager = False  # torch creates the state at construction, not on the first step (Adagrad)
@@ -196,7 +214,8 @@ class Optimizer(Stateful, torch.optim.Optimizer):
     def __getstate__(self):
         """torch's (defaults, state and param_groups) and this layer's options, which a copy keeps."""
         options = ("_float32_states", "_master_weights", "_rounding", "_seed", "_flat")
-        return {**torch.optim.Optimizer.__getstate__(self), **{k: self.__dict__[k] for k in options if k in self.__dict__}}
+        return {**torch.optim.Optimizer.__getstate__(self),
+                **{k: self.__dict__[k] for k in options if k in self.__dict__}}
 
     def __setstate__(self, state):
         super().__setstate__(state)  # load_state_dict ends here, with state cast to each param's dtype
@@ -253,19 +272,14 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
         return step
 
-    @torch.compiler.disable  # the kernels are not ops torch.compile can trace: a compiled caller steps eagerly here
+    @_graph_break  # the kernels are not ops torch.compile can trace: a compiled caller steps eagerly here
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grad_enabled = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)  # as under torch.no_grad(), whose decorator costs about 10 µs a call
-        try:
-            self._step()
-        finally:
-            torch._C._set_grad_enabled(grad_enabled)
+        self._step()
         return loss
 
     def _step(self):
@@ -275,8 +289,14 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         self._counted = {}  # id(entries) -> (entries, their _Counts), of those whose counts _steps_taken read
         grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
         try:
+            # (The planned step makes no torch op that autograd could record: it runs in any grad mode.)
             if grad_scale is not None or found_inf is not None or not self._planned_step():
-                self._take_step(self._grads(), grad_scale, found_inf)
+                grad_enabled = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(False)  # as under torch.no_grad(), whose decorator costs about 10 µs a call
+                try:
+                    self._take_step(self._grads(), grad_scale, found_inf)
+                finally:
+                    torch._C._set_grad_enabled(grad_enabled)
         except (TypeError, ValueError, RuntimeError) as error:
             failed = error
         else:
@@ -305,26 +325,24 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             planned = prepared.plan = self._plan_groups(made_from[0])
             if planned is None:
                 return False
-        counts = [counts.common() if counts else 1 for counts in planned.counts]  # (a rule without: past its first)
-        if len(groups) != len(planned.uses) or None in counts or state is not planned.state \
-                or state.edits != planned.edits:
+        if len(groups) != len(planned.uses) or state is not planned.state or state.edits != planned.edits:
             prepared.plan = None
             return False
-        plans = [self._plan(self._hyper(group), count + 1) for group, count in zip(groups, counts)]
-        if [plan.uses for plan in plans] != planned.uses:
-            prepared.plan = None
-            return False
-        with deferred_interrupts():  # a Ctrl-C cannot come between the kernels and the counts
-            outcome = planned.native.step([group["params"] for group in groups], [plan.scalars for plan in plans],
-                                          [_bits(plan.flags) for plan in plans])
-            if outcome != planned.native.STEPPED:
-                if outcome == planned.native.STALE:
+        parts = []  # per group, the plan of each count its params have taken (a rule without: any past the first)
+        for index, (group, counts, uses) in enumerate(zip(groups, planned.counts, planned.uses)):
+            group_parts = []
+            for count in dict.fromkeys(counts.array.tolist()) if counts else (1,):
+                plan = self._group_plan(index, group, int(count) + 1)
+                if plan.uses != uses:
                     prepared.plan = None
-                return False
-            for group_counts, count in zip(planned.counts, counts):
-                if group_counts:
-                    group_counts.array.fill(count + 1)
-        return True
+                    return False
+                group_parts.append((count, plan.scalars, _bits(plan.flags)))
+            parts.append(group_parts)
+        # (The native step advances the counts itself: no Ctrl-C can come between the kernels and them.)
+        outcome = planned.native.step([group["params"] for group in groups], parts)
+        if outcome == planned.native.STALE:
+            prepared.plan = None
+        return outcome == planned.native.STEPPED
 
     def _plan_groups(self, readies):
         """The ``_Planned`` of every group from its prepared operands (``_Ready``), when the plan can
@@ -355,13 +373,19 @@ class Optimizer(Stateful, torch.optim.Optimizer):
             counts = None
             if not self._stepless:
                 counts = self._counts_of(own)
+                if counts is None and own and self._made_counts(own):
+                    # step tensors made at different steps (a param that first stepped late): one
+                    # _Counts, so that one read gives every count (a user's own step tensor is left be)
+                    self._hold_counts(own, [float(entry["step"]) for entry in own])
+                    counts = self._counts_of(own)
                 if counts is None:
                     return None
                 storages += list(zip(counts.views, counts.pointers))
             all_counts.append(counts)
             uses.append(ready.uses)
             groups.append((list(params), list(ready.arrays), tuple(None if slot is None else list(slot)
-                                                                   for slot in ready.states)))
+                                                                   for slot in ready.states),
+                           None if counts is None else counts.array))
         try:
             native = kernels.Plan(list(_rules.RULES).index(rule.name), groups, storages, torch.Tensor,
                                   torch._C._to_dlpack, torch.strided)
@@ -383,7 +407,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 grads = [_placed_like(grad, p, dtensor, self._where(index, j))
                          if dtensor is not None and (isinstance(p, dtensor) or isinstance(grad, dtensor)) else grad
                          for j, p, grad in stepped]
-            groups.append((self._hyper(group), params, params, grads))
+            groups.append((self._group_hyper(index, group), params, params, grads))
         return groups
 
     def _check_step(self):
@@ -444,6 +468,13 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         counts = steps and self.__dict__.get("_counts", {}).get(id(steps[0]))
         return counts if counts and counts.holds(steps) else None
 
+    def _made_counts(self, entries):
+        """Whether the step of every entry is a view of a ``_Counts`` of this optimizer, still viewing its element."""
+        pointers = {id(view): pointer for counts in self.__dict__.get("_counts", {}).values()
+                    for view, pointer in zip(counts.views, counts.pointers)}
+        steps = [entry.get("step") for entry in entries]
+        return all(id(step) in pointers and step.data_ptr() == pointers[id(step)] for step in steps)
+
     def _hold_counts(self, states, values):
         """Makes the ``step`` of each of ``states`` a view of one new ``_Counts`` holding ``values``."""
         counts = _Counts(values)
@@ -486,7 +517,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
                 states[k] = param.detach().to(dtype=dtype, memory_format=torch.preserve_format, copy=True)
             else:
                 states[k] = torch.full_like(param, value, dtype=dtype, memory_format=torch.preserve_format)
-        spans = [(params[k].data_ptr(), params[k].numel() * params[k].element_size(), params[k].dtype) for k, _, _ in plain]
+        spans = [(p.data_ptr(), p.numel() * p.element_size(), p.dtype) for p in (params[k] for k, _, _ in plain)]
         raws = packed_empty([params[k].numel() * dtype.itemsize for k, dtype, _ in plain], continuing(spans))
         for (k, dtype, value), raw in zip(plain, raws):
             param = params[k]
@@ -818,8 +849,8 @@ def twin(spec, base=Optimizer, **layout):
                                  f"    _base.__init__(self, params, dict({defaults}), {options})\n",
                                  {"_base": Optimizer, "ParamsT": ParamsT, "Tensor": torch.Tensor,
                                   **{f"_fixed_{k}": v for k, v in spec.fixed.items()}}, None)
-    attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, f"{summary}\n\n    {_FLAT_DOC}"), "spec": spec,
-                  "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
+    attributes = {"__init__": init, "__doc__": _api.docstring(spec, signature, f"{summary}\n\n    {_FLAT_DOC}"),
+                  "spec": spec, "__module__": __name__, **{f"_{k}": v for k, v in layout.items()}}
     return type(spec.name, (base,), attributes)
 
 
