@@ -94,6 +94,16 @@ def test_every_dtype_thread_count_and_isa_level(dtype, threads, isa, steps):
         fusedoptim.set_isa(previous_isa)
 
 
+@pytest.mark.parametrize("options", [dict(master_weights=True), dict(state_dtype="float32"),
+                                     dict(rounding="stochastic", seed=5), dict(rounding="kahan")], ids=repr)
+def test_low_precision_options(options):
+    """bfloat16 params with a master copy, float32 state, or rounding modes (stepped tensor by tensor)."""
+    (model, opt), (flat_model, flat_opt) = twins(ft.Adam, dict(lr=0.01, **options), torch.bfloat16)
+    train(model, opt, 3)
+    train(flat_model, flat_opt, 3)
+    assert_same(snapshot(flat_opt), snapshot(opt))
+
+
 def spans(tensors):
     return [(t.data_ptr(), t.numel() * t.element_size()) for t in tensors]
 
