@@ -1,7 +1,7 @@
 """fusedoptim.torch's ``flat=True``: each group's params of a dtype moved into one buffer the optimizer
-owns, their grads into another, their states packed alike. Training with it must give the bits of
-training without it (where zero_grad zeroes grads in place, as flat's does), the model must keep its
-Parameter objects, backward must accumulate into the buffer, and whatever cannot move stays put."""
+owns, their states packed alike, and with ``zero_grad(set_to_none=False)`` their grads in another.
+Training with it must give the bits of training without it, the model must keep its Parameter
+objects, backward must accumulate into the grad buffer, and whatever cannot move stays put."""
 
 import copy
 import pickle
@@ -94,6 +94,16 @@ def test_every_dtype_thread_count_and_isa_level(dtype, threads, isa, steps):
         fusedoptim.set_isa(previous_isa)
 
 
+@pytest.mark.parametrize("options", [dict(master_weights=True), dict(state_dtype="float32"),
+                                     dict(rounding="stochastic", seed=5), dict(rounding="kahan")], ids=repr)
+def test_low_precision_options(options):
+    """bfloat16 params with a master copy, float32 state, or rounding modes (stepped tensor by tensor)."""
+    (model, opt), (flat_model, flat_opt) = twins(ft.Adam, dict(lr=0.01, **options), torch.bfloat16)
+    train(model, opt, 3)
+    train(flat_model, flat_opt, 3)
+    assert_same(snapshot(flat_opt), snapshot(opt))
+
+
 def spans(tensors):
     return [(t.data_ptr(), t.numel() * t.element_size()) for t in tensors]
 
@@ -134,21 +144,32 @@ def test_grads_of_a_model_zeroed_to_none_are_taken_back_by_the_next_zero_grad():
     assert consecutive([flat_model.linear.weight.grad, flat_model.linear.bias.grad])
 
 
-def test_zero_grad_keeps_flat_grads_and_drops_the_others_as_told():
+def test_zero_grad_does_as_torchs_and_keeps_flat_grads_in_the_buffer():
     model = Model()
     base = torch.randn(4)
     loose, other = torch.nn.Parameter(base[:2]), torch.nn.Parameter(base[2:])
     loose.data, other.data = base[:2], base[2:]  # params sharing memory: not moved
     opt = ft.Adam([*model.parameters(), loose, other], lr=0.01, flat=True)
     assert loose.data_ptr() == base.data_ptr()
-    train(model, opt, 1)
+    train(model, opt, 2)
     loose.grad = torch.ones_like(loose)
-    opt.zero_grad()  # set_to_none=True
-    assert loose.grad is None
-    assert model.linear.weight.grad is not None and not model.linear.weight.grad.any()
-    loose.grad = torch.ones_like(loose)
+    opt.zero_grad()  # set_to_none=True: every grad None, so that backward keeps the grad it makes
+    assert all(p.grad is None for p in [*model.parameters(), loose, other])
+    train(model, opt, 1, set_to_none=True)
+    made = model.linear.weight.grad
+    loose.grad = kept = torch.ones_like(loose)
     opt.zero_grad(set_to_none=False)
-    assert loose.grad is not None and not loose.grad.any()
+    assert loose.grad is kept and not kept.any()  # zeroed in place, as torch does
+    assert model.linear.weight.grad is not made and not model.linear.weight.grad.any()  # a view of the buffer
+    assert model.unused.grad is None and other.grad is None  # none to zero
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_training_with_either_zero_grad_gives_the_bits_of_training_without_flat(set_to_none):
+    (model, opt), (flat_model, flat_opt) = twins(ft.AdamW, dict(lr=0.01))
+    train(model, opt, 4, set_to_none=set_to_none)
+    train(flat_model, flat_opt, 4, set_to_none=set_to_none)
+    assert_same(snapshot(flat_opt), snapshot(opt))
 
 
 def test_params_sharing_memory_stay_where_they_are_and_step_as_without_flat():

@@ -199,13 +199,13 @@ def whole_grads(step):
 
 def ddp(rank, flat=False):
     """With flat=True, DDP's grads are views of its buckets (gradient_as_bucket_view): the optimizer's
-    zero_grad makes them views of its own buffer again each step, and DDP copies into those."""
+    zero_grad(set_to_none=False) makes them views of its own buffer again each step."""
     net = model()
     wrapped = torch.nn.parallel.DistributedDataParallel(net, gradient_as_bucket_view=flat)
     opt = ft.Adam(wrapped.parameters(), lr=0.01, amsgrad=True, flat=flat)
     losses = []
     for step in range(STEPS):
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=not flat)
         loss = loss_of(wrapped, batch(rank, step))
         loss.backward()
         opt.step()

@@ -74,11 +74,10 @@ _FLAT = inspect.Parameter("flat", inspect.Parameter.KEYWORD_ONLY, default=False)
 _OPTIONS = (*_api.LAYER_OPTIONS, _FLAT)
 _LAYER_OPTIONS = tuple(p.name for p in _OPTIONS)  # Optimizer.__init__'s, in its order
 _FLAT_DOC = ("With ``flat=True`` each group's params of a dtype are moved into one buffer fusedoptim owns (each "
-             "``param.data`` becomes a view of it: the Parameter objects, and so the model, stay), their grads into "
-             "a second and their states into one per state, in whole huge pages: a step then runs as over one long "
-             "array per operand. ``zero_grad`` then keeps these grads (as ``set_to_none=False``, whatever it is "
-             "passed) and zeroes them in one pass, so that backward accumulates into the buffer: a param backward "
-             "did not reach since steps with a zero grad, as torch steps it after ``zero_grad(set_to_none=False)``.")
+             "``param.data`` becomes a view of it: the Parameter objects, and so the model, stay) and their states "
+             "into one buffer per state, in whole huge pages, laid out alike; ``zero_grad(set_to_none=False)`` "
+             "also makes their grads views of a third, zeroed in one pass, so that backward accumulates into it. "
+             "A step over such params, grads and states runs as over one long array per operand.")
 _HINTS = {"params": "ParamsT", "lr": "float | Tensor", "betas": "tuple[float | Tensor, float | Tensor]",
           "flat": "bool"}
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no DTensor is of these exact types
@@ -164,9 +163,10 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         self._flats = [*self._flats, *map(_Flat, movable.values())]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """As torch's. With ``flat=True`` the grads of the params in flat buffers are kept: each is (made)
-        a view of its buffer, zeroed with the whole buffer in one pass; the other params' as torch's."""
-        if not self._flats:
+        """As torch's. With ``flat=True`` and ``set_to_none=False``, each grad of a param in a flat
+        buffer is (made) a view of its grad buffer, and the buffer zeroed in one pass, so that backward
+        accumulates into it; the other params' grads are zeroed as torch zeroes them."""
+        if set_to_none or not self._flats:  # (a grad set to None lets backward keep the one it makes: no copy)
             return torch.optim.Optimizer.zero_grad(self, set_to_none)
         held = set()
         for flat in self._flats:
@@ -175,11 +175,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 grad = p.grad
-                if grad is None or id(p) in held:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:  # as torch.optim's
+                if grad is not None and id(p) not in held:  # as torch.optim's
                     grad.detach_() if grad.grad_fn is not None else grad.requires_grad_(False)
                     grad.zero_()
         return None
@@ -610,10 +606,11 @@ class Optimizer(Stateful, torch.optim.Optimizer):
 
 
 class _Flat:
-    """Params of one group and dtype in one buffer fusedoptim owns (``flat=True``), and their grads
-    in another: each param's ``data`` and, once it has one, its grad are views of them, in order,
-    laid out as the param was (its memory order kept for a dense one), so the params' new states
-    are packed alike (``_new_states``) and a step over all of them coalesces into one."""
+    """Params of one group and dtype in one buffer fusedoptim owns (``flat=True``), and room for their
+    grads in another: each param's ``data`` and, from a ``zero_grad(set_to_none=False)`` on, its grad
+    are views of them, in order, laid out as the param was (its memory order kept for a dense one), so
+    the params' new states are packed alike (``_new_states``) and a step over all of them coalesces
+    into one. The grad buffer takes memory only once used."""
 
     def __init__(self, params):
         self.params = params
