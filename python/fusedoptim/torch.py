@@ -91,14 +91,15 @@ def _graph_break(fn):
     disabled = torch.compiler.disable(fn)
     callback = getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None)
     callback = getattr(callback, "get_eval_frame_callback", None)
-    if callback is None:  # (a torch that does not tell)
+    skip = getattr(getattr(torch._dynamo, "decorators", None), "skip", None)
+    if callback is None or skip is None:  # (a torch that does not tell, or cannot skip the choice)
         return disabled
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         return (fn if callback() is None else disabled)(*args, **kwargs)
 
-    return torch._dynamo.decorators.skip(call)  # dynamo never traces the choice itself: a caller's graph breaks here
+    return skip(call)  # dynamo never traces the choice itself: a caller's graph breaks here
 
 
 class Optimizer(Stateful, torch.optim.Optimizer):
