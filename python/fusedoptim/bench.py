@@ -267,8 +267,8 @@ def _fusedoptim_torch(flat):
 
         tensors = problem.tensors()
         if flat:  # copies, moved into the optimizer's own buffers: the problem's stay where they were placed
-            tensors = [t.clone() for t in tensors]
-            for copy, t in zip(tensors, problem.tensors()):
+            placed, tensors = tensors, [t.clone() for t in tensors]
+            for copy, t in zip(tensors, placed):
                 copy.grad = t.grad.clone()
         return getattr(fusedoptim_torch, problem.spec.name)(tensors, **HYPER.get(problem.rule, {}),
                                                             **problem.mode.options(), flat=flat).step

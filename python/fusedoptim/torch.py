@@ -518,8 +518,7 @@ class Optimizer(Stateful, torch.optim.Optimizer):
         raws = packed_empty([params[k].numel() * dtype.itemsize for k, dtype, _ in plain], continuing(spans))
         for (k, dtype, value), raw in zip(plain, raws):
             param = params[k]
-            strides = torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
-            state = torch.from_numpy(raw).view(dtype).as_strided(param.shape, strides)
+            state = torch.from_numpy(raw).view(dtype).as_strided(param.shape, _strides_like(param, dtype))
             states[k] = state.copy_(param.detach()) if value is None else state.fill_(value)
         return states
 
@@ -642,10 +641,15 @@ def _flat_views(params):
     buffer = torch.from_numpy(aligned_empty(sum(p.numel() for p in params) * dtype.itemsize, np.uint8)).view(dtype)
     views, offset = [], 0
     for p in params:
-        strides = torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride()
-        views.append(buffer.as_strided(p.shape, strides, offset))
+        views.append(buffer.as_strided(p.shape, _strides_like(p, dtype), offset))
         offset += p.numel()
     return buffer, views
+
+
+def _strides_like(param, dtype):
+    """The strides of ``torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)``:
+    the param's memory order where it is dense, else C order."""
+    return torch.empty_like(param, dtype=dtype, device="meta", memory_format=torch.preserve_format).stride()
 
 
 def _flat_option(flat):
